@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import TemplateView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from ownership.api import MeApi, TokenApi
+from timestamps.api import JwksApi, TsaApi
+
+api_v1 = [
+    path("", include("timestamps.urls")),
+    path("auth/token", TokenApi.as_view(), name="auth-token"),
+    path("me", MeApi.as_view(), name="me"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="home.html"), name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("tsa", TsaApi.as_view(), name="tsa"),
+    path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
+    path("api/v1/", include(api_v1)),
+]

@@ -1,0 +1,92 @@
+"""Shared fixtures: an isolated data folder, users with roles, log-table hygiene."""
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+# Before Django reads its settings: keys, secret and caches of the test run stay out of ./data.
+os.environ.setdefault("MODELCOURT_DATA_DIR", tempfile.mkdtemp(prefix="modelcourt-test-"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REQUIRE_SERVICES = os.environ.get("MODELCOURT_REQUIRE_SERVICES") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip PostgreSQL-only tests on SQLite, unless services are required (CI): then they fail."""
+    from django.conf import settings
+
+    on_postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    if on_postgres or REQUIRE_SERVICES:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://... (CI does)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles() -> None:
+    """Throttle counters live in the cache; each test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _append_only_triggers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep the append-only triggers in place for every database test.
+
+    Transactional tests end by emptying every table, which the triggers refuse: this fixture is
+    set up after the database fixture and torn down before it, so it drops them just before the
+    flush; the next database test puts them back.
+    """
+    used = set(request.fixturenames)
+    transactional = bool({"transactional_db", "live_server"} & used)
+    if not transactional and "db" not in used:
+        yield
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from django.db import connection
+
+    from timestamps import dbtriggers
+
+    if not dbtriggers.installed(connection):
+        dbtriggers.install(connection)
+    yield
+    if transactional:
+        dbtriggers.uninstall(connection)
+
+
+@pytest.fixture
+def api_client():  # type: ignore[no-untyped-def]
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+def _user(username: str, *roles: str):  # type: ignore[no-untyped-def]
+    from django.contrib.auth import get_user_model
+
+    from ownership.roles import Role, role_grant
+
+    user = get_user_model().objects.create_user(username=username, password="correct horse battery")
+    for role in roles:
+        role_grant(user=user, role=Role(role))
+    return user
+
+
+@pytest.fixture
+def owner(db):  # type: ignore[no-untyped-def]
+    return _user("olivia", "owner")
+
+
+@pytest.fixture
+def arbiter(db):  # type: ignore[no-untyped-def]
+    return _user("arthur", "arbiter")
+
+
+@pytest.fixture
+def staff(db):  # type: ignore[no-untyped-def]
+    return _user("stella", "staff")

@@ -1,0 +1,54 @@
+"""Accounts and roles: login page, tokens, sessions, API docs."""
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_login_page_renders_and_signs_in(owner) -> None:  # type: ignore[no-untyped-def]
+    client = Client()
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    assert b"Sign in" in page.content
+
+    bad = client.post("/accounts/login/", {"username": "olivia", "password": "wrong"})
+    assert bad.status_code == 200
+    assert b"correct username and password" in bad.content
+
+    good = client.post("/accounts/login/", {"username": "olivia", "password": "correct horse battery"})
+    assert good.status_code == 302
+    assert client.get("/api/v1/me").json() == {"username": "olivia", "roles": ["owner"]}
+
+
+def test_token_authentication(arbiter, api_client: APIClient) -> None:  # type: ignore[no-untyped-def]
+    token = api_client.post(
+        "/api/v1/auth/token", {"username": "arthur", "password": "correct horse battery"}, format="json"
+    ).json()["token"]
+
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api_client.get("/api/v1/me").json()["roles"] == ["arbiter"]
+
+
+def test_staff_hold_the_staff_role(staff, api_client: APIClient) -> None:  # type: ignore[no-untyped-def]
+    api_client.force_authenticate(staff)
+    assert api_client.get("/api/v1/me").json()["roles"] == ["staff"]
+
+
+def test_anonymous_callers_are_refused_with_a_reason(api_client: APIClient) -> None:
+    response = api_client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
+    assert response.json()["detail"]
+
+
+def test_api_docs_and_schema_are_served_without_a_cdn(api_client: APIClient) -> None:
+    docs = api_client.get("/api/v1/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+    assert b"cdn.jsdelivr" not in docs.content
+    schema = api_client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/tsa", "/api/v1/keys/", "/api/v1/log/checkpoint", "/api/v1/log/proof/inclusion"} <= set(paths)

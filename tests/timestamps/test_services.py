@@ -1,0 +1,118 @@
+"""Log appends, checkpoints and append-only storage."""
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from timestamps import dbtriggers, keys, merkle, note, selectors, services
+from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
+from timestamps.models import Checkpoint, LogEntry, LogNode, SigningKey
+
+pytestmark = pytest.mark.django_db
+
+
+def _reference_root(entries: list[bytes]) -> bytes:
+    store = merkle.MemoryHashStore()
+    for entry in entries:
+        store.append(entry)
+    return merkle.tree_hash(store.size, store.read)
+
+
+def test_appends_get_consecutive_indices_and_the_rfc9162_root() -> None:
+    # given / when
+    entries = [f"entry {i}".encode() for i in range(37)]
+    rows = [services.log_append(data=entry) for entry in entries]
+
+    # then
+    assert [row.index for row in rows] == list(range(37))
+    assert selectors.log_size() == 37
+    assert merkle.tree_hash(37, selectors.log_read_nodes) == _reference_root(entries)
+
+
+def test_batch_append_equals_single_appends() -> None:
+    services.log_append(data=b"first")
+    services.log_append_many(entries=[f"b{i}".encode() for i in range(100)])
+
+    expected = _reference_root([b"first"] + [f"b{i}".encode() for i in range(100)])
+    assert merkle.tree_hash(101, selectors.log_read_nodes) == expected
+
+
+def test_inclusion_and_consistency_proofs_verify() -> None:
+    entries = [f"e{i}".encode() for i in range(21)]
+    services.log_append_many(entries=entries)
+    root = merkle.tree_hash(21, selectors.log_read_nodes)
+
+    proof = selectors.log_inclusion_proof(index=13, size=21)
+    assert merkle.verify_inclusion(13, 21, merkle.leaf_hash(b"e13"), proof, root)
+    assert not merkle.verify_inclusion(13, 21, merkle.leaf_hash(b"e14"), proof, root)
+
+    old_root = merkle.tree_hash(8, selectors.log_read_nodes)
+    consistency = selectors.log_consistency_proof(first=8, second=21)
+    assert merkle.verify_consistency(8, 21, old_root, root, consistency)
+
+
+def test_checkpoint_is_a_signed_note_over_the_current_root() -> None:
+    services.log_append_many(entries=[b"a", b"b", b"c"])
+
+    checkpoint = services.checkpoint_publish()
+
+    vkey = keys.log_verifier_key(keys.key_current(SigningKey.Purpose.LOG).record)
+    body = note.parse_checkpoint(note.open_note(checkpoint.note, [vkey]))
+    assert body.size == 3
+    assert body.root_hash == _reference_root([b"a", b"b", b"c"])
+
+
+def test_checkpoint_is_reused_until_the_log_grows() -> None:
+    services.log_append(data=b"a")
+    first = services.checkpoint_publish()
+    assert services.checkpoint_publish().pk == first.pk
+
+    services.log_append(data=b"b")
+    second = services.checkpoint_publish()
+    assert second.size == 2
+    assert Checkpoint.objects.count() == 2
+
+
+def test_checkpoint_refuses_a_log_inconsistent_with_the_previous_checkpoint() -> None:
+    # given a checkpoint whose root the stored tree cannot extend
+    services.log_append_many(entries=[b"a", b"b"])
+    real = services.checkpoint_publish()
+    forged = note.checkpoint_text("x", 2, b"\x00" * 32)
+    dbtriggers.uninstall(connection)  # as an attacker with database access would
+    Checkpoint.objects.filter(pk=real.pk).update(root_hash=b"\x00" * 32, note=forged)
+    services.log_append(data=b"c")
+
+    # when / then
+    with pytest.raises(LogIntegrityError):
+        services.checkpoint_publish()
+
+
+@pytest.mark.parametrize("model", [LogEntry, LogNode, Checkpoint])
+def test_append_only_tables_refuse_update_and_delete(model: type) -> None:
+    services.log_append_many(entries=[b"a", b"b"])
+    services.checkpoint_publish()
+
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        model.objects.all().update(pk=model.objects.first().pk)  # type: ignore[attr-defined]
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        model.objects.all().delete()  # type: ignore[attr-defined]
+    assert model.objects.exists()  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres
+def test_truncate_is_refused() -> None:
+    services.log_append(data=b"a")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("TRUNCATE timestamps_logentry CASCADE")
+    assert LogEntry.objects.count() == 1
+
+
+def test_proof_ranges_are_checked() -> None:
+    services.log_append_many(entries=[b"a", b"b"])
+    with pytest.raises(LogRangeError):
+        selectors.log_inclusion_proof(index=2, size=2)
+    with pytest.raises(LogRangeError):
+        selectors.log_inclusion_proof(index=0, size=3)
+    with pytest.raises(LogRangeError):
+        selectors.log_consistency_proof(first=0, second=2)
+    with pytest.raises(LogNotFoundError):
+        selectors.log_entry_get(index=5)

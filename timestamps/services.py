@@ -1,0 +1,122 @@
+"""Writes of the trust layer: log appends, checkpoints, time-stamp tokens."""
+
+import secrets
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from timestamps import keys, merkle, note, rfc3161
+from timestamps.exceptions import LogIntegrityError
+from timestamps.models import Checkpoint, LogEntry, LogHead, LogNode, SigningKey, TimestampToken
+from timestamps.selectors import log_read_nodes, node_key
+
+APPEND_BATCH = 500
+
+
+def _lock_head() -> LogHead:
+    """Lock the head row; every appender queues here, which keeps indices gap-free."""
+    head, _ = LogHead.objects.select_for_update().get_or_create(
+        id=1, defaults={"size": 0, "root_hash": merkle.EMPTY_ROOT, "updated_at": timezone.now()}
+    )
+    return head
+
+
+def _append_locked(head: LogHead, entries: Sequence[bytes]) -> list[LogEntry]:
+    start = head.size
+    leaves = [merkle.leaf_hash(entry) for entry in entries]
+    nodes = merkle.nodes_for_append_many(start, leaves, log_read_nodes)
+    now = timezone.now()
+    rows = [
+        LogEntry(index=start + offset, data=entry, leaf_hash=leaf, created_at=now)
+        for offset, (entry, leaf) in enumerate(zip(entries, leaves, strict=True))
+    ]
+    LogEntry.objects.bulk_create(rows, batch_size=APPEND_BATCH)
+    LogNode.objects.bulk_create(
+        [LogNode(key=node_key(node), hash=digest) for node, digest in nodes], batch_size=APPEND_BATCH
+    )
+    head.size = start + len(entries)
+    head.root_hash = merkle.tree_hash(head.size, log_read_nodes)
+    head.updated_at = now
+    head.save(update_fields=["size", "root_hash", "updated_at"])
+    return rows
+
+
+@transaction.atomic
+def log_append(*, data: bytes) -> LogEntry:
+    """Append one entry; its index is the log size before the call."""
+    return _append_locked(_lock_head(), [data])[0]
+
+
+@transaction.atomic
+def log_append_many(*, entries: Sequence[bytes]) -> list[LogEntry]:
+    """Append entries as one contiguous run under a single lock."""
+    if not entries:
+        return []
+    return _append_locked(_lock_head(), entries)
+
+
+def checkpoint_publish() -> Checkpoint:
+    """Sign a checkpoint of the current log, after proving it consistent with the previous one.
+
+    Runs without the head lock: nodes below the head never change, so appends go on meanwhile.
+    """
+    head = LogHead.objects.filter(id=1).first()
+    size = head.size if head else 0
+    latest = Checkpoint.objects.order_by("-size").first()
+    if latest is not None and latest.size >= size:
+        return latest
+    root = merkle.tree_hash(size, log_read_nodes)
+    if latest is not None and latest.size > 0:
+        proof = merkle.consistency_proof(latest.size, size, log_read_nodes)
+        if not merkle.verify_consistency(latest.size, size, bytes(latest.root_hash), root, proof):
+            raise LogIntegrityError(f"the log at {size} is not consistent with the checkpoint at {latest.size}")
+    log_key = keys.key_current(SigningKey.Purpose.LOG)
+    origin = settings.MODELCOURT_LOG_ORIGIN
+    signed = note.sign_note(
+        note.checkpoint_text(origin, size, root), name=origin, private_key=log_key.private_key
+    )
+    try:
+        with transaction.atomic():
+            return Checkpoint.objects.create(
+                size=size, root_hash=root, note=signed, key=log_key.record, created_at=timezone.now()
+            )
+    except IntegrityError:
+        # Another process signed this size first; theirs is as good.
+        return Checkpoint.objects.get(size=size)
+
+
+def _issue(query_der: bytes) -> tuple[rfc3161.IssueResult, TimestampToken | None]:
+    tsa_key, signer = keys.tsa_signer()
+    with transaction.atomic():
+        head = _lock_head()
+        result = rfc3161.issue_reply(query_der, signer=signer, serial=head.size, gen_time=timezone.now())
+        if result.token_der is None:
+            return result, None
+        entry = _append_locked(head, [result.token_der])[0]
+        info = rfc3161.parse_token(result.token_der)
+        token = TimestampToken.objects.create(
+            serial=entry.index,
+            log_entry=entry,
+            token=result.token_der,
+            hash_algorithm=info.hash_algorithm,
+            message_imprint=info.message_imprint,
+            gen_time=info.gen_time,
+            key=tsa_key,
+        )
+    return result, token
+
+
+def timestamp_issue(*, query_der: bytes) -> rfc3161.IssueResult:
+    """Answer an RFC 3161 query; a granted token is appended to the log, its serial being its index."""
+    return _issue(query_der)[0]
+
+
+def timestamp_digest(*, digest: bytes, hash_name: str = "sha256") -> TimestampToken:
+    """Time-stamp a digest with our own TSA (what commitments and verdicts use)."""
+    query = rfc3161.build_query(digest, hash_name=hash_name, nonce=secrets.randbits(63), cert_req=True)
+    result, token = _issue(query)
+    if token is None:
+        raise LogIntegrityError(f"the TSA refused our own query: {result.fail_info}")
+    return token

@@ -1,0 +1,46 @@
+"""The Celery app: JSON only, late acks, queues `gpu` and `cpu`.
+
+Run a worker with `celery -A workers.celery worker -Q gpu --concurrency=1
+--prefetch-multiplier=1` on a GPU host, `-Q cpu` elsewhere.
+"""
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("modelcourt")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    # A worker killed mid-task (OOM, SIGKILL) gives the message back instead of losing it.
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue="cpu",
+    task_queues=(Queue("gpu"), Queue("cpu")),
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "publish-log-checkpoint": {
+            "task": "timestamps.tasks.checkpoint_publish_task",
+            "schedule": float(os.environ.get("MODELCOURT_CHECKPOINT_SECONDS", "60")),
+            "options": {"queue": "cpu", "expires": 120},
+        }
+    },
+)
+app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _configure_child(**_: object) -> None:
+    """Per child process: one torch thread (2-core hosts thrash with more), device picked lazily."""
+    from workers.device import configure_torch
+
+    configure_torch()
