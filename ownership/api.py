@@ -1,7 +1,5 @@
 """Account endpoints (the registry's endpoints join here)."""
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.authtoken.views import ObtainAuthToken

@@ -110,7 +110,8 @@ def jwk_of(record: SigningKey) -> dict[str, str]:
     if isinstance(public, ed25519.Ed25519PublicKey):
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": _b64url(raw), **common}
-    assert isinstance(public, ec.EllipticCurvePublicKey)
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise TypeError(f"unexpected key type for {record.kid}")
     numbers = public.public_numbers()
     return {
         "kty": "EC", "crv": "P-256", "alg": "ES256",

@@ -92,6 +92,12 @@ def _configured_private(purpose: str) -> PrivateKey | None:
     return None
 
 
+def _ec(key: PrivateKey) -> ec.EllipticCurvePrivateKey:
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyConfigurationError("expected an ECDSA P-256 key")
+    return key
+
+
 def _generate(purpose: str) -> PrivateKey:
     if purpose == Purpose.LOG:
         return ed25519.Ed25519PrivateKey.generate()
@@ -103,9 +109,7 @@ def _write_private(purpose: str, key: PrivateKey) -> Path:
     path = _key_path(purpose, kid)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     passphrase = _passphrase()
-    encryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
+    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     # O_EXCL: a key file is written once and never overwritten.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -139,15 +143,13 @@ def _load_private(record: SigningKey) -> PrivateKey:
 def _certificate_for(purpose: str, key: PrivateKey) -> str:
     now = timezone.now()
     if purpose == Purpose.TSA_CA:
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
         cert = pki.make_ca_certificate(
-            key=key, common_name=f"{settings.MODELCOURT_TSA_NAME} Root CA", valid_days=CA_CERT_DAYS, now=now
+            key=_ec(key), common_name=f"{settings.MODELCOURT_TSA_NAME} Root CA", valid_days=CA_CERT_DAYS, now=now
         )
     elif purpose == Purpose.TSA:
         ca = key_current(Purpose.TSA_CA)
-        assert isinstance(ca.private_key, ec.EllipticCurvePrivateKey)
         cert = pki.make_tsa_certificate(
-            ca_key=ca.private_key,
+            ca_key=_ec(ca.private_key),
             ca_cert=x509.load_pem_x509_certificate(ca.record.certificate_pem.encode()),
             public_key=key.public_key(),
             common_name=settings.MODELCOURT_TSA_NAME,
@@ -207,7 +209,9 @@ def _register_once(purpose: str, key: PrivateKey, *, write: bool) -> SigningKey:
 def key_rotate(*, purpose: str, private_key_file: Path | None = None) -> SigningKey:
     """Retire the current key of `purpose` and make a new one current (rotating the CA re-issues the TSA key)."""
     if _configured_private(purpose) is not None:
-        raise KeyConfigurationError(f"{_env_name(purpose)}[_FILE] pins the {purpose} key: rotate by deploying a new one")
+        raise KeyConfigurationError(
+            f"{_env_name(purpose)}[_FILE] pins the {purpose} key: rotate by deploying a new one"
+        )
     if private_key_file is not None:
         key = _parse_private(private_key_file.read_bytes(), purpose)
         _write_private(purpose, key)
@@ -224,9 +228,8 @@ def tsa_signer() -> tuple[SigningKey, TsaSigner]:
     """The current TSA key's record and the RFC 3161 signer built from it and its CA."""
     tsa = key_current(Purpose.TSA)
     ca = key_current(Purpose.TSA_CA)
-    assert isinstance(tsa.private_key, ec.EllipticCurvePrivateKey)
     return tsa.record, TsaSigner(
-        private_key=tsa.private_key,
+        private_key=_ec(tsa.private_key),
         certificate=x509.load_pem_x509_certificate(tsa.record.certificate_pem.encode()),
         chain=(x509.load_pem_x509_certificate(ca.record.certificate_pem.encode()),),
         policy_oid=settings.MODELCOURT_TSA_POLICY_OID,
@@ -237,5 +240,6 @@ def tsa_signer() -> tuple[SigningKey, TsaSigner]:
 def log_verifier_key(record: SigningKey) -> str:
     """The signed-note verifier key (`name+hash+base64`) of a log key."""
     public = serialization.load_pem_public_key(record.public_key_pem.encode())
-    assert isinstance(public, ed25519.Ed25519PublicKey)
+    if not isinstance(public, ed25519.Ed25519PublicKey):
+        raise KeyConfigurationError(f"log key {record.kid[:16]} is not Ed25519")
     return note.verifier_key(settings.MODELCOURT_LOG_ORIGIN, public)

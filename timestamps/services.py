@@ -74,9 +74,7 @@ def checkpoint_publish() -> Checkpoint:
             raise LogIntegrityError(f"the log at {size} is not consistent with the checkpoint at {latest.size}")
     log_key = keys.key_current(SigningKey.Purpose.LOG)
     origin = settings.MODELCOURT_LOG_ORIGIN
-    signed = note.sign_note(
-        note.checkpoint_text(origin, size, root), name=origin, private_key=log_key.private_key
-    )
+    signed = note.sign_note(note.checkpoint_text(origin, size, root), name=origin, private_key=log_key.private_key)
     try:
         with transaction.atomic():
             return Checkpoint.objects.create(

@@ -5,10 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.test import override_settings
 from rest_framework.test import APIClient
 
-from timestamps import merkle, note, services
+from timestamps import merkle, note, rfc3161, services
 from timestamps.models import TimestampToken
 
 pytestmark = pytest.mark.django_db
@@ -51,7 +50,7 @@ def test_openssl_query_gets_a_token_that_openssl_verifies(api_client: APIClient,
 
 def test_granted_tokens_are_appended_to_the_log_with_serial_equal_to_index(api_client: APIClient) -> None:
     services.log_append(data=b"something before")
-    query = services.rfc3161.build_query(b"\x11" * 32, nonce=7)
+    query = rfc3161.build_query(b"\x11" * 32, nonce=7)
 
     response = api_client.post("/tsa", query, content_type=QUERY)
 
@@ -82,22 +81,19 @@ def test_tsa_wants_its_media_type_and_a_bounded_body(api_client: APIClient) -> N
 
 def test_tsa_needs_no_login_and_no_csrf_token() -> None:
     client = APIClient(enforce_csrf_checks=True)
-    response = client.post("/tsa", services.rfc3161.build_query(b"\x22" * 32), content_type=QUERY)
+    response = client.post("/tsa", rfc3161.build_query(b"\x22" * 32), content_type=QUERY)
     assert response.status_code == 200
 
 
-def test_tsa_is_throttled(api_client: APIClient) -> None:
-    query = services.rfc3161.build_query(b"\x33" * 32)
-    from rest_framework.settings import api_settings
+def test_tsa_is_throttled(api_client: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
     from rest_framework.throttling import ScopedRateThrottle
 
-    rates = {**api_settings.DEFAULT_THROTTLE_RATES, "tsa": "2/min"}
-    with override_settings(REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": rates}):
-        ScopedRateThrottle.THROTTLE_RATES = rates
-        try:
-            codes = [api_client.post("/tsa", query, content_type=QUERY).status_code for _ in range(3)]
-        finally:
-            ScopedRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    # DRF copies the rates onto the class when it is defined: patch them there.
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"tsa": "2/min"})
+    query = rfc3161.build_query(b"\x33" * 32)
+
+    codes = [api_client.post("/tsa", query, content_type=QUERY).status_code for _ in range(3)]
+
     assert codes == [200, 200, 429]
 
 

@@ -1,6 +1,7 @@
 """Concurrent appenders: gap-free indices, every checkpoint consistent with the one before."""
 
 import base64
+import itertools
 import multiprocessing
 
 import pytest
@@ -54,7 +55,7 @@ def test_eight_processes_appending_leave_a_gap_free_consistent_log() -> None:
     assert len(checkpoints) >= 2
     assert checkpoints[-1].size == total
     consistency = []
-    for before, after in zip(checkpoints, checkpoints[1:], strict=False):
+    for before, after in itertools.pairwise(checkpoints):
         proof = selectors.log_consistency_proof(first=before.size, second=after.size)
         assert merkle.verify_consistency(
             before.size, after.size, bytes(before.root_hash), bytes(after.root_hash), proof
@@ -69,7 +70,9 @@ def test_eight_processes_appending_leave_a_gap_free_consistent_log() -> None:
         "index": entry.index,
         "size": total,
         "leaf_b64": base64.b64encode(bytes(entry.leaf_hash)).decode(),
-        "hashes_b64": [base64.b64encode(h).decode() for h in selectors.log_inclusion_proof(index=entry.index, size=total)],
+        "hashes_b64": [
+            base64.b64encode(h).decode() for h in selectors.log_inclusion_proof(index=entry.index, size=total)
+        ],
     }
     result = go_verify(
         {

@@ -30,4 +30,6 @@ class Command(BaseCommand):
                 record = keys.key_rotate(purpose=purpose, private_key_file=options["from_file"])
             except keys.KeyConfigurationError as exc:
                 raise CommandError(str(exc)) from exc
-            self.stdout.write(self.style.SUCCESS(f"{purpose}: new current key {record.kid[:16]}; the previous one is retired"))
+            self.stdout.write(
+                self.style.SUCCESS(f"{purpose}: new current key {record.kid[:16]}; the previous one is retired")
+            )
