@@ -22,6 +22,9 @@ class MeApi(APIView):
     """Who the caller is and which roles they hold."""
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "Me"
+
         username = serializers.CharField()
         roles = serializers.ListField(child=serializers.CharField())
 

@@ -3,11 +3,10 @@
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-# Before Django reads its settings: keys, secret and caches of the test run stay out of ./data.
-os.environ.setdefault("MODELCOURT_DATA_DIR", tempfile.mkdtemp(prefix="modelcourt-test-"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REQUIRE_SERVICES = os.environ.get("MODELCOURT_REQUIRE_SERVICES") == "1"
@@ -24,6 +23,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_settings() -> Iterator[None]:
+    """Keys of the test run go to a temporary folder; static files come from the apps (no collectstatic).
+
+    pytest-django reads the settings before this file is imported, so they are patched here.
+    """
+    from django.conf import settings
+
+    saved = (settings.MODELCOURT_KEY_DIR, settings.STORAGES, settings.WHITENOISE_USE_FINDERS)
+    with tempfile.TemporaryDirectory(prefix="modelcourt-test-keys-") as key_dir:
+        settings.MODELCOURT_KEY_DIR = Path(key_dir)
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        }
+        settings.WHITENOISE_USE_FINDERS = True
+        yield
+    settings.MODELCOURT_KEY_DIR, settings.STORAGES, settings.WHITENOISE_USE_FINDERS = saved
 
 
 @pytest.fixture(autouse=True)
@@ -43,11 +62,19 @@ def _append_only_triggers(request: pytest.FixtureRequest) -> Iterator[None]:
     flush; the next database test puts them back.
     """
     used = set(request.fixturenames)
-    transactional = bool({"transactional_db", "live_server"} & used)
-    if not transactional and "db" not in used:
+    marker = request.node.get_closest_marker("django_db")
+    transactional = bool({"transactional_db", "live_server"} & used) or bool(
+        marker and marker.kwargs.get("transaction")
+    )
+    if marker is not None:
+        request.getfixturevalue("_django_db_helper")
+    elif transactional:
+        request.getfixturevalue("transactional_db")
+    elif "db" in used:
+        request.getfixturevalue("db")
+    else:
         yield
         return
-    request.getfixturevalue("transactional_db" if transactional else "db")
     from django.db import connection
 
     from timestamps import dbtriggers

@@ -77,6 +77,7 @@ class KeyListApi(PublicApiView):
         verifier_key = serializers.SerializerMethodField(help_text="signed-note verifier key (log keys)")
 
         class Meta:
+            ref_name = "SigningKey"
             model = SigningKey
             fields = [
                 "kid", "purpose", "algorithm", "status", "public_key_pem", "certificate_pem",
@@ -171,6 +172,9 @@ class LogEntryApi(PublicApiView):
     """One log entry, base64."""
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LogEntry"
+
         index = serializers.IntegerField()
         entry_b64 = serializers.CharField()
 
@@ -184,6 +188,9 @@ class InclusionProofApi(PublicApiView):
     """RFC 9162 inclusion proof of an entry in the tree of a given size."""
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "InclusionProof"
+
         index = serializers.IntegerField()
         size = serializers.IntegerField()
         hashes = serializers.ListField(child=serializers.CharField())
@@ -205,6 +212,9 @@ class ConsistencyProofApi(PublicApiView):
     """RFC 9162 consistency proof between two tree sizes."""
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ConsistencyProof"
+
         first = serializers.IntegerField()
         second = serializers.IntegerField()
         hashes = serializers.ListField(child=serializers.CharField())

@@ -3,7 +3,7 @@
 from celery import shared_task
 
 
-@shared_task(queue="cpu", acks_late=True, ignore_result=True)
+@shared_task(acks_late=True, ignore_result=True)
 def checkpoint_publish_task() -> None:
     """Sign a checkpoint if the log grew (idempotent: one checkpoint per size)."""
     from timestamps.services import checkpoint_publish

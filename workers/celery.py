@@ -25,6 +25,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue="cpu",
     task_queues=(Queue("gpu"), Queue("cpu")),
+    # Model inference goes to GPU hosts; the trust layer's bookkeeping stays on CPU workers.
+    task_routes={
+        "verification.tasks.*": {"queue": "gpu"},
+        "timestamps.tasks.*": {"queue": "cpu"},
+        "ownership.tasks.*": {"queue": "cpu"},
+    },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     beat_schedule={

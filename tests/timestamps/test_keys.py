@@ -44,6 +44,8 @@ def test_purposes_use_distinct_keys() -> None:
 
 def test_rotation_keeps_old_tokens_and_checkpoints_verifiable() -> None:
     # given a token and a checkpoint made with the first keys
+    for purpose in (Purpose.TSA, Purpose.LOG, Purpose.VERDICT):
+        keys.key_current(purpose)
     digest = b"\x42" * 32
     old_token = services.timestamp_digest(digest=digest)
     services.log_append(data=b"x")

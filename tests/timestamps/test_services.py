@@ -86,13 +86,16 @@ def test_checkpoint_refuses_a_log_inconsistent_with_the_previous_checkpoint() ->
         services.checkpoint_publish()
 
 
-@pytest.mark.parametrize("model", [LogEntry, LogNode, Checkpoint])
-def test_append_only_tables_refuse_update_and_delete(model: type) -> None:
+@pytest.mark.parametrize(
+    ("model", "change"),
+    [(LogEntry, {"data": b"rewritten"}), (LogNode, {"hash": b"\x00" * 32}), (Checkpoint, {"note": "forged"})],
+)
+def test_append_only_tables_refuse_update_and_delete(model: type, change: dict[str, object]) -> None:
     services.log_append_many(entries=[b"a", b"b"])
     services.checkpoint_publish()
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        model.objects.all().update(pk=model.objects.first().pk)  # type: ignore[attr-defined]
+        model.objects.all().update(**change)  # type: ignore[attr-defined]
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         model.objects.all().delete()  # type: ignore[attr-defined]
     assert model.objects.exists()  # type: ignore[attr-defined]
