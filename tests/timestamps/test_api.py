@@ -18,6 +18,8 @@ class _Reply(core.Sequence):  # type: ignore[misc]
     """TimeStampResp as RFC 3161 has it: asn1crypto's makes the token mandatory."""
 
     _fields = [("status", tsp.PKIStatusInfo), ("time_stamp_token", cms.ContentInfo, {"optional": True})]
+
+
 QUERY = "application/timestamp-query"
 
 
