@@ -1,9 +1,10 @@
 """RFC 3161 time-stamping: the built-in TSA's issuer and a verifier for its tokens (and other TSAs').
 
 Tokens are CMS SignedData over a TSTInfo, signed with ECDSA P-256 / SHA-256, carrying the ESS
-signingCertificateV2 attribute (RFC 5816) that `openssl ts -verify` insists on. ASN.1 is built and
-read with asn1crypto; verification goes through rfc3161-client, which runs OpenSSL's PKCS7_verify
-with the chain checked at the token's genTime, so tokens keep verifying after the TSA certificate expires.
+signingCertificateV2 attribute (RFC 5035, RFC 5816) that `openssl ts -verify` insists on. Queries
+are read and tokens built with asn1crypto, save a few fixed shapes encoded by hand where it is slow
+or wrong. Verification goes through rfc3161-client, which runs OpenSSL's PKCS7_verify with the chain
+checked at the token's genTime, so tokens keep verifying after the TSA certificate expires.
 """
 
 import enum

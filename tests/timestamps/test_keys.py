@@ -107,3 +107,19 @@ def test_a_key_of_the_wrong_type_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MODELCOURT_TSA_KEY", pem.decode())
     with pytest.raises(keys.KeyConfigurationError, match="tsa key must be"):
         keys.key_current(Purpose.TSA)
+
+
+def test_rotate_keys_init_creates_missing_keys_only() -> None:
+    call_command("rotate_keys", "--init")
+    first = set(SigningKey.objects.values_list("kid", flat=True))
+    call_command("rotate_keys", "--init")
+
+    assert set(SigningKey.objects.values_list("kid", flat=True)) == first
+    assert {k.purpose for k in SigningKey.objects.all()} == {"tsa", "tsa-ca", "log", "verdict"}
+
+
+def test_rotate_keys_names_an_unknown_purpose() -> None:
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="unknown purpose nope"):
+        call_command("rotate_keys", "nope")

@@ -259,6 +259,13 @@ def test_accuracy_below_a_second(accuracy: timedelta, fields: dict[str, int | No
     assert rfc3161.parse_token(token).accuracy == accuracy
 
 
+def test_zero_accuracy_is_left_out() -> None:
+    token = _token(_make_tsa(_now(), accuracy=timedelta(0)))
+
+    assert isinstance(_tst_info(token)["accuracy"], core.Void)
+    assert rfc3161.parse_token(token).accuracy is None
+
+
 def test_gen_time_is_utc_in_whole_seconds(tsa: Tsa) -> None:
     stamped = datetime(2030, 1, 2, 5, 4, 5, 999_999, tzinfo=timezone(timedelta(hours=2)))
 
