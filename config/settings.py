@@ -199,6 +199,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Model ownership registration, disputes and publicly verifiable verdicts.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
