@@ -58,6 +58,45 @@ def nodes_for_append_many(start: int, leaves: Sequence[bytes], read: HashReader)
     return nodes
 
 
+def frontier(size: int, read: HashReader) -> list[bytes]:
+    """The peaks of a tree of `size` leaves: its maximal complete subtrees, left to right (one read)."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0 (size={size})")
+    return _read(read, _subtrees(0, size))
+
+
+def frontier_append(
+    size: int, peaks: Sequence[bytes], leaves: Sequence[bytes]
+) -> tuple[list[bytes], list[tuple[NodeId, bytes]]]:
+    """Append leaf hashes to a tree known by its peaks, reading nothing.
+
+    Returns the new peaks and every subtree hash the leaves complete (the leaves included).
+    """
+    if len(peaks) != size.bit_count():
+        raise ValueError(f"a tree of {size} leaves has {size.bit_count()} peaks, not {len(peaks)}")
+    stack, nodes = list(peaks), []
+    for index, leaf in enumerate(leaves, start=size):
+        node, level = leaf, 0
+        nodes.append(((0, index), leaf))
+        # Each trailing one bit of `index` is a peak of equal height that the new node completes.
+        while (index >> level) & 1:
+            node = node_hash(stack.pop(), node)
+            level += 1
+            nodes.append(((level, index >> level), node))
+        stack.append(node)
+    return stack, nodes
+
+
+def frontier_root(peaks: Sequence[bytes]) -> bytes:
+    """RFC 9162 MTH of a tree from its peaks: they join right to left."""
+    if not peaks:
+        return EMPTY_ROOT
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = node_hash(peak, root)
+    return root
+
+
 def tree_hash(size: int, read: HashReader) -> bytes:
     """RFC 9162 MTH of the first `size` leaves."""
     if size < 0:

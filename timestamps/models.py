@@ -52,6 +52,8 @@ class LogHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     size = models.BigIntegerField(default=0)
     root_hash = models.BinaryField(max_length=32)
+    # The tree's peaks (maximal complete subtrees), 32 bytes each: appends need no node reads.
+    frontier = models.BinaryField(default=b"")
     updated_at = models.DateTimeField()
 
     class Meta:

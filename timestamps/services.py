@@ -18,7 +18,7 @@ APPEND_BATCH = 500
 def _lock_head() -> LogHead:
     """Lock the head row; every appender queues here, which keeps indices gap-free."""
     head, _ = LogHead.objects.select_for_update().get_or_create(
-        id=1, defaults={"size": 0, "root_hash": merkle.EMPTY_ROOT, "updated_at": timezone.now()}
+        id=1, defaults={"size": 0, "root_hash": merkle.EMPTY_ROOT, "frontier": b"", "updated_at": timezone.now()}
     )
     return head
 
@@ -26,7 +26,9 @@ def _lock_head() -> LogHead:
 def _append_locked(head: LogHead, entries: Sequence[bytes]) -> list[LogEntry]:
     start = head.size
     leaves = [merkle.leaf_hash(entry) for entry in entries]
-    nodes = merkle.nodes_for_append_many(start, leaves, log_read_nodes)
+    stored = bytes(head.frontier)
+    peaks = [stored[i : i + merkle.HASH_SIZE] for i in range(0, len(stored), merkle.HASH_SIZE)]
+    peaks, nodes = merkle.frontier_append(start, peaks, leaves)
     now = timezone.now()
     rows = [
         LogEntry(index=start + offset, data=entry, leaf_hash=leaf, created_at=now)
@@ -37,9 +39,10 @@ def _append_locked(head: LogHead, entries: Sequence[bytes]) -> list[LogEntry]:
         [LogNode(key=node_key(node), hash=digest) for node, digest in nodes], batch_size=APPEND_BATCH
     )
     head.size = start + len(entries)
-    head.root_hash = merkle.tree_hash(head.size, log_read_nodes)
+    head.frontier = b"".join(peaks)
+    head.root_hash = merkle.frontier_root(peaks)
     head.updated_at = now
-    head.save(update_fields=["size", "root_hash", "updated_at"])
+    head.save(update_fields=["size", "root_hash", "frontier", "updated_at"])
     return rows
 
 
@@ -68,6 +71,8 @@ def checkpoint_publish() -> Checkpoint:
     if latest is not None and latest.size >= size:
         return latest
     root = merkle.tree_hash(size, log_read_nodes)
+    if head is not None and root != bytes(head.root_hash):
+        raise LogIntegrityError(f"stored tree nodes and the head disagree on the root at size {size}")
     if latest is not None and latest.size > 0:
         proof = merkle.consistency_proof(latest.size, size, log_read_nodes)
         if not merkle.verify_consistency(latest.size, size, bytes(latest.root_hash), root, proof):

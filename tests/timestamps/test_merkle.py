@@ -400,3 +400,27 @@ def test_rfc6962_consistency_proofs(
 
     assert merkle.consistency_proof(first, second, ct_store.read) == expected
     assert merkle.verify_consistency(first, second, CT_ROOTS[first - 1], CT_ROOTS[second - 1], expected)
+
+
+@SETTINGS
+@given(start=st.integers(0, MAX_SIZE - 1), count=st.integers(0, 64))
+def test_frontier_append_matches_stored_nodes_and_root(
+    start: int, count: int, store: merkle.MemoryHashStore
+) -> None:
+    # given the peaks of the first `start` leaves, read from storage
+    peaks = merkle.frontier(start, store.read)
+    assert merkle.frontier_root(peaks) == merkle.tree_hash(start, store.read)
+
+    # when more leaves are appended from the peaks alone
+    end = min(start + count, MAX_SIZE)
+    new_peaks, nodes = merkle.frontier_append(start, peaks, LEAVES[start:end])
+
+    # then the completed nodes are the stored ones and the new peaks give the new root
+    assert dict(nodes) == dict(merkle.nodes_for_append_many(start, LEAVES[start:end], store.read))
+    assert merkle.frontier_root(new_peaks) == merkle.tree_hash(end, store.read)
+    assert new_peaks == merkle.frontier(end, store.read)
+
+
+def test_frontier_append_checks_the_peak_count() -> None:
+    with pytest.raises(ValueError, match="peaks"):
+        merkle.frontier_append(3, [LEAVES[0]], [LEAVES[3]])
