@@ -224,17 +224,24 @@ def key_rotate(*, purpose: str, private_key_file: Path | None = None) -> Signing
     return record
 
 
+_signers: dict[tuple[str, str], TsaSigner] = {}
+
+
 def tsa_signer() -> tuple[SigningKey, TsaSigner]:
     """The current TSA key's record and the RFC 3161 signer built from it and its CA."""
     tsa = key_current(Purpose.TSA)
     ca = key_current(Purpose.TSA_CA)
-    return tsa.record, TsaSigner(
-        private_key=_ec(tsa.private_key),
-        certificate=x509.load_pem_x509_certificate(tsa.record.certificate_pem.encode()),
-        chain=(x509.load_pem_x509_certificate(ca.record.certificate_pem.encode()),),
-        policy_oid=settings.MODELCOURT_TSA_POLICY_OID,
-        accuracy=timedelta(seconds=1),
-    )
+    # Parsing certificates and checking the key against them costs more than signing: once per key pair.
+    cache_key = (tsa.record.kid, ca.record.kid)
+    if (signer := _signers.get(cache_key)) is None:
+        signer = _signers[cache_key] = TsaSigner(
+            private_key=_ec(tsa.private_key),
+            certificate=x509.load_pem_x509_certificate(tsa.record.certificate_pem.encode()),
+            chain=(x509.load_pem_x509_certificate(ca.record.certificate_pem.encode()),),
+            policy_oid=settings.MODELCOURT_TSA_POLICY_OID,
+            accuracy=timedelta(seconds=1),
+        )
+    return tsa.record, signer
 
 
 def log_verifier_key(record: SigningKey) -> str:

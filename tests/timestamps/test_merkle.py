@@ -404,9 +404,7 @@ def test_rfc6962_consistency_proofs(
 
 @SETTINGS
 @given(start=st.integers(0, MAX_SIZE - 1), count=st.integers(0, 64))
-def test_frontier_append_matches_stored_nodes_and_root(
-    start: int, count: int, store: merkle.MemoryHashStore
-) -> None:
+def test_frontier_append_matches_stored_nodes_and_root(start: int, count: int, store: merkle.MemoryHashStore) -> None:
     # given the peaks of the first `start` leaves, read from storage
     peaks = merkle.frontier(start, store.read)
     assert merkle.frontier_root(peaks) == merkle.tree_hash(start, store.read)
