@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     args = parser.parse_args()
 
+    if connection.vendor == "sqlite":
+        # A file, as the embedded default uses, not SQLite's in-memory test database.
+        connection.settings_dict["TEST"]["NAME"] = os.path.join(os.environ["MODELCOURT_DATA_DIR"], "bench.sqlite3")
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
         print(f"database: {connection.vendor}; the figures come from this one run")
