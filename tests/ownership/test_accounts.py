@@ -52,3 +52,18 @@ def test_api_docs_and_schema_are_served_without_a_cdn(api_client: APIClient) -> 
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert {"/tsa", "/api/v1/keys/", "/api/v1/log/checkpoint", "/api/v1/log/proof/inclusion"} <= set(paths)
+
+
+def test_failed_sign_ins_are_limited_per_address(owner, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    rates = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "login": "3/min"}
+    monkeypatch.setitem(settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES", rates)
+    client = Client()
+
+    codes = [client.post("/accounts/login/", {"username": "olivia", "password": "wrong"}).status_code for _ in range(4)]
+    blocked = client.post("/accounts/login/", {"username": "olivia", "password": "correct horse battery"})
+
+    assert codes == [200, 200, 200, 429]
+    assert blocked.status_code == 429
+    assert b"Too many failed sign-ins" in blocked.content
