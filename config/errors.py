@@ -1,5 +1,6 @@
 """One place that maps domain errors to HTTP: every 4xx has a code and a sentence."""
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -9,10 +10,20 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from ownership.escrow import EscrowError
+from ownership.exceptions import ModelInDispute, RegistryError, RegistryNotFound, UploadTooLarge
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.keys import KeyConfigurationError
 
+# Order matters: subclasses before their bases.
+logger = logging.getLogger(__name__)
+
 DOMAIN_ERRORS: dict[type[Exception], int] = {
+    UploadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    ModelInDispute: status.HTTP_409_CONFLICT,
+    RegistryError: status.HTTP_400_BAD_REQUEST,
+    RegistryNotFound: status.HTTP_404_NOT_FOUND,
+    EscrowError: status.HTTP_503_SERVICE_UNAVAILABLE,
     LogRangeError: status.HTTP_400_BAD_REQUEST,
     LogNotFoundError: status.HTTP_404_NOT_FOUND,
     DjangoValidationError: status.HTTP_400_BAD_REQUEST,
@@ -33,6 +44,13 @@ def _first_sentence(detail: Any) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render domain and DRF errors as {"code", "detail", "fields"?}."""
+    if isinstance(exc, KeyConfigurationError | EscrowError):
+        # The details (paths, variable names) are for operators, not callers.
+        logger.error("service key configuration: %s", exc)
+        return Response(
+            {"code": "keys_unavailable", "detail": "the service's keys are misconfigured; operators have been told"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
     for error_type, http_status in DOMAIN_ERRORS.items():
         if isinstance(exc, error_type):
             code = getattr(exc, "code", None) or "invalid"

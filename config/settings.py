@@ -7,10 +7,12 @@ MODELCOURT_SECURE=1 and friends; see README.md.
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -44,8 +46,13 @@ def _secret_key() -> str:
         raise RuntimeError("SECRET_KEY must be set when MODELCOURT_SECURE=1")
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(64))
-        path.chmod(0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process wrote it first
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(64))
     return path.read_text().strip()
 
 
@@ -121,11 +128,14 @@ _cache_url = os.environ.get("CACHE_URL", "")
 if _cache_url.startswith(("redis://", "rediss://")):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}}
 else:
-    # A file cache is shared by every process on the host, which the throttles need.
+    # A file cache is shared by every process on the host, which the throttles need; it must not
+    # cull throttle counters under load (the default culls past 300 entries). Several web hosts
+    # need CACHE_URL.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
             "LOCATION": str(DATA_DIR / "cache"),
+            "OPTIONS": {"MAX_ENTRIES": 200_000},
         }
     }
 
@@ -146,8 +156,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT = Path(os.environ.get("MODELCOURT_STATIC_ROOT", DATA_DIR / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "config" / "static"]
 MEDIA_ROOT = DATA_DIR / "media"
 STORAGES = {
@@ -192,7 +202,9 @@ REST_FRAMEWORK = {
         "tsa": os.environ.get("MODELCOURT_THROTTLE_TSA", "600/min"),
         "login": os.environ.get("MODELCOURT_THROTTLE_LOGIN", "20/min"),
     },
-    "NUM_PROXIES": int(os.environ["MODELCOURT_NUM_PROXIES"]) if "MODELCOURT_NUM_PROXIES" in os.environ else None,
+    # 0: throttles key on the peer address and ignore a client's X-Forwarded-For; behind N trusted
+    # proxies set MODELCOURT_NUM_PROXIES=N.
+    "NUM_PROXIES": int(os.environ.get("MODELCOURT_NUM_PROXIES", "0")),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "modelcourt API",
@@ -223,9 +235,19 @@ else:
         "visibility_timeout": int(os.environ.get("MODELCOURT_VISIBILITY_TIMEOUT", str(6 * 3600)))
     }
 
+# --- uploads ---------------------------------------------------------------
+MODELCOURT_MAX_ARTIFACT_BYTES = int(os.environ.get("MODELCOURT_MAX_ARTIFACT_BYTES", str(256 * 1024 * 1024)))
+MODELCOURT_MAX_EVIDENCE_BYTES = int(os.environ.get("MODELCOURT_MAX_EVIDENCE_BYTES", str(64 * 1024 * 1024)))
+# Larger uploads stream to temporary files instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_PERMISSIONS = 0o640
+
 # --- the trust layer --------------------------------------------------------
 MODELCOURT_KEY_DIR = Path(os.environ.get("MODELCOURT_KEY_DIR", DATA_DIR / "keys")).resolve()
 MODELCOURT_LOG_ORIGIN = os.environ.get("MODELCOURT_LOG_ORIGIN", "modelcourt.local/log")
+if not re.fullmatch(r"[^\s+]{1,200}", MODELCOURT_LOG_ORIGIN):
+    # It is also the signed-note key name: no spaces, no plus signs.
+    raise ImproperlyConfigured("MODELCOURT_LOG_ORIGIN must be 1-200 characters without spaces or '+'")
 # A UUID-derived OID (ITU-T X.667): ours without a registration authority.
 MODELCOURT_TSA_POLICY_OID = os.environ.get("MODELCOURT_TSA_POLICY_OID", "2.25.9291914441649853870981516564865841020")
 MODELCOURT_TSA_NAME = os.environ.get("MODELCOURT_TSA_NAME", "modelcourt TSA")

@@ -1,14 +1,32 @@
-"""Account endpoints (the registry's endpoints join here)."""
+"""Owner API: accounts, registered models, evidence sets, public receipts."""
 
+import base64
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.http import FileResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from ownership.roles import user_roles
+from ownership import selectors, services
+from ownership.evidence import dump_evidence
+from ownership.exceptions import UploadTooLarge
+from ownership.models import EvidenceSet, RegisteredModel
+from ownership.roles import IsOwner, user_roles
+from timestamps.api import PublicApiView as PublicReadApiView
 
 
 class TokenApi(ObtainAuthToken):
@@ -32,3 +50,224 @@ class MeApi(APIView):
     def get(self, request: Request) -> Response:
         data = {"username": request.user.get_username(), "roles": user_roles(request.user)}
         return Response(self.OutputSerializer(data).data)
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+class ShapeField(serializers.Field):
+    """An input shape given as a JSON list ("[1, 8, 8]") or comma-separated ("1,8,8")."""
+
+    default_error_messages = {"invalid": "give the input shape as a list of integers, e.g. [1, 8, 8] or 1,8,8"}
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if isinstance(data, list):
+            return data
+        if not isinstance(data, str):
+            self.fail("invalid")
+        text = data.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else [int(part) for part in text.split(",")]
+        except ValueError:
+            self.fail("invalid")
+        if not isinstance(value, list):
+            self.fail("invalid")
+        return value
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _refuse_oversized(request: Request, limit: int) -> None:
+    """Refuse by Content-Length before reading the body (the multipart envelope gets 1 MiB of slack)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit + 1024 * 1024:
+        raise UploadTooLarge(f"the upload is {length} bytes; the limit is {limit} bytes")
+
+
+class EvidenceOutputSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id")
+    serial = serializers.IntegerField(source="timestamp_token.serial", help_text="TSA serial = log index")
+    receipt_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EvidenceSet
+        ref_name = "EvidenceSet"
+        fields = ["id", "kind", "size", "commitment", "verifiable", "generator", "serial", "created_at", "receipt_url"]
+
+    def get_receipt_url(self, obj: EvidenceSet) -> str:
+        return reverse("receipt", kwargs={"commitment": obj.commitment})
+
+
+class ModelOutputSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id")
+    format = serializers.CharField(source="artifact_format")
+    size = serializers.IntegerField(source="artifact_size")
+    digest = serializers.SerializerMethodField()
+    evidence = EvidenceOutputSerializer(source="evidence_sets", many=True, read_only=True)
+
+    class Meta:
+        model = RegisteredModel
+        ref_name = "RegisteredModel"
+        fields = [
+            "id",
+            "name",
+            "task",
+            "input_shape",
+            "num_classes",
+            "format",
+            "size",
+            "digest",
+            "created_at",
+            "evidence",
+        ]
+
+    def get_digest(self, obj: RegisteredModel) -> dict[str, Any]:
+        files = [{"name": name, "sha256": digest} for name, digest in sorted(obj.file_digests.items())]
+        return {"algorithm": "sha256", "model_digest": obj.model_digest, "files": files}
+
+
+class OwnerApiView(APIView):
+    """Owner endpoints: the owner role, and only the caller's own models."""
+
+    permission_classes = [IsAuthenticated, IsOwner]
+
+
+class ModelListApi(OwnerApiView):
+    """List your models, or register one (multipart upload of an ONNX or TorchScript artifact)."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ModelRegistration"
+
+        name = serializers.CharField(max_length=200)
+        task = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+        input_shape = ShapeField(help_text="one input's shape without the batch dimension, e.g. [1, 8, 8]")
+        num_classes = serializers.IntegerField(min_value=2, max_value=100_000)
+        artifact = serializers.FileField(help_text="ONNX (.onnx) or TorchScript (.pt) file")
+
+    @extend_schema(responses=ModelOutputSerializer(many=True), summary="Your registered models")
+    def get(self, request: Request) -> Response:
+        models = selectors.model_list(owner=request.user).prefetch_related("evidence_sets__timestamp_token")
+        return Response(ModelOutputSerializer(models, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer}, summary="Register a model")
+    def post(self, request: Request) -> Response:
+        _refuse_oversized(request, settings.MODELCOURT_MAX_ARTIFACT_BYTES)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        model = services.model_register(owner=request.user, **serializer.validated_data)
+        return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetailApi(OwnerApiView):
+    """One of your models; DELETE removes it unless a dispute refers to it."""
+
+    @extend_schema(responses=ModelOutputSerializer, summary="A registered model")
+    def get(self, request: Request, model_id: uuid.UUID) -> Response:
+        return Response(ModelOutputSerializer(selectors.model_get(owner=request.user, public_id=model_id)).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a model")
+    def delete(self, request: Request, model_id: uuid.UUID) -> Response:
+        services.model_delete(model=selectors.model_get(owner=request.user, public_id=model_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ModelArtifactApi(OwnerApiView):
+    """Download the artifact of one of your models."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, summary="Model artifact")
+    def get(self, request: Request, model_id: uuid.UUID) -> FileResponse:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        return FileResponse(model.artifact.open("rb"), as_attachment=True, filename=Path(model.artifact.name).name)
+
+
+class EvidenceListApi(OwnerApiView):
+    """List a model's evidence sets, or add one from an .npz file."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "EvidenceUpload"
+
+        kind = serializers.ChoiceField(choices=EvidenceSet.Kind.choices)
+        file = serializers.FileField(
+            help_text=".npz: inputs float32 [N, ...] + labels int64 [N]; dataset: members, nonmembers"
+        )
+
+    @extend_schema(responses=EvidenceOutputSerializer(many=True), summary="Evidence sets of a model")
+    def get(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        return Response(EvidenceOutputSerializer(selectors.evidence_list(model=model), many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: EvidenceOutputSerializer}, summary="Add evidence")
+    def post(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        _refuse_oversized(request, settings.MODELCOURT_MAX_EVIDENCE_BYTES)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        if upload.size > settings.MODELCOURT_MAX_EVIDENCE_BYTES:
+            raise UploadTooLarge(
+                f"the evidence is {upload.size} bytes; the limit is {settings.MODELCOURT_MAX_EVIDENCE_BYTES}"
+            )
+        evidence_set = services.evidence_upload(model=model, kind=serializer.validated_data["kind"], data=upload.read())
+        return Response(EvidenceOutputSerializer(evidence_set).data, status=status.HTTP_201_CREATED)
+
+
+class EvidenceGenerateApi(OwnerApiView):
+    """Generate a verifiable watermark set from a fresh seed, commit to it, and return it for embedding."""
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "WatermarkGeneration"
+
+        count = serializers.IntegerField(min_value=1, max_value=10_000, default=100)
+        low = serializers.FloatField(default=0.0)
+        high = serializers.FloatField(default=1.0)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not (math.isfinite(attrs["low"]) and math.isfinite(attrs["high"]) and attrs["low"] < attrs["high"]):
+                raise serializers.ValidationError("the input domain needs finite bounds with low < high")
+            return attrs
+
+    class OutputSerializer(EvidenceOutputSerializer):
+        evidence_npz_b64 = serializers.CharField(help_text="the trigger set (.npz, base64) to embed in your model")
+
+        class Meta(EvidenceOutputSerializer.Meta):
+            ref_name = "GeneratedWatermark"
+            fields = [*EvidenceOutputSerializer.Meta.fields, "evidence_npz_b64"]
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, summary="Generate a watermark")
+    def post(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        evidence_set, arrays = services.evidence_generate(model=model, **serializer.validated_data)
+        evidence_set.evidence_npz_b64 = base64.b64encode(dump_evidence(arrays)).decode()
+        return Response(self.OutputSerializer(evidence_set).data, status=status.HTTP_201_CREATED)
+
+
+class EvidenceOpeningApi(OwnerApiView):
+    """The opening of one of your commitments: evidence, salt and seed (keep it secret until a dispute)."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Open a commitment (owner only)")
+    def get(self, request: Request, model_id: uuid.UUID, evidence_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        evidence_set = selectors.evidence_get(model=model, public_id=evidence_id)
+        return Response(services.evidence_open(evidence_set=evidence_set))
+
+
+class ReceiptApi(PublicReadApiView):
+    """The public receipt of a commitment; anyone can verify it offline."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Public receipt of a commitment", auth=[])
+    def get(self, request: Request, commitment: str) -> Response:
+        evidence_set = selectors.evidence_by_commitment(commitment=commitment)
+        return Response(services.receipt_build(evidence_set=evidence_set))

@@ -28,12 +28,12 @@ def user_roles(user: AbstractBaseUser | AnonymousUser) -> list[str]:
 
 
 def user_has_role(user: AbstractBaseUser | AnonymousUser, role: Role) -> bool:
-    """Whether the user holds `role` (staff hold every role)."""
+    """Whether the user holds `role`; operators (staff) are not owners or arbiters unless also granted those."""
     if not user.is_authenticated:
         return False
-    if getattr(user, "is_staff", False):
-        return True
-    return role != Role.STAFF and user.groups.filter(name=role).exists()  # type: ignore[union-attr]
+    if role == Role.STAFF:
+        return bool(getattr(user, "is_staff", False))
+    return user.groups.filter(name=role).exists()  # type: ignore[union-attr]
 
 
 def role_grant(*, user: AbstractBaseUser, role: Role) -> None:

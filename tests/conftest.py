@@ -27,22 +27,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_settings() -> Iterator[None]:
-    """Keys of the test run go to a temporary folder; static files come from the apps (no collectstatic).
+    """Keys and uploads of the test run go to a temporary folder; static files come from the apps (no collectstatic).
 
     pytest-django reads the settings before this file is imported, so they are patched here.
     """
     from django.conf import settings
 
-    saved = (settings.MODELCOURT_KEY_DIR, settings.STORAGES, settings.WHITENOISE_USE_FINDERS)
-    with tempfile.TemporaryDirectory(prefix="modelcourt-test-keys-") as key_dir:
-        settings.MODELCOURT_KEY_DIR = Path(key_dir)
+    saved = (settings.MODELCOURT_KEY_DIR, settings.MEDIA_ROOT, settings.STORAGES, settings.WHITENOISE_USE_FINDERS)
+    with tempfile.TemporaryDirectory(prefix="modelcourt-test-") as workdir:
+        settings.MODELCOURT_KEY_DIR = Path(workdir) / "keys"
+        settings.MEDIA_ROOT = Path(workdir) / "media"
         settings.STORAGES = {
             **settings.STORAGES,
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
         }
         settings.WHITENOISE_USE_FINDERS = True
         yield
-    settings.MODELCOURT_KEY_DIR, settings.STORAGES, settings.WHITENOISE_USE_FINDERS = saved
+    settings.MODELCOURT_KEY_DIR, settings.MEDIA_ROOT, settings.STORAGES, settings.WHITENOISE_USE_FINDERS = saved
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,9 @@ class TsaApi(PublicApiView):
         auth=[],
     )
     def post(self, request: Request) -> HttpResponse:
-        result = services.timestamp_issue(query_der=request.data)
+        # DRF hands an empty body over as an empty dict, not as bytes.
+        query = request.data if isinstance(request.data, bytes) else b""
+        result = services.timestamp_issue(query_der=query)
         return HttpResponse(result.reply_der, content_type=REPLY_TYPE)
 
 
@@ -104,10 +106,16 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwk_of(record: SigningKey) -> dict[str, str]:
+def jwk_of(record: SigningKey) -> dict[str, Any]:
     """RFC 7517/8037 JWK of a public key."""
     public = serialization.load_pem_public_key(record.public_key_pem.encode())
-    common = {"kid": record.kid, "use": "sig", "key_ops": "verify", "status": record.status, "purpose": record.purpose}
+    common = {
+        "kid": record.kid,
+        "use": "sig",
+        "key_ops": ["verify"],
+        "status": record.status,
+        "purpose": record.purpose,
+    }
     if isinstance(public, ed25519.Ed25519PublicKey):
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": _b64url(raw), **common}

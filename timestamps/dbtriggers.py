@@ -23,6 +23,43 @@ $$ LANGUAGE plpgsql;
 """
 
 
+HEAD_TABLE = "timestamps_loghead"
+
+_PG_HEAD_FUNCTION = """
+CREATE OR REPLACE FUNCTION modelcourt_head_only_grows() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.size < OLD.size THEN
+        RAISE EXCEPTION 'the log head only grows: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
+def _head_statements(vendor: str) -> list[str]:
+    # The head may move forward (appends) but never back, and never disappear.
+    if vendor == "postgresql":
+        return [
+            f"CREATE TRIGGER {HEAD_TABLE}_only_grows BEFORE UPDATE OR DELETE ON {HEAD_TABLE} "
+            f"FOR EACH ROW EXECUTE FUNCTION modelcourt_head_only_grows()",
+            f"CREATE TRIGGER {HEAD_TABLE}_no_truncate BEFORE TRUNCATE ON {HEAD_TABLE} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION modelcourt_refuse_change()",
+        ]
+    return [
+        f"CREATE TRIGGER {HEAD_TABLE}_only_grows BEFORE UPDATE ON {HEAD_TABLE} WHEN NEW.size < OLD.size "
+        f"BEGIN SELECT RAISE(ABORT, 'the log head only grows: UPDATE refused'); END",
+        f"CREATE TRIGGER {HEAD_TABLE}_no_delete BEFORE DELETE ON {HEAD_TABLE} "
+        f"BEGIN SELECT RAISE(ABORT, 'the log head only grows: DELETE refused'); END",
+    ]
+
+
+def _head_names(vendor: str) -> list[str]:
+    if vendor == "postgresql":
+        return [f"{HEAD_TABLE}_only_grows", f"{HEAD_TABLE}_no_truncate"]
+    return [f"{HEAD_TABLE}_only_grows", f"{HEAD_TABLE}_no_delete"]
+
+
 def _statements(vendor: str, table: str) -> list[str]:
     if vendor == "postgresql":
         return [
@@ -52,20 +89,24 @@ def install(connection: BaseDatabaseWrapper) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_PG_FUNCTION)
+            cursor.execute(_PG_HEAD_FUNCTION)
         for table in APPEND_ONLY_TABLES:
             for statement in _statements(connection.vendor, table):
                 cursor.execute(statement)
+        for statement in _head_statements(connection.vendor):
+            cursor.execute(statement)
 
 
 def uninstall(connection: BaseDatabaseWrapper) -> None:
     """Drop the triggers (migrations backwards; test teardown that must empty the tables)."""
+    pairs = [(table, name) for table in APPEND_ONLY_TABLES for name in _names(connection.vendor, table)]
+    pairs += [(HEAD_TABLE, name) for name in _head_names(connection.vendor)]
     with connection.cursor() as cursor:
-        for table in APPEND_ONLY_TABLES:
-            for name in _names(connection.vendor, table):
-                if connection.vendor == "postgresql":
-                    cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-                else:
-                    cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
+        for table, name in pairs:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            else:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
 
 
 def installed(connection: BaseDatabaseWrapper) -> bool:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from django.conf import settings
@@ -72,7 +73,10 @@ def _key_path(purpose: str, kid: str) -> Path:
 
 
 def _parse_private(pem: bytes, purpose: str) -> PrivateKey:
-    key = serialization.load_pem_private_key(pem, password=_passphrase())
+    try:
+        key = serialization.load_pem_private_key(pem, password=_passphrase())
+    except (ValueError, TypeError) as exc:
+        raise KeyConfigurationError(f"the {purpose} private key cannot be read: {exc}") from exc
     wanted = ed25519.Ed25519PrivateKey if purpose == Purpose.LOG else ec.EllipticCurvePrivateKey
     if not isinstance(key, wanted) or (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name != "secp256r1"):
         raise KeyConfigurationError(f"the {purpose} key must be {ALGORITHMS[Purpose(purpose)]}")
@@ -168,13 +172,19 @@ def _register(purpose: str, key: PrivateKey) -> SigningKey:
     )
     certificate = _certificate_for(purpose, key)
     now = timezone.now()
+    kid = key_id(key.public_key())
     with transaction.atomic():
-        SigningKey.objects.select_for_update().filter(purpose=purpose, status=SigningKey.Status.CURRENT).update(
-            status=SigningKey.Status.RETIRED, retired_at=now
-        )
+        SigningKey.objects.select_for_update().filter(purpose=purpose, status=SigningKey.Status.CURRENT).exclude(
+            kid=kid
+        ).update(status=SigningKey.Status.RETIRED, retired_at=now)
+        # A key that served before (pinned again after a rotation) comes back with its old record.
+        if SigningKey.objects.filter(kid=kid, purpose=purpose).update(
+            status=SigningKey.Status.CURRENT, retired_at=None
+        ):
+            return SigningKey.objects.get(kid=kid)
         return SigningKey.objects.create(
             purpose=purpose,
-            kid=key_id(key.public_key()),
+            kid=kid,
             algorithm=ALGORITHMS[Purpose(purpose)],
             public_key_pem=public_pem.decode(),
             certificate_pem=certificate,
@@ -206,6 +216,7 @@ def _register_once(purpose: str, key: PrivateKey, *, write: bool) -> SigningKey:
         return SigningKey.objects.get(purpose=purpose, status=SigningKey.Status.CURRENT)
 
 
+@transaction.atomic
 def key_rotate(*, purpose: str, private_key_file: Path | None = None) -> SigningKey:
     """Retire the current key of `purpose` and make a new one current (rotating the CA re-issues the TSA key)."""
     if _configured_private(purpose) is not None:
@@ -224,24 +235,39 @@ def key_rotate(*, purpose: str, private_key_file: Path | None = None) -> Signing
     return record
 
 
-_signers: dict[tuple[str, str], TsaSigner] = {}
+_signers: dict[str, TsaSigner] = {}
 
 
 def tsa_signer() -> tuple[SigningKey, TsaSigner]:
-    """The current TSA key's record and the RFC 3161 signer built from it and its CA."""
+    """The current TSA key's record and the RFC 3161 signer built from it and the CA that issued it."""
     tsa = key_current(Purpose.TSA)
-    ca = key_current(Purpose.TSA_CA)
-    # Parsing certificates and checking the key against them costs more than signing: once per key pair.
-    cache_key = (tsa.record.kid, ca.record.kid)
-    if (signer := _signers.get(cache_key)) is None:
-        signer = _signers[cache_key] = TsaSigner(
+    key_current(Purpose.TSA_CA)  # the embedded default makes its CA on first use
+    # Parsing certificates and checking the key against them costs more than signing: once per key.
+    if (signer := _signers.get(tsa.record.kid)) is None:
+        certificate = x509.load_pem_x509_certificate(tsa.record.certificate_pem.encode())
+        issuers = [
+            x509.load_pem_x509_certificate(record.certificate_pem.encode())
+            for record in SigningKey.objects.filter(purpose=Purpose.TSA_CA)
+        ]
+        chain = tuple(ca for ca in issuers if ca.subject == certificate.issuer and _signed_by(certificate, ca))
+        if not chain:
+            raise KeyConfigurationError("no published CA certificate issued the current TSA certificate")
+        signer = _signers[tsa.record.kid] = TsaSigner(
             private_key=_ec(tsa.private_key),
-            certificate=x509.load_pem_x509_certificate(tsa.record.certificate_pem.encode()),
-            chain=(x509.load_pem_x509_certificate(ca.record.certificate_pem.encode()),),
+            certificate=certificate,
+            chain=chain[:1],
             policy_oid=settings.MODELCOURT_TSA_POLICY_OID,
             accuracy=timedelta(seconds=1),
         )
     return tsa.record, signer
+
+
+def _signed_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def log_verifier_key(record: SigningKey) -> str:

@@ -100,15 +100,19 @@ class LogNode(models.Model):
 class Checkpoint(models.Model):
     """A signed C2SP checkpoint of the log at some size."""
 
-    size = models.BigIntegerField(unique=True)
+    size = models.BigIntegerField()
     root_hash = models.BinaryField(max_length=32)
     note = models.TextField()
     key = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="checkpoints")
     created_at = models.DateTimeField()
 
     class Meta:
-        ordering = ["size"]
+        ordering = ["size", "created_at"]
         get_latest_by = "size"
+        constraints = [
+            # One per size and key: a rotated log key re-signs the current size.
+            models.UniqueConstraint(fields=["size", "key"], name="checkpoint_unique_size_per_key"),
+        ]
 
     def __str__(self) -> str:
         return f"checkpoint at {self.size}"

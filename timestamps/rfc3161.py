@@ -200,6 +200,10 @@ def _checked_request(query_der: bytes, policy_oid: str) -> Any:
     # asn1crypto raises ValueError, TypeError, OverflowError... depending on the damage.
     except Exception as exc:
         raise _RejectedQueryError(FailureInfo.BAD_DATA_FORMAT, "Bad request format.") from exc
+    # asn1crypto tolerates BER lengths and unknown trailing fields; the imprint is copied into the
+    # token byte for byte, so anything but canonical DER would make an unparsable token.
+    if request.dump(force=True) != query_der:
+        raise _RejectedQueryError(FailureInfo.BAD_DATA_FORMAT, "Bad request format: not DER.")
     if int(request["version"]) != 1:
         raise _RejectedQueryError(FailureInfo.BAD_REQUEST, "Bad request version.")
     # Parameters other than NULL or absent never get here: asn1crypto refuses them while parsing.

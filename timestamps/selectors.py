@@ -68,7 +68,7 @@ def log_consistency_proof(*, first: int, second: int) -> list[bytes]:
 
 def checkpoint_get(*, size: int) -> Checkpoint:
     """The signed checkpoint at exactly `size`."""
-    checkpoint = Checkpoint.objects.filter(size=size).first()
+    checkpoint = Checkpoint.objects.filter(size=size).order_by("-created_at").first()
     if checkpoint is None:
         raise LogNotFoundError(f"no checkpoint was signed at size {size}")
     return checkpoint

@@ -4,7 +4,7 @@ import secrets
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from timestamps import keys, merkle, note, rfc3161
@@ -60,34 +60,30 @@ def log_append_many(*, entries: Sequence[bytes]) -> list[LogEntry]:
     return _append_locked(_lock_head(), entries)
 
 
+@transaction.atomic
 def checkpoint_publish() -> Checkpoint:
-    """Sign a checkpoint of the current log, after proving it consistent with the previous one.
+    """Sign a checkpoint of the current log with the current log key, after proving it consistent.
 
-    Runs without the head lock: nodes below the head never change, so appends go on meanwhile.
+    Reuses the latest checkpoint while the log has not grown and its key is still current. Runs
+    under the head lock, so checkpoints are made in log order and never race each other.
     """
-    head = LogHead.objects.filter(id=1).first()
-    size = head.size if head else 0
-    latest = Checkpoint.objects.order_by("-size").first()
-    if latest is not None and latest.size >= size:
-        return latest
-    root = merkle.tree_hash(size, log_read_nodes)
-    if head is not None and root != bytes(head.root_hash):
-        raise LogIntegrityError(f"stored tree nodes and the head disagree on the root at size {size}")
-    if latest is not None and latest.size > 0:
-        proof = merkle.consistency_proof(latest.size, size, log_read_nodes)
-        if not merkle.verify_consistency(latest.size, size, bytes(latest.root_hash), root, proof):
-            raise LogIntegrityError(f"the log at {size} is not consistent with the checkpoint at {latest.size}")
+    head = _lock_head()
     log_key = keys.key_current(SigningKey.Purpose.LOG)
+    latest = Checkpoint.objects.order_by("-size", "-created_at").first()
+    if latest is not None and latest.size == head.size and latest.key_id == log_key.record.pk:
+        return latest
+    root = merkle.tree_hash(head.size, log_read_nodes)
+    if root != bytes(head.root_hash):
+        raise LogIntegrityError(f"stored tree nodes and the head disagree on the root at size {head.size}")
+    if latest is not None and latest.size > 0:
+        proof = merkle.consistency_proof(latest.size, head.size, log_read_nodes)
+        if not merkle.verify_consistency(latest.size, head.size, bytes(latest.root_hash), root, proof):
+            raise LogIntegrityError(f"the log at {head.size} is not consistent with the checkpoint at {latest.size}")
     origin = settings.MODELCOURT_LOG_ORIGIN
-    signed = note.sign_note(note.checkpoint_text(origin, size, root), name=origin, private_key=log_key.private_key)
-    try:
-        with transaction.atomic():
-            return Checkpoint.objects.create(
-                size=size, root_hash=root, note=signed, key=log_key.record, created_at=timezone.now()
-            )
-    except IntegrityError:
-        # Another process signed this size first; theirs is as good.
-        return Checkpoint.objects.get(size=size)
+    signed = note.sign_note(note.checkpoint_text(origin, head.size, root), name=origin, private_key=log_key.private_key)
+    return Checkpoint.objects.create(
+        size=head.size, root_hash=root, note=signed, key=log_key.record, created_at=timezone.now()
+    )
 
 
 def _issue(query_der: bytes) -> tuple[rfc3161.IssueResult, TimestampToken | None]:

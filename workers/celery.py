@@ -18,9 +18,11 @@ app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
+    # Late acks: a worker host that dies mid-task leaves the message to be redelivered. A child
+    # process killed under a task is not requeued (that would loop forever on a poison task):
+    # untrusted models run in the sandbox, so their crashes fail the run, not the worker.
     task_acks_late=True,
-    # A worker killed mid-task (OOM, SIGKILL) gives the message back instead of losing it.
-    task_reject_on_worker_lost=True,
+    task_reject_on_worker_lost=False,
     task_ignore_result=True,
     worker_prefetch_multiplier=1,
     task_default_queue="cpu",

@@ -67,3 +67,22 @@ def test_failed_sign_ins_are_limited_per_address(owner, monkeypatch) -> None:  #
     assert codes == [200, 200, 200, 429]
     assert blocked.status_code == 429
     assert b"Too many failed sign-ins" in blocked.content
+    # the same username from other addresses is limited too
+    elsewhere = Client(REMOTE_ADDR="10.9.8.7").post("/accounts/login/", {"username": "olivia", "password": "x"})
+    assert elsewhere.status_code == 429
+
+
+def test_a_forged_forwarded_for_header_does_not_escape_the_throttle(api_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from rest_framework.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "3/min"})
+    codes = [api_client.get("/api/v1/log/key", HTTP_X_FORWARDED_FOR=f"203.0.113.{i}").status_code for i in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+
+
+def test_operators_are_not_owners_or_arbiters_by_default(staff) -> None:  # type: ignore[no-untyped-def]
+    from ownership.roles import Role, user_has_role
+
+    assert user_has_role(staff, Role.STAFF)
+    assert not user_has_role(staff, Role.OWNER)
+    assert not user_has_role(staff, Role.ARBITER)

@@ -78,6 +78,18 @@ def test_malformed_query_gets_an_rfc3161_rejection_not_a_500(api_client: APIClie
     assert not TimestampToken.objects.exists()
 
 
+def test_non_der_queries_are_rejected_not_signed(api_client: APIClient) -> None:
+    query = rfc3161.build_query(b"\x44" * 32, nonce=3)
+    long_form_length = b"\x30\x81" + bytes([query[1]]) + query[2:]
+    trailing_field = b"\x30" + bytes([query[1] + 3]) + query[2:] + b"\x02\x01\x00"
+
+    for body in (long_form_length, trailing_field):
+        response = api_client.post("/tsa", body, content_type=QUERY)
+        assert response.status_code == 200
+        assert _Reply.load(response.content)["status"]["status"].native == "rejection"
+    assert not TimestampToken.objects.exists()
+
+
 def test_tsa_wants_its_media_type_and_a_bounded_body(api_client: APIClient) -> None:
     assert api_client.post("/tsa", b"x", content_type="application/json").status_code == 415
     too_big = api_client.post("/tsa", b"\x00" * 20000, content_type=QUERY)

@@ -7,7 +7,7 @@ import multiprocessing
 import pytest
 from django.db import connections
 
-from tests.timestamps.gocheck import go_available, go_verify
+from tests.timestamps.gocheck import go_verify, require_go
 from timestamps import keys, merkle, selectors, services
 from timestamps.models import Checkpoint, LogEntry, SigningKey
 
@@ -63,8 +63,7 @@ def test_eight_processes_appending_leave_a_gap_free_consistent_log() -> None:
         consistency.append(
             {"first": before.size, "second": after.size, "hashes_b64": [base64.b64encode(h).decode() for h in proof]}
         )
-    if not go_available():
-        pytest.skip("go is not installed: the Go cross-check of these checkpoints did not run")
+    require_go()  # skips with the reason, or fails when MODELCOURT_REQUIRE_GO=1
     entry = LogEntry.objects.get(index=total // 2)
     inclusion = {
         "index": entry.index,

@@ -123,3 +123,43 @@ def test_rotate_keys_names_an_unknown_purpose() -> None:
 
     with pytest.raises(CommandError, match="unknown purpose nope"):
         call_command("rotate_keys", "nope")
+
+
+def test_the_served_checkpoint_follows_a_log_key_rotation(client) -> None:  # type: ignore[no-untyped-def]
+    services.log_append(data=b"x")
+    client.get("/api/v1/log/checkpoint")
+
+    call_command("rotate_keys", "log")
+
+    served = client.get("/api/v1/log/checkpoint").content.decode()
+    current = client.get("/api/v1/log/key").content.decode().strip()
+    assert note.parse_checkpoint(note.open_note(served, [current])).size == 1
+
+
+def test_pinning_an_earlier_key_again_reactivates_its_record(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    first = keys.key_current(Purpose.LOG)
+    path = tmp_path / "first.pem"
+    path.write_bytes(
+        first.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    call_command("rotate_keys", "log")
+    assert keys.key_current(Purpose.LOG).record.kid != first.record.kid
+
+    monkeypatch.setenv("MODELCOURT_LOG_KEY_FILE", str(path))
+
+    again = keys.key_current(Purpose.LOG)
+    assert again.record.pk == first.record.pk
+    assert SigningKey.objects.get(pk=first.record.pk).status == "current"
+    assert SigningKey.objects.filter(purpose=Purpose.LOG, status="current").count() == 1
+
+
+def test_an_unreadable_configured_key_is_a_503_without_details(client, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MODELCOURT_LOG_KEY", "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+
+    response = client.get("/api/v1/log/key")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "keys_unavailable"
+    assert "MODELCOURT" not in response.content.decode()

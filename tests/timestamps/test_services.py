@@ -5,7 +5,7 @@ from django.db import DatabaseError, connection, transaction
 
 from timestamps import dbtriggers, keys, merkle, note, selectors, services
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
-from timestamps.models import Checkpoint, LogEntry, LogNode, SigningKey
+from timestamps.models import Checkpoint, LogEntry, LogHead, LogNode, SigningKey, TimestampToken
 
 pytestmark = pytest.mark.django_db
 
@@ -88,17 +88,34 @@ def test_checkpoint_refuses_a_log_inconsistent_with_the_previous_checkpoint() ->
 
 @pytest.mark.parametrize(
     ("model", "change"),
-    [(LogEntry, {"data": b"rewritten"}), (LogNode, {"hash": b"\x00" * 32}), (Checkpoint, {"note": "forged"})],
+    [
+        (LogEntry, {"data": b"rewritten"}),
+        (LogNode, {"hash": b"\x00" * 32}),
+        (Checkpoint, {"note": "forged"}),
+        (TimestampToken, {"token": b"forged"}),
+    ],
 )
 def test_append_only_tables_refuse_update_and_delete(model: type, change: dict[str, object]) -> None:
     services.log_append_many(entries=[b"a", b"b"])
+    services.timestamp_digest(digest=b"\x01" * 32)
     services.checkpoint_publish()
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         model.objects.all().update(**change)  # type: ignore[attr-defined]
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        model.objects.all().delete()  # type: ignore[attr-defined]
+    # raw SQL: the ORM's own PROTECT would refuse some of these before the database is asked
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {model._meta.db_table}")  # type: ignore[attr-defined]  # noqa: S608
     assert model.objects.exists()  # type: ignore[attr-defined]
+
+
+def test_the_head_only_grows() -> None:
+    services.log_append_many(entries=[b"a", b"b"])
+
+    with pytest.raises(DatabaseError, match="only grows"), transaction.atomic():
+        LogHead.objects.update(size=1)
+    with pytest.raises(DatabaseError, match="only grows"), transaction.atomic():
+        LogHead.objects.all().delete()
+    assert selectors.log_size() == 2
 
 
 @pytest.mark.postgres

@@ -1,0 +1,287 @@
+"""The `modelcourt` command: register models and evidence, fetch receipts, verify them offline."""
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modelcourt.receipts import all_ok, verify_receipt
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TIMEOUT_S = 300  # registering runs the artifact in the server's sandbox before it answers
+KINDS = ("watermark", "fingerprint", "dataset")
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit status 1."""
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def encode_multipart(fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type, from text fields and (field, filename, bytes) files."""
+    boundary = f"modelcourt-{secrets.token_hex(16)}"
+    parts = []
+    for name, value in fields:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode())
+        parts.append(value.encode() + b"\r\n")
+    for name, filename, data in files:
+        disposition = f'form-data; name="{_quoted(name)}"; filename="{_quoted(filename)}"'
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        parts.append(head.encode())
+        parts.append(data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _quoted(value: str) -> str:
+    # The HTML form encoding of names in Content-Disposition: percent-escape what would end the quoted string.
+    return value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
+
+
+class Client:
+    """The service's API v1 over urllib."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise CliError(f"--url must be an http:// or https:// URL, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def request(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None) -> Any:
+        """Send one request; the decoded JSON answer, or CliError carrying the service's sentence."""
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Token {self.token}"
+        request = urllib.request.Request(self.base_url + path, data=body, headers=headers, method=method)  # noqa: S310 -- scheme checked in __init__
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            raise CliError(f"error ({exc.code}): {_error_detail(exc)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise CliError(f"error (connection): cannot reach {self.base_url}: {reason}") from None
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            raise CliError(f"error: the service at {self.base_url} answered with something other than JSON") from None
+
+    def get(self, path: str) -> Any:
+        """GET a JSON resource."""
+        return self.request("GET", path)
+
+    def post_json(self, path: str, data: Any) -> Any:
+        """POST a JSON body."""
+        return self.request("POST", path, body=json.dumps(data).encode(), content_type="application/json")
+
+    def post_form(self, path: str, fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]]) -> Any:
+        """POST multipart/form-data."""
+        body, content_type = encode_multipart(fields, files)
+        return self.request("POST", path, body=body, content_type=content_type)
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read())
+    except (ValueError, OSError):
+        return str(exc.reason)
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(exc.reason)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"error: cannot read {path}: {exc.strerror}") from None
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(_read_bytes(path))
+    except ValueError:
+        raise CliError(f"error: {path} is not JSON") from None
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise CliError(f"error: cannot write {path}: {exc.strerror}") from None
+
+
+def _model_path(model_id: str, suffix: str = "") -> str:
+    return f"/api/v1/models/{urllib.parse.quote(model_id, safe='')}/{suffix}"
+
+
+def cmd_register(args: argparse.Namespace, client: Client) -> int:
+    """Upload an artifact and register it."""
+    fields = [
+        ("name", args.name),
+        ("task", args.task),
+        ("input_shape", json.dumps(args.input_shape)),
+        ("num_classes", str(args.classes)),
+    ]
+    files = [("artifact", Path(args.artifact).name, _read_bytes(args.artifact))]
+    _print_json(client.post_form("/api/v1/models/", fields, files))
+    return 0
+
+
+def cmd_evidence_add(args: argparse.Namespace, client: Client) -> int:
+    """Upload an .npz evidence set; the service commits to it."""
+    files = [("file", Path(args.file).name, _read_bytes(args.file))]
+    _print_json(client.post_form(_model_path(args.model_id, "evidence/"), [("kind", args.kind)], files))
+    return 0
+
+
+def cmd_evidence_generate(args: argparse.Namespace, client: Client) -> int:
+    """Have the service generate and commit to a verifiable watermark; save the trigger set."""
+    answer = client.post_json(
+        _model_path(args.model_id, "evidence/generate"), {"count": args.count, "low": args.low, "high": args.high}
+    )
+    if not isinstance(answer, dict) or not isinstance(answer.get("evidence_npz_b64"), str):
+        raise CliError("error: the service's answer has no evidence_npz_b64")
+    out = args.out or f"watermark-{answer.get('id', answer.get('commitment', 'new'))}.npz"
+    _write_bytes(out, base64.b64decode(answer.pop("evidence_npz_b64")))
+    _print_json({**answer, "evidence_npz": out})
+    return 0
+
+
+def cmd_receipt_get(args: argparse.Namespace, client: Client) -> int:
+    """Fetch the public receipt of a commitment."""
+    receipt = client.get(f"/api/v1/receipts/{urllib.parse.quote(args.commitment, safe='')}")
+    if args.output:
+        _write_bytes(args.output, (json.dumps(receipt, indent=2) + "\n").encode())
+    else:
+        _print_json(receipt)
+    return 0
+
+
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    """Verify a receipt offline, and the opening or evidence when given."""
+    receipt = _read_json(args.receipt)
+    ca_pems = [_read_bytes(path).decode(errors="replace") for path in args.ca] if args.ca else None
+    log_key = args.log_key
+    if log_key is not None and Path(log_key).is_file():
+        log_key = _read_bytes(log_key).decode(errors="replace").strip()
+    checks = verify_receipt(
+        receipt,
+        ca_pems=ca_pems,
+        log_vkey=log_key,
+        opening=_read_json(args.opening) if args.opening else None,
+        evidence_npz=_read_bytes(args.evidence) if args.evidence else None,
+        salt=args.salt,
+        seed=args.seed,
+    )
+    for check in checks:
+        status = "FAIL" if not check.ok else "WARN" if check.warning else "OK  "
+        print(f"{status} {check.name}: {check.detail}")
+    return 0 if all_ok(checks) else 1
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(part) for part in text.strip("[] ").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give the shape as integers, e.g. 1,8,8 (not {text!r})") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError("shape dimensions are positive integers")
+    return dims
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `modelcourt`."""
+    parser = argparse.ArgumentParser(prog="modelcourt", description=__doc__)
+    parser.add_argument("--url", default=os.environ.get("MODELCOURT_URL", DEFAULT_URL), help="service URL")
+    parser.add_argument("--token", default=os.environ.get("MODELCOURT_TOKEN"), help="API token (MODELCOURT_TOKEN)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    register = commands.add_parser("register", help="register a model artifact (ONNX or TorchScript)")
+    register.add_argument("artifact")
+    register.add_argument("--name", required=True)
+    register.add_argument("--task", default="")
+    register.add_argument("--input-shape", required=True, type=_shape, help="without the batch dimension, e.g. 1,8,8")
+    register.add_argument("--classes", required=True, type=int, help="number of classes")
+    register.set_defaults(handler=cmd_register)
+
+    evidence = commands.add_parser("evidence", help="add or generate evidence").add_subparsers(
+        dest="evidence_command", required=True
+    )
+    add = evidence.add_parser("add", help="upload an .npz evidence set")
+    add.add_argument("model_id")
+    add.add_argument("file")
+    add.add_argument("--kind", required=True, choices=KINDS)
+    add.set_defaults(handler=cmd_evidence_add)
+    generate = evidence.add_parser("generate", help="generate a verifiable watermark and save its triggers")
+    generate.add_argument("model_id")
+    generate.add_argument("--count", required=True, type=int)
+    generate.add_argument("--low", type=float, default=0.0)
+    generate.add_argument("--high", type=float, default=1.0)
+    generate.add_argument("--out", help="where to write the trigger set (.npz)")
+    generate.set_defaults(handler=cmd_evidence_generate)
+
+    receipt = commands.add_parser("receipt", help="fetch or verify receipts").add_subparsers(
+        dest="receipt_command", required=True
+    )
+    get = receipt.add_parser("get", help="fetch the public receipt of a commitment")
+    get.add_argument("commitment")
+    get.add_argument("-o", "--output", help="write the receipt here instead of printing it")
+    get.set_defaults(handler=cmd_receipt_get)
+    verify = receipt.add_parser("verify", help="verify a receipt offline")
+    verify.add_argument("receipt")
+    verify.add_argument("--ca", action="append", help="trusted TSA root certificate(s), PEM (repeatable)")
+    verify.add_argument("--log-key", help="the log's verifier key (name+hash+base64), or a file holding it")
+    opened = verify.add_mutually_exclusive_group()
+    opened.add_argument("--opening", help="the owner's opening (JSON)")
+    opened.add_argument("--evidence", help="the evidence set (.npz); needs --salt")
+    verify.add_argument("--salt", help="the commitment's salt (hex)")
+    verify.add_argument("--seed", help="the watermark generator's seed (hex), for generated evidence")
+    verify.set_defaults(handler=cmd_receipt_verify, offline=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "offline", False):
+        if args.evidence and not args.salt:
+            parser.error("--evidence needs --salt")
+        if (args.salt or args.seed) and not args.evidence:
+            parser.error("--salt and --seed go with --evidence")
+    try:
+        if getattr(args, "offline", False):
+            return int(args.handler(args))
+        return int(args.handler(args, Client(args.url, args.token)))
+    except CliError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Domain errors of the registry (mapped to HTTP in config/errors.py)."""
+
+
+class RegistryError(ValueError):
+    """A registration or evidence request the owner can correct."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class UploadTooLarge(RegistryError):
+    """An upload over the configured limit."""
+
+    code = "too_large"
+
+
+class ModelInDispute(RegistryError):
+    """A model that a dispute refers to cannot be deleted."""
+
+    code = "in_dispute"
+
+
+class RegistryNotFound(LookupError):
+    """No such model, evidence set or receipt (for this caller)."""
+
+    code = "not_found"

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from ownership import api
+
+urlpatterns = [
+    path("models/", api.ModelListApi.as_view(), name="model-list"),
+    path("models/<uuid:model_id>", api.ModelDetailApi.as_view(), name="model-detail"),
+    path("models/<uuid:model_id>/artifact", api.ModelArtifactApi.as_view(), name="model-artifact"),
+    path("models/<uuid:model_id>/evidence/", api.EvidenceListApi.as_view(), name="evidence-list"),
+    path("models/<uuid:model_id>/evidence/generate", api.EvidenceGenerateApi.as_view(), name="evidence-generate"),
+    path(
+        "models/<uuid:model_id>/evidence/<uuid:evidence_id>/opening",
+        api.EvidenceOpeningApi.as_view(),
+        name="evidence-opening",
+    ),
+    path("receipts/<str:commitment>", api.ReceiptApi.as_view(), name="receipt"),
+]

@@ -1,0 +1,280 @@
+"""The registry over the API: registration, evidence, escrow, receipts, access control."""
+
+import base64
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from rest_framework.test import APIClient
+
+from ownership import commitments
+from ownership.models import EvidenceSet, RegisteredModel
+from tests.ownership.model_files import onnx_file, torchscript_file
+
+pytestmark = pytest.mark.django_db
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _watermark(n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "inputs": rng.random((n, 1, 8, 8), dtype=np.float32),
+        "labels": rng.integers(0, 10, n).astype(np.int64),
+    }
+
+
+def _register(client: APIClient, artifact: Path, name: str = "digits-mlp", shape: str = "[1, 8, 8]"):  # type: ignore[no-untyped-def]
+    with artifact.open("rb") as handle:
+        return client.post(
+            "/api/v1/models/",
+            {"name": name, "task": "8x8 digits", "input_shape": shape, "num_classes": 10, "artifact": handle},
+            format="multipart",
+        )
+
+
+@pytest.fixture
+def owner_client(owner) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.force_authenticate(owner)
+    return client
+
+
+@pytest.fixture
+def registered(owner_client: APIClient, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    response = _register(owner_client, torchscript_file(tmp_path / "mlp.pt"))
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_registering_torchscript_and_onnx_records_openssf_digests(owner_client: APIClient, tmp_path: Path) -> None:
+    script = torchscript_file(tmp_path / "mlp.pt")
+    onnx = onnx_file(tmp_path / "mlp.onnx")
+
+    first = _register(owner_client, script, name="scripted").json()
+    second = _register(owner_client, onnx, name="exported").json()
+
+    assert (first["format"], second["format"]) == ("torchscript", "onnx")
+    file_sha = hashlib.sha256(script.read_bytes()).hexdigest()
+    assert first["digest"]["files"] == [{"name": "mlp.pt", "sha256": file_sha}]
+    assert first["input_shape"] == [1, 8, 8]
+    assert len(first["digest"]["model_digest"]) == 64
+    assert RegisteredModel.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes", "reason"),
+    [("[1, 28, 28]", 10, "input shape"), ("[1, 8, 8]", 5, "classes"), ("one,two", 10, "input shape")],
+)
+def test_a_mismatched_artifact_gets_a_400_with_a_reason(
+    owner_client: APIClient, tmp_path: Path, shape: str, classes: int, reason: str
+) -> None:
+    with torchscript_file(tmp_path / "mlp.pt").open("rb") as handle:
+        response = owner_client.post(
+            "/api/v1/models/",
+            {"name": "m", "input_shape": shape, "num_classes": classes, "artifact": handle},
+            format="multipart",
+        )
+    assert response.status_code == 400
+    assert reason in response.json()["detail"]
+    assert not RegisteredModel.objects.exists()
+
+
+def test_garbage_and_pickles_are_refused(owner_client: APIClient, tmp_path: Path) -> None:
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"\x08\x01" + b"not a model" * 100)
+    import torch
+
+    pickled = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, pickled)
+
+    for path in (garbage, pickled):
+        response = _register(owner_client, path, name=path.name)
+        assert response.status_code == 400, path
+        assert response.json()["code"] == "artifact_rejected"
+
+
+def test_an_upload_over_the_limit_is_refused_cleanly(
+    owner_client: APIClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "MODELCOURT_MAX_ARTIFACT_BYTES", 1000)
+    response = _register(owner_client, torchscript_file(tmp_path / "mlp.pt"))
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+    assert not RegisteredModel.objects.exists()
+
+
+def test_evidence_upload_commits_and_escrows_without_plaintext(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+) -> None:
+    arrays = _watermark()
+    upload = SimpleUploadedFile("wm.npz", _npz(**arrays))
+
+    response = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/", {"kind": "watermark", "file": upload}, format="multipart"
+    )
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["verifiable"] is False
+    stored = EvidenceSet.objects.get(commitment=body["commitment"])
+    # no plaintext in the database: neither the trigger bytes nor the salt
+    opening = owner_client.get(f"/api/v1/models/{registered['id']}/evidence/{body['id']}/opening").json()
+    needle_inputs = arrays["inputs"].tobytes()[:48]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT escrow FROM ownership_evidenceset WHERE id = %s", [stored.pk])
+        raw = bytes(cursor.fetchone()[0])
+    assert needle_inputs not in raw
+    assert opening["salt"].encode() not in raw and bytes.fromhex(opening["salt"]) not in raw
+    # nor on disk
+    for path in Path(settings.MEDIA_ROOT).rglob("*"):
+        if path.is_file():
+            assert needle_inputs not in path.read_bytes()
+    # and the opening reproduces the public commitment
+    recomputed = commitments.commitment(
+        model_digest=registered["digest"]["model_digest"],
+        evidence_digest=commitments.evidence_digest(arrays),
+        kind="watermark",
+        salt=opening["salt"],
+    )
+    assert recomputed == body["commitment"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        ({"inputs": np.zeros((3, 1, 8, 8), np.float64), "labels": np.zeros(3, np.int64)}, "float32"),
+        ({"inputs": np.zeros((3, 1, 8, 8), np.float32), "labels": np.full(3, 10, np.int64)}, "label"),
+        ({"inputs": np.zeros((3, 64), np.float32), "labels": np.zeros(3, np.int64)}, "shape"),
+    ],
+)
+def test_invalid_evidence_gets_a_400_with_a_reason(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+    arrays: dict[str, np.ndarray],
+    reason: str,
+) -> None:
+    upload = SimpleUploadedFile("wm.npz", _npz(**arrays))
+    response = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/", {"kind": "watermark", "file": upload}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert reason in response.json()["detail"]
+
+
+def test_generated_watermark_is_verifiable_and_returned(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+) -> None:
+    response = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/generate", {"count": 40, "low": 0, "high": 1}, format="json"
+    )
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["verifiable"] is True
+    with np.load(io.BytesIO(base64.b64decode(body["evidence_npz_b64"])), allow_pickle=False) as triggers:
+        assert triggers["inputs"].shape == (40, 1, 8, 8)
+        assert triggers["labels"].max() < 10
+        opening = owner_client.get(f"/api/v1/models/{registered['id']}/evidence/{body['id']}/opening").json()
+        from ownership.watermarks import generate_watermark
+
+        regenerated = generate_watermark(
+            seed=bytes.fromhex(opening["seed"]), count=40, input_shape=[1, 8, 8], num_classes=10
+        )
+        np.testing.assert_array_equal(regenerated["inputs"], triggers["inputs"])
+
+
+def test_receipts_are_public_and_carry_no_evidence(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+) -> None:
+    generated = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/generate", {"count": 10}, format="json"
+    ).json()
+
+    receipt = APIClient().get(generated["receipt_url"])
+
+    assert receipt.status_code == 200
+    body = receipt.json()
+    assert body["commitment"] == generated["commitment"]
+    assert body["log"]["index"] == generated["serial"]
+    assert "salt" not in str(body) and "seed" not in body and "evidence_npz_b64" not in body
+    assert APIClient().get("/api/v1/receipts/" + "0" * 64).status_code == 404
+    assert APIClient().get("/api/v1/receipts/not-hex").status_code == 404
+
+
+def test_bad_generation_parameters_get_400s(owner_client: APIClient, registered: dict) -> None:  # type: ignore[type-arg]
+    url = f"/api/v1/models/{registered['id']}/evidence/generate"
+    assert owner_client.post(url, {"count": 0}, format="json").status_code == 400
+    assert owner_client.post(url, {"count": 5, "low": 1, "high": 0}, format="json").status_code == 400
+
+
+def test_delete_removes_the_model_and_its_artifact(owner_client: APIClient, registered: dict) -> None:  # type: ignore[type-arg]
+    model = RegisteredModel.objects.get(public_id=registered["id"])
+    artifact_path = Path(model.artifact.path)
+
+    response = owner_client.delete(f"/api/v1/models/{registered['id']}")
+
+    assert response.status_code == 204
+    assert not RegisteredModel.objects.exists()
+    assert not artifact_path.exists()
+
+
+OWNER_ENDPOINTS = [
+    ("get", "/api/v1/models/{model}"),
+    ("delete", "/api/v1/models/{model}"),
+    ("get", "/api/v1/models/{model}/artifact"),
+    ("get", "/api/v1/models/{model}/evidence/"),
+    ("post", "/api/v1/models/{model}/evidence/"),
+    ("post", "/api/v1/models/{model}/evidence/generate"),
+    ("get", "/api/v1/models/{model}/evidence/{evidence}/opening"),
+]
+
+
+@pytest.mark.parametrize(("method", "template"), OWNER_ENDPOINTS)
+@pytest.mark.parametrize(("actor", "expected"), [("other_owner", 404), ("arbiter", 403), ("anonymous", 401)])
+def test_nobody_else_reaches_an_owners_models_or_evidence(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+    arbiter,  # type: ignore[no-untyped-def]
+    method: str,
+    template: str,
+    actor: str,
+    expected: int,
+) -> None:
+    from tests.conftest import _user
+
+    evidence = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/generate", {"count": 5}, format="json"
+    ).json()
+    client = APIClient()
+    if actor == "other_owner":
+        client.force_authenticate(_user("mallory", "owner"))
+    elif actor == "arbiter":
+        client.force_authenticate(arbiter)
+    url = template.format(model=registered["id"], evidence=evidence["id"])
+
+    response = getattr(client, method)(url, {}, format="json")
+
+    assert response.status_code == expected
+    assert "salt" not in response.content.decode()
+    assert RegisteredModel.objects.filter(public_id=registered["id"]).exists()
+
+
+def test_other_owners_see_an_empty_list(registered: dict) -> None:  # type: ignore[type-arg]
+    from tests.conftest import _user
+
+    client = APIClient()
+    client.force_authenticate(_user("mallory", "owner"))
+    assert client.get("/api/v1/models/").json() == []
