@@ -73,7 +73,7 @@ def test_registering_torchscript_and_onnx_records_openssf_digests(owner_client: 
 
 @pytest.mark.parametrize(
     ("shape", "classes", "reason"),
-    [("[1, 28, 28]", 10, "input shape"), ("[1, 8, 8]", 5, "classes"), ("one,two", 10, "input shape")],
+    [("[1, 28, 28]", 10, "[1, 28, 28]"), ("[1, 8, 8]", 5, "classes"), ("one,two", 10, "input shape")],
 )
 def test_a_mismatched_artifact_gets_a_400_with_a_reason(
     owner_client: APIClient, tmp_path: Path, shape: str, classes: int, reason: str
@@ -220,11 +220,16 @@ def test_bad_generation_parameters_get_400s(owner_client: APIClient, registered:
     assert owner_client.post(url, {"count": 5, "low": 1, "high": 0}, format="json").status_code == 400
 
 
-def test_delete_removes_the_model_and_its_artifact(owner_client: APIClient, registered: dict) -> None:  # type: ignore[type-arg]
+def test_delete_removes_the_model_and_its_artifact(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+) -> None:
     model = RegisteredModel.objects.get(public_id=registered["id"])
     artifact_path = Path(model.artifact.path)
 
-    response = owner_client.delete(f"/api/v1/models/{registered['id']}")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.delete(f"/api/v1/models/{registered['id']}")
 
     assert response.status_code == 204
     assert not RegisteredModel.objects.exists()
@@ -242,34 +247,35 @@ OWNER_ENDPOINTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "template"), OWNER_ENDPOINTS)
-@pytest.mark.parametrize(("actor", "expected"), [("other_owner", 404), ("arbiter", 403), ("anonymous", 401)])
 def test_nobody_else_reaches_an_owners_models_or_evidence(
     owner_client: APIClient,
     registered: dict,  # type: ignore[type-arg]
     arbiter,  # type: ignore[no-untyped-def]
-    method: str,
-    template: str,
-    actor: str,
-    expected: int,
 ) -> None:
+    # One registration for the whole matrix: each one costs a sandboxed model load.
     from tests.conftest import _user
 
     evidence = owner_client.post(
         f"/api/v1/models/{registered['id']}/evidence/generate", {"count": 5}, format="json"
     ).json()
-    client = APIClient()
-    if actor == "other_owner":
-        client.force_authenticate(_user("mallory", "owner"))
-    elif actor == "arbiter":
-        client.force_authenticate(arbiter)
-    url = template.format(model=registered["id"], evidence=evidence["id"])
+    other_owner = APIClient()
+    other_owner.force_authenticate(_user("mallory", "owner"))
+    an_arbiter = APIClient()
+    an_arbiter.force_authenticate(arbiter)
+    actors = {"other owner": (other_owner, 404), "arbiter": (an_arbiter, 403), "anonymous": (APIClient(), 401)}
 
-    response = getattr(client, method)(url, {}, format="json")
+    seen = {}
+    for method, template in OWNER_ENDPOINTS:
+        url = template.format(model=registered["id"], evidence=evidence["id"])
+        for actor, (client, _) in actors.items():
+            response = getattr(client, method)(url, {}, format="json")
+            seen[(method, template, actor)] = response.status_code
+            assert "salt" not in response.content.decode()
 
-    assert response.status_code == expected
-    assert "salt" not in response.content.decode()
+    expected = {(m, t, actor): code for m, t in OWNER_ENDPOINTS for actor, (_, code) in actors.items()}
+    assert seen == expected
     assert RegisteredModel.objects.filter(public_id=registered["id"]).exists()
+    assert owner_client.get(f"/api/v1/models/{registered['id']}").status_code == 200
 
 
 def test_other_owners_see_an_empty_list(registered: dict) -> None:  # type: ignore[type-arg]
@@ -278,3 +284,20 @@ def test_other_owners_see_an_empty_list(registered: dict) -> None:  # type: igno
     client = APIClient()
     client.force_authenticate(_user("mallory", "owner"))
     assert client.get("/api/v1/models/").json() == []
+
+
+@pytest.mark.slow
+def test_a_50_mb_artifact_registers(owner_client: APIClient, tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    # 64 -> 3500 -> 3500 -> 10: about 12.5 M float32 parameters, 50 MB on disk
+    big = nn.Sequential(nn.Linear(64, 3500), nn.ReLU(), nn.Linear(3500, 3500), nn.ReLU(), nn.Linear(3500, 10))
+    with torch.no_grad():
+        artifact = torchscript_file(tmp_path / "big.pt", nn.Sequential(nn.Flatten(), big).eval())
+    assert artifact.stat().st_size > 50_000_000
+
+    response = _register(owner_client, artifact, name="big")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["size"] == artifact.stat().st_size

@@ -1,0 +1,287 @@
+"""Model artifacts: OpenSSF model-signing digests, and validation of uploads in the sandbox (no Django).
+
+The parent process only hashes an upload. Everything that parses it (zip directory, protobuf,
+TorchScript) runs in `workers.sandbox`; nothing here ever unpickles an uploaded file: Python pickles
+(`torch.save`) are recognised by their bytes and refused, and TorchScript is read with
+`torch.jit.load`, whose own deserializer rebuilds only TorchScript types.
+"""
+
+import hashlib
+import os
+import re
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal, NoReturn, TypeVar
+
+from workers.sandbox import SandboxError, SandboxRejection, run_sandboxed
+
+Format = Literal["onnx", "torchscript"]
+R = TypeVar("R")
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MEMORY_BYTES = 4 << 30
+TEST_BATCH = 2
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+class ArtifactRejected(ValueError):  # noqa: N818 (a verdict on the upload, not a program error)
+    """The artifact cannot be registered; `reason` is a sentence its owner can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ArtifactReport:
+    """What the sandbox found: the format, the interface it checked and the output shape of a test batch."""
+
+    format: Format
+    input_shape: tuple[int, ...]
+    num_classes: int
+    output_shape: tuple[int, ...]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def model_digest(file_digests: Mapping[str, str]) -> str:
+    """Hex SHA-256 of a model as OpenSSF model-signing v1.0 defines its subject digest.
+
+    The hashed bytes are the concatenation of the raw 32-byte SHA-256 digests of the files (not their
+    hex), ordered by each file's relative POSIX path compared component by component (model-signing
+    sorts `PurePosixPath`s); the names themselves are not hashed (model-signing lists them beside the
+    digests in its predicate). A single-file artifact named `m.onnx` therefore has the model digest
+    SHA-256(SHA-256(bytes of m.onnx)), which differs from its file digest.
+    """
+    if not file_digests:
+        raise ValueError("a model has at least one file")
+    digest = hashlib.sha256()
+    for name in sorted(file_digests, key=lambda name: (PurePosixPath(name).parts, name)):
+        value = file_digests[name]
+        if not _HEX64.fullmatch(value):
+            raise ValueError(f"the digest of {name!r} must be 64 lowercase hex digits")
+        digest.update(bytes.fromhex(value))
+    return digest.hexdigest()
+
+
+def detect_format(
+    path: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES
+) -> Format:
+    """ "onnx" or "torchscript", decided in the sandbox; ArtifactRejected for anything else."""
+    return _sandboxed(_detect_in_child, os.path.abspath(path), timeout_s=timeout_s, memory_bytes=memory_bytes)
+
+
+def inspect_artifact(
+    path: str | os.PathLike[str],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+) -> ArtifactReport:
+    """Load the model in the sandbox, check its interface and run a batch of zeros; ArtifactRejected on any failure."""
+    shape = tuple(int(d) for d in input_shape)
+    return _sandboxed(
+        _inspect_in_child,
+        os.path.abspath(path),
+        shape,
+        int(num_classes),
+        timeout_s=timeout_s,
+        memory_bytes=memory_bytes,
+    )
+
+
+def _sandboxed(fn: Callable[..., R], *args: Any, timeout_s: float, memory_bytes: int) -> R:
+    try:
+        return run_sandboxed(fn, *args, timeout_s=timeout_s, memory_bytes=memory_bytes)
+    except SandboxError as exc:
+        if exc.kind == "rejected":
+            raise ArtifactRejected(exc.reason) from None
+        if exc.kind in ("timeout", "memory"):
+            raise ArtifactRejected(f"{exc.reason} to load and run on a test batch") from None
+        if exc.kind == "crash":
+            raise ArtifactRejected(f"{exc.reason} while loading or running the model") from None
+        raise ArtifactRejected(f"the model could not be checked: {exc.reason}") from None
+
+
+# Below: runs in the sandbox's child process only.
+
+
+def _reject(reason: str) -> NoReturn:
+    raise SandboxRejection(reason)
+
+
+def _detect_in_child(path: str) -> Format:
+    form = _sniff(path)
+    if form == "onnx":
+        _parse_onnx(path)
+    return form
+
+
+def _inspect_in_child(path: str, input_shape: tuple[int, ...], num_classes: int) -> ArtifactReport:
+    form = _sniff(path)
+    run = _run_onnx if form == "onnx" else _run_torchscript
+    output_shape = run(path, input_shape, num_classes)
+    return ArtifactReport(format=form, input_shape=input_shape, num_classes=num_classes, output_shape=output_shape)
+
+
+def _sniff(path: str) -> Format:
+    """TorchScript by its zip layout, a refusal for pickles and other zips, else ONNX (to be parsed)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        _reject("the file is empty")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        _reject(_PICKLE_REASON)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "onnx"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        _reject(f"the file is a damaged or truncated zip archive ({exc})")
+    roots = {name.split("/", 1)[0] for name in names}
+    root = roots.pop() if len(roots) == 1 else None
+    if root is not None and f"{root}/data.pkl" in names:
+        if f"{root}/constants.pkl" in names and any(name.startswith(f"{root}/code/") for name in names):
+            return "torchscript"
+        _reject(_PICKLE_REASON)
+    _reject("the file is a zip archive but not a TorchScript model (no code/ and constants.pkl entries)")
+
+
+_PICKLE_REASON = (
+    "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
+    "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
+)
+
+
+def _parse_onnx(path: str) -> Any:
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        _reject(f"the file is not an ONNX or TorchScript model: it does not parse as ONNX ({_short(exc)})")
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
+        _reject("the file is not an ONNX or TorchScript model: it holds no ONNX graph")
+    if any(uses_external_data(tensor) for tensor in _get_all_tensors(model)):
+        _reject(
+            "the ONNX model keeps its weights in external data files; upload one self-contained .onnx file "
+            "(torch.onnx.export(..., external_data=False))"
+        )
+    return model
+
+
+def _run_onnx(path: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    import numpy as np
+
+    _parse_onnx(path)
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        _reject(f"onnxruntime cannot load the model: {_short(exc)}")
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        _reject(f"the model takes {len(inputs)} inputs ({names}); it must take exactly one, a batch of inputs")
+    declared = list(inputs[0].shape)
+    if inputs[0].type != "tensor(float)":
+        _reject(f"the model's input is {inputs[0].type}; it must be float32 (tensor(float))")
+    if len(declared) != len(input_shape) + 1 or any(
+        isinstance(d, int) and d != want for d, want in zip(declared[1:], input_shape, strict=False)
+    ):
+        _reject(f"the model expects input shape {_dims(declared[1:])} but the registration says {list(input_shape)}")
+    if isinstance(declared[0], int):
+        _reject(
+            f"the model's batch dimension is fixed at {declared[0]}; export it with a dynamic batch axis "
+            "(e.g. torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))"
+        )
+    batch = np.zeros((TEST_BATCH, *input_shape), dtype=np.float32)
+    try:
+        outputs = session.run(None, {inputs[0].name: batch})
+    except Exception as exc:
+        _reject(f"the model failed on a batch of {TEST_BATCH} inputs of shape {list(input_shape)}: {_short(exc)}")
+    if len(outputs) != 1:
+        _reject(f"the model has {len(outputs)} outputs; it must have one, the class scores [batch, {num_classes}]")
+    scores = np.asarray(outputs[0])
+    floating = scores.dtype.kind == "f"
+    return _check_scores(
+        scores.shape, str(scores.dtype), floating, floating and bool(np.isfinite(scores).all()), num_classes
+    )
+
+
+def _run_torchscript(path: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        # TorchScript's own deserializer: it rebuilds TorchScript types only, never runs pickle
+        module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        _reject(f"the file is not a valid TorchScript model: {_short(exc)}")
+    module.eval()
+    try:
+        arguments = module.forward.schema.arguments[1:]
+    except (AttributeError, RuntimeError):
+        _reject("the TorchScript model has no forward method")
+    required = [argument for argument in arguments if not argument.has_default_value()]
+    if len(required) != 1 or not isinstance(required[0].type, torch.TensorType):
+        described = ", ".join(f"{a.name}: {a.type}" for a in required) or "nothing"
+        _reject(f"the model's forward takes {described}; it must take exactly one Tensor, a batch of inputs")
+    try:
+        with torch.inference_mode():
+            scores = module(torch.zeros(TEST_BATCH, *input_shape))
+    except Exception as exc:
+        _reject(f"the model failed on a batch of {TEST_BATCH} inputs of shape {list(input_shape)}: {_short(exc)}")
+    if not isinstance(scores, torch.Tensor):
+        _reject(f"the model returns a {type(scores).__name__}; it must return one tensor of class scores")
+    floating = scores.is_floating_point()
+    finite = floating and bool(torch.isfinite(scores).all())
+    return _check_scores(tuple(scores.shape), str(scores.dtype), floating, finite, num_classes)
+
+
+def _check_scores(
+    shape: tuple[int, ...], dtype: str, floating: bool, finite: bool, num_classes: int
+) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 2 and shape[0] == TEST_BATCH and shape[1] != num_classes:
+        _reject(f"the model outputs shape {list(shape)} but the registration says {num_classes} classes")
+    if shape != (TEST_BATCH, num_classes):
+        _reject(
+            f"the model outputs shape {list(shape)} for a batch of {TEST_BATCH}; "
+            f"expected [{TEST_BATCH}, {num_classes}] (batch, classes)"
+        )
+    if not floating:
+        _reject(f"the model outputs {dtype} values; it must output floating-point class scores")
+    if not finite:
+        _reject("the model outputs NaN or infinite scores on a batch of zeros")
+    return shape
+
+
+def _dims(dims: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
+
+
+def _short(exc: BaseException) -> str:
+    """The useful part of a parser's or runtime's message, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "TorchScript interpreter" in lines[0]:
+        lines = lines[-1:]  # the traceback is TorchScript source; the last line is the error
+    text = _ORT_PREFIX.sub("", " ".join(lines)).removeprefix("RuntimeError: ")
+    return text if len(text) <= 300 else text[:299] + "…"
