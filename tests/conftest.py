@@ -27,23 +27,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_settings() -> Iterator[None]:
-    """Keys and uploads of the test run go to a temporary folder; static files come from the apps (no collectstatic).
+    """Keys, uploads and caches of the test run stay out of ./data; static files come from the apps.
 
-    pytest-django reads the settings before this file is imported, so they are patched here.
+    pytest-django reads the settings before this file is imported, so they are overridden here.
+    A process-local cache keeps concurrent test runs from clearing each other's throttle counters.
     """
     from django.conf import settings
+    from django.test import override_settings
 
-    saved = (settings.MODELCOURT_KEY_DIR, settings.MEDIA_ROOT, settings.STORAGES, settings.WHITENOISE_USE_FINDERS)
     with tempfile.TemporaryDirectory(prefix="modelcourt-test-") as workdir:
-        settings.MODELCOURT_KEY_DIR = Path(workdir) / "keys"
-        settings.MEDIA_ROOT = Path(workdir) / "media"
-        settings.STORAGES = {
-            **settings.STORAGES,
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        }
-        settings.WHITENOISE_USE_FINDERS = True
-        yield
-    settings.MODELCOURT_KEY_DIR, settings.MEDIA_ROOT, settings.STORAGES, settings.WHITENOISE_USE_FINDERS = saved
+        overrides = override_settings(
+            MODELCOURT_KEY_DIR=Path(workdir) / "keys",
+            MEDIA_ROOT=Path(workdir) / "media",
+            CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+            STORAGES={
+                **settings.STORAGES,
+                "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+            },
+            WHITENOISE_USE_FINDERS=True,
+        )
+        overrides.enable()
+        try:
+            yield
+        finally:
+            overrides.disable()
 
 
 @pytest.fixture(autouse=True)
