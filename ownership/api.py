@@ -11,7 +11,7 @@ from django.conf import settings
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -55,6 +55,7 @@ class MeApi(APIView):
 # --- the registry ---------------------------------------------------------------------------
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class ShapeField(serializers.Field):
     """An input shape given as a JSON list ("[1, 8, 8]") or comma-separated ("1,8,8")."""
 

@@ -25,6 +25,10 @@ DEFAULT_MEMORY_BYTES = 4 << 30
 TEST_BATCH = 2
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_PICKLE_REASON = (
+    "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
+    "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
+)
 
 
 class ArtifactRejected(ValueError):  # noqa: N818 (a verdict on the upload, not a program error)
@@ -154,12 +158,6 @@ def _sniff(path: str) -> Format:
             return "torchscript"
         _reject(_PICKLE_REASON)
     _reject("the file is a zip archive but not a TorchScript model (no code/ and constants.pkl entries)")
-
-
-_PICKLE_REASON = (
-    "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
-    "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
-)
 
 
 def _parse_onnx(path: str) -> Any:

@@ -245,3 +245,15 @@ def test_model_digest_hashes_raw_digests_in_path_order_and_ignores_mapping_order
 def test_model_digest_refuses_malformed_input(bad: dict[str, str]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (the message varies by case)
         model_digest(bad)
+
+
+def test_model_digest_matches_openssf_model_signing() -> None:
+    # known answers from model-signing 1.1.1: hashing.Config().hash(path), then the in-toto subject's sha256
+    folder = {"a-b": b"weights-a", "sub/x": b"weights-b", "0": b"w0"}
+    single = {"single.onnx": b"onnx bytes"}
+
+    def digest(files: dict[str, bytes]) -> str:
+        return model_digest({name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
+
+    assert digest(folder) == "c5d29887bde5c7b5b5614958c1a9703d75b89d3734c03f74724e064c301d527e"
+    assert digest(single) == "3d786220eea6f2fb72f87b1f606f1459aaa9935325ad814ac9e383f07b5c8bee"
