@@ -64,3 +64,8 @@ class IsOwner(HasRole):
 class IsArbiter(HasRole):
     role = Role.ARBITER
     message = "this operation needs the arbiter role"
+
+
+def roles_context(request: Any) -> dict[str, list[str]]:
+    """Template context processor: the signed-in user's roles, for navigation."""
+    return {"user_roles": user_roles(request.user)}

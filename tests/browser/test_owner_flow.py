@@ -176,6 +176,12 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     assert page.locator("#evidence tbody tr").count() == 1
     assert page.locator("#evidence .badge.good").inner_text() == "verifiable"
     shot("08-model-with-evidence")
+    # a broken .npz through the plain form (no script): the page comes back with the reason beside the file
+    page.set_input_files("#id_file", {"name": "broken.npz", "mimeType": "application/octet-stream", "buffer": b"nope"})
+    page.click("text=Upload and commit")
+    page.locator('[data-error-for="file"]').wait_for(state="visible")
+    assert page.locator("#evidence tbody tr").count() == 1
+    shot("08b-evidence-upload-error")
     page.goto(f"{url}/owner/models/")
     assert page.locator("tbody tr").count() == 1
     shot("09-models")
