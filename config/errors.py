@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from ownership.escrow import EscrowError
-from ownership.exceptions import ModelInDispute, RegistryError, RegistryNotFound, UploadTooLarge
+from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError, UploadTooLargeError
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.keys import KeyConfigurationError
 
@@ -19,10 +19,10 @@ from timestamps.keys import KeyConfigurationError
 logger = logging.getLogger(__name__)
 
 DOMAIN_ERRORS: dict[type[Exception], int] = {
-    UploadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    ModelInDispute: status.HTTP_409_CONFLICT,
+    UploadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    ModelInDisputeError: status.HTTP_409_CONFLICT,
     RegistryError: status.HTTP_400_BAD_REQUEST,
-    RegistryNotFound: status.HTTP_404_NOT_FOUND,
+    RegistryNotFoundError: status.HTTP_404_NOT_FOUND,
     EscrowError: status.HTTP_503_SERVICE_UNAVAILABLE,
     LogRangeError: status.HTTP_400_BAD_REQUEST,
     LogNotFoundError: status.HTTP_404_NOT_FOUND,

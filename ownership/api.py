@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from ownership import selectors, services
 from ownership.evidence import dump_evidence
-from ownership.exceptions import UploadTooLarge
+from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from ownership.roles import IsOwner, user_roles
 from timestamps.api import PublicApiView as PublicReadApiView
@@ -86,7 +86,7 @@ def _refuse_oversized(request: Request, limit: int) -> None:
     except ValueError:
         length = 0
     if length > limit + 1024 * 1024:
-        raise UploadTooLarge(f"the upload is {length} bytes; the limit is {limit} bytes")
+        raise UploadTooLargeError(f"the upload is {length} bytes; the limit is {limit} bytes")
 
 
 class EvidenceOutputSerializer(serializers.ModelSerializer):
@@ -215,7 +215,7 @@ class EvidenceListApi(OwnerApiView):
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
         if upload.size > settings.MODELCOURT_MAX_EVIDENCE_BYTES:
-            raise UploadTooLarge(
+            raise UploadTooLargeError(
                 f"the evidence is {upload.size} bytes; the limit is {settings.MODELCOURT_MAX_EVIDENCE_BYTES}"
             )
         evidence_set = services.evidence_upload(model=model, kind=serializer.validated_data["kind"], data=upload.read())

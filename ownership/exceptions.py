@@ -12,19 +12,19 @@ class RegistryError(ValueError):
             self.code = code
 
 
-class UploadTooLarge(RegistryError):
+class UploadTooLargeError(RegistryError):
     """An upload over the configured limit."""
 
     code = "too_large"
 
 
-class ModelInDispute(RegistryError):
+class ModelInDisputeError(RegistryError):
     """A model that a dispute refers to cannot be deleted."""
 
     code = "in_dispute"
 
 
-class RegistryNotFound(LookupError):
+class RegistryNotFoundError(LookupError):
     """No such model, evidence set or receipt (for this caller)."""
 
     code = "not_found"

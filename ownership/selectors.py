@@ -6,7 +6,7 @@ import uuid
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
 
-from ownership.exceptions import RegistryNotFound
+from ownership.exceptions import RegistryNotFoundError
 from ownership.models import EvidenceSet, RegisteredModel
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -21,7 +21,7 @@ def model_get(*, owner: AbstractBaseUser, public_id: uuid.UUID | str) -> Registe
     """One of the owner's models."""
     model = RegisteredModel.objects.filter(owner=owner, public_id=public_id).first()
     if model is None:
-        raise RegistryNotFound("no such model among yours")
+        raise RegistryNotFoundError("no such model among yours")
     return model
 
 
@@ -34,19 +34,19 @@ def evidence_get(*, model: RegisteredModel, public_id: uuid.UUID | str) -> Evide
     """One evidence set of a model."""
     evidence_set = model.evidence_sets.filter(public_id=public_id).first()
     if evidence_set is None:
-        raise RegistryNotFound("no such evidence set for this model")
+        raise RegistryNotFoundError("no such evidence set for this model")
     return evidence_set
 
 
 def evidence_by_commitment(*, commitment: str) -> EvidenceSet:
     """The evidence set behind a public commitment."""
     if not HEX64.fullmatch(commitment):
-        raise RegistryNotFound("a commitment is 64 lowercase hex digits")
+        raise RegistryNotFoundError("a commitment is 64 lowercase hex digits")
     evidence_set = (
         EvidenceSet.objects.select_related("model", "timestamp_token", "timestamp_token__key")
         .filter(commitment=commitment)
         .first()
     )
     if evidence_set is None:
-        raise RegistryNotFound("no receipt for this commitment")
+        raise RegistryNotFoundError("no receipt for this commitment")
     return evidence_set

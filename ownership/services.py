@@ -18,7 +18,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from ownership import artifacts, commitments, escrow, evidence, watermarks
-from ownership.exceptions import ModelInDispute, RegistryError, UploadTooLarge
+from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import services as timestamp_services
 
@@ -54,7 +54,7 @@ def model_register(
     if artifact.size is None or artifact.size == 0:
         raise RegistryError("the artifact file is empty", code="artifact")
     if artifact.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:
-        raise UploadTooLarge(
+        raise UploadTooLargeError(
             f"the artifact is {artifact.size} bytes; the limit is {settings.MODELCOURT_MAX_ARTIFACT_BYTES}"
         )
     filename = Path(artifact.name or "model").name or "model"
@@ -133,7 +133,7 @@ def evidence_upload(*, model: RegisteredModel, kind: str, data: bytes) -> Eviden
     if kind not in EvidenceSet.Kind.values:
         raise RegistryError(f"kind must be one of {', '.join(EvidenceSet.Kind.values)}", code="kind")
     if len(data) > settings.MODELCOURT_MAX_EVIDENCE_BYTES:
-        raise UploadTooLarge(
+        raise UploadTooLargeError(
             f"the evidence is {len(data)} bytes; the limit is {settings.MODELCOURT_MAX_EVIDENCE_BYTES}"
         )
     try:
@@ -189,7 +189,7 @@ def model_delete(*, model: RegisteredModel) -> None:
         with transaction.atomic():
             model.delete()
     except ProtectedError as exc:
-        raise ModelInDispute("this model is part of a dispute and cannot be deleted") from exc
+        raise ModelInDisputeError("this model is part of a dispute and cannot be deleted") from exc
     transaction.on_commit(lambda: artifact.delete(save=False))
 
 

@@ -28,7 +28,7 @@ from django.views.decorators.cache import never_cache
 from rest_framework.throttling import BaseThrottle
 
 from ownership import selectors, services
-from ownership.exceptions import ModelInDispute, RegistryError, RegistryNotFound
+from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError
 from ownership.models import EvidenceSet, RegisteredModel
 from ownership.roles import Role, role_grant, user_has_role
 
@@ -205,7 +205,7 @@ def _owned_model(request: HttpRequest, model_id: uuid.UUID) -> RegisteredModel:
     """One of the caller's models; anyone else's is a 404, as in the API."""
     try:
         return selectors.model_get(owner=request.user, public_id=model_id)  # type: ignore[arg-type]
-    except RegistryNotFound as exc:
+    except RegistryNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
 
@@ -213,7 +213,7 @@ def _owned_evidence(request: HttpRequest, model_id: uuid.UUID, evidence_id: uuid
     model = _owned_model(request, model_id)
     try:
         return selectors.evidence_get(model=model, public_id=evidence_id)
-    except RegistryNotFound as exc:
+    except RegistryNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
 
@@ -371,7 +371,7 @@ class ReceiptDownloadView(OwnerRequiredMixin, View):
     def get(self, request: HttpRequest, commitment: str) -> JsonResponse:
         try:
             evidence_set = selectors.evidence_by_commitment(commitment=commitment)
-        except RegistryNotFound as exc:
+        except RegistryNotFoundError as exc:
             raise Http404(str(exc)) from exc
         if evidence_set.model.owner_id != request.user.pk:
             raise Http404("no receipt for this commitment among yours")
@@ -394,7 +394,7 @@ class ModelDeleteView(OwnerRequiredMixin, View):
         name = model.name
         try:
             services.model_delete(model=model)
-        except ModelInDispute as exc:
+        except ModelInDisputeError as exc:
             context = {"model": model, "evidence_count": model.evidence_sets.count(), "error": str(exc)}
             return render(request, self.template_name, context, status=409)
         messages.success(request, f"Deleted {name} with its artifact and escrowed evidence.")

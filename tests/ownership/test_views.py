@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from ownership import services
-from ownership.exceptions import ModelInDispute
+from ownership.exceptions import ModelInDisputeError
 from ownership.models import EvidenceSet, RegisteredModel
 from tests.conftest import _user
 from tests.ownership.model_files import onnx_file, torchscript_file
@@ -400,7 +400,7 @@ def test_a_model_in_a_dispute_is_not_deleted_and_the_page_says_why(
     owner_client: Client, model: RegisteredModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*, model: RegisteredModel) -> None:
-        raise ModelInDispute("this model is part of a dispute and cannot be deleted")
+        raise ModelInDisputeError("this model is part of a dispute and cannot be deleted")
 
     monkeypatch.setattr(services, "model_delete", refuse)
 
