@@ -239,8 +239,13 @@ else:
 # --- uploads ---------------------------------------------------------------
 MODELCOURT_MAX_ARTIFACT_BYTES = int(os.environ.get("MODELCOURT_MAX_ARTIFACT_BYTES", str(256 * 1024 * 1024)))
 MODELCOURT_MAX_EVIDENCE_BYTES = int(os.environ.get("MODELCOURT_MAX_EVIDENCE_BYTES", str(64 * 1024 * 1024)))
-# Larger uploads stream to temporary files instead of memory.
+# Larger uploads stream to temporary files instead of memory, except evidence, which stays off disk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "ownership.uploads.EvidenceMemoryUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 FILE_UPLOAD_PERMISSIONS = 0o640
 
 # --- the trust layer --------------------------------------------------------

@@ -304,3 +304,36 @@ def test_a_50_mb_artifact_registers(owner_client: APIClient, tmp_path: Path) -> 
 
     assert response.status_code == 201, response.content
     assert response.json()["size"] == artifact.stat().st_size
+
+
+def test_large_evidence_uploads_never_touch_the_disk(
+    owner_client: APIClient,
+    registered: dict,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import django.core.files.uploadhandler as handlers
+
+    # given an evidence file above Django's in-memory threshold (it would spill to /tmp)
+    monkeypatch.setattr(settings, "FILE_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024)
+    arrays = _watermark(n=1000)
+    data = _npz(**arrays)
+    assert len(data) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    spilled = []
+    original = handlers.TemporaryFileUploadHandler.new_file
+
+    def spy(self, field_name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        spilled.append(field_name)
+        return original(self, field_name, *args, **kwargs)
+
+    monkeypatch.setattr(handlers.TemporaryFileUploadHandler, "new_file", spy)
+
+    # when it is uploaded
+    response = owner_client.post(
+        f"/api/v1/models/{registered['id']}/evidence/",
+        {"kind": "watermark", "file": SimpleUploadedFile("wm.npz", data)},
+        format="multipart",
+    )
+
+    # then it was committed without a temporary file
+    assert response.status_code == 201, response.content
+    assert "file" not in spilled
