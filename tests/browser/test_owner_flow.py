@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.ownership.model_files import torchscript_file
+from tests.ownership.model_files import fifty_megabyte_torchscript_file
 
 pytestmark = pytest.mark.browser
 
@@ -87,7 +87,8 @@ def slow_validation(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     live_server: Any, browser: Any, shots: Path, tmp_path: Path, slow_validation: None
 ) -> None:
-    artifact = torchscript_file(tmp_path / "digits-mlp.pt")
+    artifact = fifty_megabyte_torchscript_file(tmp_path / "digits-mlp.pt")
+    assert artifact.stat().st_size > 50_000_000
     context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -143,6 +144,7 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     shot("05-register-validating")
     page.wait_for_url(re.compile(rf"{re.escape(url)}/owner/models/{UUID}/$"))
     assert "validating:100" in seen, seen
+    assert any(value.startswith("uploading:") for value in seen), seen
     assert page.locator(".messages .success").inner_text().startswith("Registered digits-mlp")
     assert page.locator(".field-error:visible").count() == 0
     model_url = page.url

@@ -30,3 +30,10 @@ def onnx_file(path: Path, module: nn.Module | None = None, input_shape: tuple[in
         dynamo=False,
     )
     return path
+
+
+def fifty_megabyte_torchscript_file(path: Path) -> Path:
+    """A digits-interface MLP of about 12.5 M float32 parameters: a 50 MB artifact."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(64, 3500), nn.ReLU(), nn.Linear(3500, 3500), nn.ReLU(), nn.Linear(3500, 10))
+    return torchscript_file(path, nn.Sequential(nn.Flatten(), body).eval())

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from ownership import commitments
 from ownership.models import EvidenceSet, RegisteredModel
-from tests.ownership.model_files import onnx_file, torchscript_file
+from tests.ownership.model_files import fifty_megabyte_torchscript_file, onnx_file, torchscript_file
 
 pytestmark = pytest.mark.django_db
 
@@ -291,13 +291,7 @@ def test_other_owners_see_an_empty_list(registered: dict) -> None:  # type: igno
 
 @pytest.mark.slow
 def test_a_50_mb_artifact_registers(owner_client: APIClient, tmp_path: Path) -> None:
-    import torch
-    from torch import nn
-
-    # 64 -> 3500 -> 3500 -> 10: about 12.5 M float32 parameters, 50 MB on disk
-    big = nn.Sequential(nn.Linear(64, 3500), nn.ReLU(), nn.Linear(3500, 3500), nn.ReLU(), nn.Linear(3500, 10))
-    with torch.no_grad():
-        artifact = torchscript_file(tmp_path / "big.pt", nn.Sequential(nn.Flatten(), big).eval())
+    artifact = fifty_megabyte_torchscript_file(tmp_path / "big.pt")
     assert artifact.stat().st_size > 50_000_000
 
     response = _register(owner_client, artifact, name="big")
