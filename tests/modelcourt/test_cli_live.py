@@ -14,7 +14,10 @@ from tests.ownership.model_files import torchscript_file
 
 @pytest.mark.django_db(transaction=True)
 def test_register_generate_fetch_and_verify_through_the_cli(
-    live_server: Any, owner, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    live_server: Any,
+    owner,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     token = Token.objects.create(user=owner).key
     common = ["--url", live_server.url, "--token", token]
@@ -55,7 +58,10 @@ def test_register_generate_fetch_and_verify_through_the_cli(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_cli_reports_service_errors_in_one_line(
-    live_server: Any, owner, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    live_server: Any,
+    owner,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     token = Token.objects.create(user=owner).key
     garbage = tmp_path / "model.onnx"
