@@ -11,6 +11,7 @@ Nothing is downloaded: digits ship with scikit-learn and the synthetic task is g
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,15 @@ class TaskData:
             x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
             if len(x) != len(y) or tuple(x.shape[1:]) != self.input_shape:
                 raise ValueError(f"the {part} split of {self.name} does not fit shape {self.input_shape}")
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over every split's bytes: models cached for one split are never reused for another."""
+        h = hashlib.sha256(self.name.encode())
+        for part in ("owner", "public", "holdout"):
+            for arr in (getattr(self, f"{part}_x"), getattr(self, f"{part}_y")):
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
 
 def _stratified_split(

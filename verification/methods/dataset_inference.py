@@ -1,0 +1,791 @@
+"""Dataset inference (Maini, Yaghini & Papernot, ICLR 2021): does the suspect carry the claimant's private data?
+
+A model sits further from its decision boundaries around the samples it was trained on than around
+samples it never saw. Every sample is described by its distances to the class boundaries:
+
+- **MinGD** (white-box, :func:`mingd_distances`): for every target class ``t`` and every norm, gradient
+  steps on the input raise the margin ``z_t - max_j z_j`` until the model predicts ``t``. L-infinity
+  steps follow the sign of the gradient, L2 steps the normalised gradient, L1 steps move the few
+  coordinates with the largest ``|gradient|`` that can still move inside ``[low, high]``. The distance
+  is the norm (of the step's kind) of the perturbation at the first point predicted ``t``; it is 0 for
+  the class the model already predicts.
+- **Blind Walk** (label-only, :func:`blind_walk`): walk ``x + s * step * d`` along random directions
+  ``d`` and stop at the first label change. Directions cycle through uniform, Gaussian and Laplace
+  noise (the three kinds of the paper), each scaled to unit L2 norm so that one step size serves all
+  of them; the distance is the L2 norm of the (clipped) perturbation.
+
+Both clip every point to ``[low, high]`` and give an unreached target the **cap**, the furthest the
+walk could have gone: ``steps * step size`` in the walk's norm. Clipping to the box only shortens a
+perturbation, so every reached distance is at most the cap and the cap orders unreached targets
+after all reached ones. Step sizes are fractions of the input range ``high - low``.
+
+The claimant's model gives distances for half of the private (training) and half of the public
+(never trained on) samples; within each norm (MinGD) or direction kind (Blind Walk) they are sorted,
+so that features do not depend on class order or direction order, then ``log1p``-compressed and
+standardised. A scorer (logistic regression by default, seeded) learns private = 1, public = 0. The
+other half is measured on the suspect and scored; the p-value is one one-sided Welch t-test of
+private scores > public scores on those held-out samples. The split is drawn from ``split_seed``
+before anything is measured and recorded with a digest of the test indices.
+
+Pure PyTorch/NumPy: nothing here imports Django, Celery or the apps. Models run on their own device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from verification.methods.decision import StatValue, TestResult
+from verification.methods.statistics import welch_one_sided
+from verification.methods.suspects import Suspect
+
+__all__ = [
+    "DIRECTION_KINDS",
+    "NORMS",
+    "BlindWalkResult",
+    "Method",
+    "Norm",
+    "Scorer",
+    "ScorerKind",
+    "blind_walk",
+    "blind_walk_distances",
+    "boundary_features",
+    "dataset_inference_test",
+    "fit_scorer",
+    "mingd_distances",
+    "mingd_distances_naive",
+]
+
+Norm = Literal["linf", "l2", "l1"]
+Method = Literal["mingd", "blind_walk"]
+ScorerKind = Literal["logistic", "mlp"]
+NORMS: tuple[Norm, ...] = get_args(Norm)
+DIRECTION_KINDS = ("uniform", "gaussian", "laplace")
+
+InputBatch = npt.NDArray[Any] | torch.Tensor
+FloatArray = npt.NDArray[np.float64]
+LabelFn = Callable[[torch.Tensor], npt.NDArray[np.int64]]
+
+MINGD_STEPS = 100
+MINGD_STEP_LINF = 0.005
+MINGD_STEP_L2 = 0.02
+MINGD_STEP_L1 = 0.1
+MINGD_L1_COORDINATES = 4
+WALK_DIRECTIONS = 30
+WALK_STEP = 0.05
+WALK_MAX_STEPS = 60
+CHUNK_ROWS = 8192
+_LABEL_BATCH = 4096
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _as_batch(x: InputBatch, name: str, *, low: float, high: float) -> torch.Tensor:
+    """A finite float32 CPU tensor [N, ...] with N >= 1 and values in [low, high], or a readable ValueError."""
+    if isinstance(x, torch.Tensor):
+        tensor = x.detach().to("cpu")
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ValueError(f"{name} must be real numbers, got a {tensor.dtype} tensor")
+    elif isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    else:
+        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    tensor = tensor.to(torch.float32).contiguous()
+    if tensor.dim() < 2:
+        raise ValueError(f"{name} must be a batch [N, features...], got shape {list(tensor.shape)}")
+    if tensor.shape[0] == 0 or tensor[0].numel() == 0:
+        raise ValueError(f"{name} is empty (shape {list(tensor.shape)})")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if float(tensor.min()) < low or float(tensor.max()) > high:
+        raise ValueError(
+            f"{name} has values in [{float(tensor.min()):g}, {float(tensor.max()):g}], outside the input range "
+            f"[{low:g}, {high:g}]"
+        )
+    return tensor
+
+
+def _check_range(low: float, high: float) -> None:
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"the input range needs finite low < high, got [{low!r}, {high!r}]")
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_count(minimum: int, **values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model's parameters live and their float type (CPU float32 for a parameterless model)."""
+    for parameter in model.parameters():
+        dtype = parameter.dtype if parameter.is_floating_point() else torch.float32
+        return parameter.device, dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _check_norms(norms: Sequence[Norm]) -> tuple[Norm, ...]:
+    chosen = tuple(norms)
+    if not chosen or any(n not in NORMS for n in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"norms must be distinct names from {NORMS}, got {chosen!r}")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------- MinGD
+
+
+@dataclass(frozen=True)
+class _MinGDPlan:
+    """The walk every MinGD row follows: norms, step per norm (absolute units), cap per norm, box."""
+
+    norms: tuple[Norm, ...]
+    steps: int
+    step_sizes: tuple[float, ...]
+    l1_coordinates: int
+    low: float
+    high: float
+    num_classes: int
+
+    @property
+    def caps(self) -> tuple[float, ...]:
+        return tuple(self.steps * size for size in self.step_sizes)
+
+
+def _plan(
+    *,
+    num_classes: int,
+    norms: Sequence[Norm],
+    steps: int,
+    step_linf: float,
+    step_l2: float,
+    step_l1: float,
+    l1_coordinates: int,
+    low: float,
+    high: float,
+) -> _MinGDPlan:
+    _check_count(2, num_classes=num_classes)
+    _check_count(1, steps=steps, l1_coordinates=l1_coordinates)
+    _check_positive(step_linf=step_linf, step_l2=step_l2, step_l1=step_l1)
+    _check_range(low, high)
+    chosen = _check_norms(norms)
+    relative = {"linf": step_linf, "l2": step_l2, "l1": step_l1}
+    sizes = tuple(relative[n] * (high - low) for n in chosen)
+    return _MinGDPlan(chosen, steps, sizes, l1_coordinates, float(low), float(high), num_classes)
+
+
+def _row_norms(delta: torch.Tensor, norm_ids: torch.Tensor, norms: tuple[Norm, ...]) -> torch.Tensor:
+    """Per row, the norm its walk is measured in."""
+    flat = delta.reshape(delta.shape[0], -1)
+    by_name = {
+        "linf": lambda: flat.abs().amax(dim=1),
+        "l2": lambda: flat.norm(dim=1),
+        "l1": lambda: flat.abs().sum(dim=1),
+    }
+    every = torch.stack([by_name[n]() for n in norms], dim=1)
+    return every.gather(1, norm_ids[:, None]).squeeze(1)
+
+
+def _ascent_directions(
+    grad: torch.Tensor, point: torch.Tensor, norm_ids: torch.Tensor, plan: _MinGDPlan
+) -> torch.Tensor:
+    """Per row a step direction of unit size in the row's norm (zero where the gradient vanishes)."""
+    flat = grad.reshape(grad.shape[0], -1)
+    out = torch.zeros_like(flat)
+    for k, norm in enumerate(plan.norms):
+        rows = norm_ids == k
+        if not bool(rows.any()):
+            continue
+        g = flat[rows]
+        if norm == "linf":
+            direction = g.sign()
+        elif norm == "l2":
+            direction = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            p = point.reshape(point.shape[0], -1)[rows]
+            # a coordinate pinned at the box edge and pushed outwards would spend the step on nothing
+            stuck = ((g > 0) & (p >= plan.high)) | ((g < 0) & (p <= plan.low))
+            strength = g.abs().masked_fill(stuck, 0.0)
+            k_top = min(plan.l1_coordinates, g.shape[1])
+            top = strength.topk(k_top, dim=1).indices
+            chosen = g.sign().gather(1, top) * (strength.gather(1, top) > 0)
+            direction = torch.zeros_like(g).scatter_(1, top, chosen) / k_top
+        out[rows] = direction
+    return out.reshape(grad.shape)
+
+
+def _mingd_rows(
+    model: nn.Module, x0: torch.Tensor, targets: torch.Tensor, norm_ids: torch.Tensor, plan: _MinGDPlan
+) -> torch.Tensor:
+    """Distances for a batch of (sample, norm, target) rows, all walked together; finished rows drop out."""
+    device = x0.device
+    step_sizes = torch.tensor(plan.step_sizes, dtype=x0.dtype, device=device)
+    caps = torch.tensor(plan.caps, dtype=x0.dtype, device=device)
+    distances = caps[norm_ids].clone()
+    index = torch.arange(x0.shape[0], device=device)
+    delta = torch.zeros_like(x0)
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    for step in range(plan.steps + 1):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x0 + delta)
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (x0.shape[0], plan.num_classes):
+                shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(
+                    f"the model answered {shape} for {x0.shape[0]} inputs, expected logits "
+                    f"[{x0.shape[0]}, {plan.num_classes}]"
+                )
+            margin = logits.gather(1, targets[:, None]).squeeze(1) - logits.amax(dim=1)
+        reached = logits.detach().argmax(dim=1) == targets
+        if bool(reached.any()):
+            distances[index[reached]] = _row_norms(delta.detach()[reached], norm_ids[reached], plan.norms)
+        walking = ~reached
+        if step == plan.steps or not bool(walking.any()):
+            break
+        (grad,) = torch.autograd.grad(margin.sum(), delta)
+        with torch.no_grad():
+            moved = delta.detach() + step_sizes[norm_ids].reshape(view) * _ascent_directions(
+                grad, x0 + delta.detach(), norm_ids, plan
+            )
+            delta = (x0 + moved).clamp(plan.low, plan.high) - x0
+        x0, delta, targets, norm_ids, index = (
+            x0[walking],
+            delta[walking],
+            targets[walking],
+            norm_ids[walking],
+            index[walking],
+        )
+    return distances
+
+
+def _run_mingd(
+    model: nn.Module,
+    x: InputBatch,
+    plan: _MinGDPlan,
+    runner: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> FloatArray:
+    batch = _as_batch(x, "x", low=plan.low, high=plan.high)
+    device, dtype = _device_and_dtype(model)
+    was_training = model.training
+    model.eval()
+    try:
+        distances = runner(batch.to(device=device, dtype=dtype), *_row_layout(batch.shape[0], plan, device))
+    finally:
+        model.train(was_training)
+    per_sample = len(plan.norms) * plan.num_classes
+    return distances.detach().to("cpu", torch.float64).numpy().reshape(batch.shape[0], per_sample)
+
+
+def _row_layout(n: int, plan: _MinGDPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample, norm and target of every row, ordered (sample, norm, target) like the output columns."""
+    k, c = len(plan.norms), plan.num_classes
+    rows = torch.arange(n * k * c, device=device)
+    return rows // (k * c), (rows // c) % k, rows % c
+
+
+def mingd_distances(
+    model: nn.Module,
+    x: InputBatch,
+    *,
+    num_classes: int,
+    norms: Sequence[Norm] = NORMS,
+    steps: int = MINGD_STEPS,
+    step_linf: float = MINGD_STEP_LINF,
+    step_l2: float = MINGD_STEP_L2,
+    step_l1: float = MINGD_STEP_L1,
+    l1_coordinates: int = MINGD_L1_COORDINATES,
+    low: float = 0.0,
+    high: float = 1.0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> FloatArray:
+    """MinGD distances [N, len(norms) * num_classes], column ``k * num_classes + t`` = norm k to class t.
+
+    All (sample, norm, target) rows of a chunk of ``chunk_rows`` walk together. Step sizes are
+    fractions of ``high - low``; an unreached target gets the cap ``steps * step size``. The model
+    must treat batch rows independently (eval mode, as set here for the call).
+    """
+    plan = _plan(
+        num_classes=num_classes,
+        norms=norms,
+        steps=steps,
+        step_linf=step_linf,
+        step_l2=step_l2,
+        step_l1=step_l1,
+        l1_coordinates=l1_coordinates,
+        low=low,
+        high=high,
+    )
+    _check_count(1, chunk_rows=chunk_rows)
+
+    def chunked(x0: torch.Tensor, sample: torch.Tensor, norm_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        parts = [
+            _mingd_rows(
+                model, x0[sample[i : i + chunk_rows]], target[i : i + chunk_rows], norm_ids[i : i + chunk_rows], plan
+            )
+            for i in range(0, sample.shape[0], chunk_rows)
+        ]
+        return torch.cat(parts)
+
+    return _run_mingd(model, x, plan, chunked)
+
+
+def mingd_distances_naive(
+    model: nn.Module,
+    x: InputBatch,
+    *,
+    num_classes: int,
+    norms: Sequence[Norm] = NORMS,
+    steps: int = MINGD_STEPS,
+    step_linf: float = MINGD_STEP_LINF,
+    step_l2: float = MINGD_STEP_L2,
+    step_l1: float = MINGD_STEP_L1,
+    l1_coordinates: int = MINGD_L1_COORDINATES,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> FloatArray:
+    """:func:`mingd_distances` one (sample, norm, target) row at a time: the baseline it is checked and timed against."""
+    plan = _plan(
+        num_classes=num_classes,
+        norms=norms,
+        steps=steps,
+        step_linf=step_linf,
+        step_l2=step_l2,
+        step_l1=step_l1,
+        l1_coordinates=l1_coordinates,
+        low=low,
+        high=high,
+    )
+
+    def one_by_one(
+        x0: torch.Tensor, sample: torch.Tensor, norm_ids: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.empty(sample.shape[0], dtype=x0.dtype, device=x0.device)
+        for i in range(x0.shape[0]):
+            for k in range(len(plan.norms)):
+                for t in range(plan.num_classes):
+                    row = (i * len(plan.norms) + k) * plan.num_classes + t
+                    out[row] = _mingd_rows(model, x0[i : i + 1], target[row : row + 1], norm_ids[row : row + 1], plan)[
+                        0
+                    ]
+        return out
+
+    return _run_mingd(model, x, plan, one_by_one)
+
+
+# ---------------------------------------------------------------------------------------------- Blind Walk
+
+
+@dataclass(frozen=True)
+class BlindWalkResult:
+    """Blind Walk distances [N, directions], steps walked per direction and label queries spent."""
+
+    distances: FloatArray
+    steps: npt.NDArray[np.int64]
+    queries: int
+    cap: float
+
+
+def _walk_directions(n: int, directions: int, features: int, seed: int) -> torch.Tensor:
+    """Unit-L2 directions [n, directions, features]; direction j is uniform, Gaussian or Laplace noise by j % 3."""
+    rng = np.random.default_rng([seed, 0xB11D])
+    out = np.empty((n, directions, features), dtype=np.float64)
+    samplers = (
+        lambda size: rng.uniform(-1.0, 1.0, size=size),
+        lambda size: rng.standard_normal(size=size),
+        lambda size: rng.laplace(0.0, 1.0, size=size),
+    )
+    kinds = np.arange(directions) % len(samplers)
+    for kind, sampler in enumerate(samplers):
+        columns = np.flatnonzero(kinds == kind)
+        if columns.size:
+            out[:, columns] = sampler((n, columns.size, features))
+    out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def _blind_walk(
+    labels: LabelFn,
+    batch: torch.Tensor,
+    *,
+    directions: int,
+    step: float,
+    max_steps: int,
+    seed: int,
+    low: float,
+    high: float,
+) -> BlindWalkResult:
+    n, shape = batch.shape[0], tuple(batch.shape[1:])
+    flat = batch.reshape(n, -1)
+    units = _walk_directions(n, directions, flat.shape[1], seed).reshape(n * directions, -1)
+    size = step * (high - low)
+    cap = max_steps * size
+    sample = torch.arange(n).repeat_interleave(directions)
+    distances = torch.full((n * directions,), cap, dtype=torch.float64)
+    walked = np.full(n * directions, max_steps, dtype=np.int64)
+    base = torch.from_numpy(labels(batch))
+    queries = n
+    active = torch.arange(n * directions)
+    for s in range(1, max_steps + 1):
+        origin = flat[sample[active]]
+        points = (origin + (s * size) * units[active]).clamp(low, high)
+        answered = torch.from_numpy(labels(points.reshape(-1, *shape)))
+        queries += int(active.shape[0])
+        flipped = answered != base[sample[active]]
+        if bool(flipped.any()):
+            done = active[flipped]
+            distances[done] = (points[flipped] - origin[flipped]).norm(dim=1).to(torch.float64)
+            walked[done.numpy()] = s
+            active = active[~flipped]
+        if active.shape[0] == 0:
+            break
+    return BlindWalkResult(distances.numpy().reshape(n, directions), walked.reshape(n, directions), queries, cap)
+
+
+def _check_walk(directions: int, step: float, max_steps: int, low: float, high: float) -> None:
+    _check_count(1, directions=directions, max_steps=max_steps)
+    _check_positive(step=step)
+    _check_range(low, high)
+
+
+def blind_walk(
+    suspect: Suspect,
+    x: InputBatch,
+    *,
+    directions: int = WALK_DIRECTIONS,
+    step: float = WALK_STEP,
+    max_steps: int = WALK_MAX_STEPS,
+    seed: int = 0,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> BlindWalkResult:
+    """Blind Walk through ``suspect.labels`` only: every query is counted and the budget applies.
+
+    One ``labels`` call for the starting labels, then one per step for the walks still going. ``step``
+    is a fraction of ``high - low``; a walk that never flips gets the cap ``max_steps * step``. A
+    budget that runs out raises :class:`QueryBudgetExceeded` before the query is sent.
+    """
+    _check_walk(directions, step, max_steps, low, high)
+    batch = _as_batch(x, "x", low=low, high=high)
+    if tuple(batch.shape[1:]) != suspect.input_shape:
+        raise ValueError(
+            f"x must have shape [N, {', '.join(map(str, suspect.input_shape))}] for {suspect.describe()}, "
+            f"got {list(batch.shape)}"
+        )
+    return _blind_walk(
+        suspect.labels, batch, directions=directions, step=step, max_steps=max_steps, seed=seed, low=low, high=high
+    )
+
+
+def blind_walk_distances(
+    suspect: Suspect,
+    x: InputBatch,
+    *,
+    directions: int = WALK_DIRECTIONS,
+    step: float = WALK_STEP,
+    max_steps: int = WALK_MAX_STEPS,
+    seed: int = 0,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> FloatArray:
+    """Blind Walk distances [N, directions] (see :func:`blind_walk` for the queries spent)."""
+    return blind_walk(
+        suspect, x, directions=directions, step=step, max_steps=max_steps, seed=seed, low=low, high=high
+    ).distances
+
+
+def _module_labels(model: nn.Module) -> LabelFn:
+    """Argmax labels straight from a module (the claimant's own model: nothing to count)."""
+    device, dtype = _device_and_dtype(model)
+
+    def labels(points: torch.Tensor) -> npt.NDArray[np.int64]:
+        with torch.inference_mode():
+            parts = [
+                model(points[i : i + _LABEL_BATCH].to(device=device, dtype=dtype)).argmax(dim=1).cpu()
+                for i in range(0, points.shape[0], _LABEL_BATCH)
+            ]
+        return torch.cat(parts).numpy().astype(np.int64)
+
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------- features and scorer
+
+
+def boundary_features(distances: FloatArray, groups: int) -> FloatArray:
+    """Distances [N, groups * width] sorted within each group, then ``log1p``: order-free, tail-compressed."""
+    array = np.asarray(distances, dtype=np.float64)
+    if array.ndim != 2 or groups < 1 or array.shape[1] % groups:
+        raise ValueError(f"distances of shape {list(array.shape)} do not split into {groups} equal groups")
+    n, width = array.shape[0], array.shape[1] // groups
+    return np.log1p(np.sort(array.reshape(n, groups, width), axis=2).reshape(n, groups * width))
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A fitted scorer: standardisation learned on the claimant's features and a seeded torch model."""
+
+    kind: ScorerKind
+    mean: torch.Tensor
+    std: torch.Tensor
+    model: nn.Module
+    train_accuracy: float
+
+    def score(self, features: FloatArray) -> FloatArray:
+        """Scores [N] (log-odds of 'private'): higher looks more like training data."""
+        array = np.asarray(features, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"features must have shape [N, {self.mean.shape[0]}], got {list(array.shape)}")
+        inputs = (torch.from_numpy(array).to(torch.float32) - self.mean) / self.std
+        with torch.inference_mode():
+            out = self.model(inputs).reshape(-1)
+        return out.to(torch.float64).numpy()
+
+
+def fit_scorer(
+    private_features: FloatArray,
+    public_features: FloatArray,
+    *,
+    kind: ScorerKind = "logistic",
+    seed: int = 0,
+    iterations: int = 500,
+    weight_decay: float = 1e-3,
+) -> Scorer:
+    """Fit private = 1 / public = 0 on the claimant's features (full-batch Adam, classes weighted equally)."""
+    if kind not in get_args(ScorerKind):
+        raise ValueError(f"unknown scorer {kind!r}; expected one of {get_args(ScorerKind)}")
+    private = torch.from_numpy(np.asarray(private_features, dtype=np.float32))
+    public = torch.from_numpy(np.asarray(public_features, dtype=np.float32))
+    if private.dim() != 2 or public.dim() != 2 or private.shape[1] != public.shape[1]:
+        raise ValueError(
+            f"private and public features must be [N, F] with the same F, got {list(private.shape)} "
+            f"and {list(public.shape)}"
+        )
+    if private.shape[0] == 0 or public.shape[0] == 0:
+        raise ValueError("the scorer needs at least one private and one public sample")
+    inputs = torch.cat([private, public])
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("features contain NaN or infinite values")
+    targets = torch.cat([torch.ones(private.shape[0]), torch.zeros(public.shape[0])])
+    # each side weighs half, so an unbalanced split does not tilt the scorer towards the bigger side
+    weights = torch.cat(
+        [torch.full((private.shape[0],), 0.5 / private.shape[0]), torch.full((public.shape[0],), 0.5 / public.shape[0])]
+    )
+    mean = inputs.mean(dim=0)
+    std = inputs.std(dim=0, unbiased=False).clamp_min(1e-6)  # a constant column (own class at 0) stays 0
+    standard = (inputs - mean) / std
+    width = inputs.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: nn.Module = (
+            nn.Linear(width, 1)
+            if kind == "logistic"
+            else nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, 1))
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            logits = model(standard).reshape(-1)
+            loss = (weights * nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        predicted = model(standard).reshape(-1) > 0
+    accuracy = float((weights * (predicted == targets.bool()).float()).sum())
+    return Scorer(kind, mean, std, model, accuracy)
+
+
+# ---------------------------------------------------------------------------------------------- the test
+
+
+@dataclass(frozen=True)
+class _Split:
+    private_train: npt.NDArray[np.int64]
+    private_test: npt.NDArray[np.int64]
+    public_train: npt.NDArray[np.int64]
+    public_test: npt.NDArray[np.int64]
+
+    def digest(self) -> str:
+        """Short SHA-256 of the test indices: lets a reader check which samples were tested."""
+        blob = self.private_test.astype("<i8").tobytes() + b"|" + self.public_test.astype("<i8").tobytes()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _split(n_private: int, n_public: int, *, seed: int, train_fraction: float) -> _Split:
+    """Train / test indices for both sides, drawn from ``seed`` alone before anything is measured."""
+    if not (0.0 < train_fraction < 1.0):
+        raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {train_fraction!r}")
+    rng = np.random.default_rng([seed, 0xDA7A])
+    parts: list[npt.NDArray[np.int64]] = []
+    for n, side in ((n_private, "private"), (n_public, "public")):
+        n_train = round(n * train_fraction)
+        if n_train < 2 or n - n_train < 2:
+            raise ValueError(
+                f"{n} {side} samples split {n_train} / {n - n_train} at train_fraction={train_fraction:g}; "
+                "each half needs at least 2 samples"
+            )
+        order = rng.permutation(n).astype(np.int64)
+        parts.extend([np.sort(order[:n_train]), np.sort(order[n_train:])])
+    return _Split(*parts)
+
+
+def _claimant_module(claimant: nn.Module | Suspect) -> nn.Module:
+    if isinstance(claimant, nn.Module):
+        return claimant
+    if not claimant.white_box:
+        raise ValueError(f"MinGD needs the claimant's gradients, but {claimant.describe()} is black-box")
+    return claimant.module()
+
+
+def dataset_inference_test(
+    *,
+    claimant: nn.Module | Suspect,
+    suspect: Suspect,
+    private_x: InputBatch,
+    public_x: InputBatch,
+    num_classes: int,
+    split_seed: int,
+    method: Method = "mingd",
+    train_fraction: float = 0.5,
+    low: float = 0.0,
+    high: float = 1.0,
+    fallback_to_blind_walk: bool = False,
+    scorer: ScorerKind = "logistic",
+    mingd_steps: int = MINGD_STEPS,
+    walk_directions: int = WALK_DIRECTIONS,
+    walk_step: float = WALK_STEP,
+    walk_max_steps: int = WALK_MAX_STEPS,
+    name: str = "dataset_inference",
+) -> TestResult:
+    """Dataset inference of the claimant's private samples in the suspect, as a :class:`TestResult`.
+
+    ``train_fraction`` of each side (drawn from ``split_seed``) trains the scorer on the claimant's
+    features; the rest is measured on the suspect. MinGD needs a white-box suspect: a black-box one
+    raises ``ValueError`` unless ``fallback_to_blind_walk`` (then both sides use Blind Walk).
+    """
+    started = time.perf_counter()
+    _check_range(low, high)
+    _check_count(2, num_classes=num_classes)
+    if method not in get_args(Method):
+        raise ValueError(f"unknown method {method!r}; expected one of {get_args(Method)}")
+    if num_classes != suspect.num_classes:
+        raise ValueError(f"num_classes is {num_classes} but {suspect.describe()} has {suspect.num_classes} classes")
+    private = _as_batch(private_x, "private_x", low=low, high=high)
+    public = _as_batch(public_x, "public_x", low=low, high=high)
+    for batch, what in ((private, "private_x"), (public, "public_x")):
+        if tuple(batch.shape[1:]) != suspect.input_shape:
+            raise ValueError(
+                f"{what} must have shape [N, {', '.join(map(str, suspect.input_shape))}] like the inputs of "
+                f"{suspect.describe()}, got {list(batch.shape)}"
+            )
+    used = method
+    if method == "mingd" and not suspect.white_box:
+        if not fallback_to_blind_walk:
+            raise ValueError(
+                f"MinGD needs gradients, but {suspect.describe()} is black-box: use method='blind_walk' "
+                "or allow fallback_to_blind_walk"
+            )
+        used = "blind_walk"
+    split = _split(private.shape[0], public.shape[0], seed=split_seed, train_fraction=train_fraction)
+
+    groups = len(NORMS) if used == "mingd" else min(len(DIRECTION_KINDS), walk_directions)
+    if used == "blind_walk" and walk_directions % groups:
+        raise ValueError(f"walk_directions must be a multiple of {groups} (one per noise kind), got {walk_directions}")
+
+    def walker(labels: LabelFn) -> Callable[[torch.Tensor], FloatArray]:
+        def measure(batch: torch.Tensor) -> FloatArray:
+            distances = _blind_walk(
+                labels,
+                batch,
+                directions=walk_directions,
+                step=walk_step,
+                max_steps=walk_max_steps,
+                seed=split_seed,
+                low=low,
+                high=high,
+            ).distances
+            # column j has noise kind j % 3: regroup by kind so that sorting stays within a kind
+            return np.concatenate([distances[:, kind::groups] for kind in range(groups)], axis=1)
+
+        return measure
+
+    def descender(model: nn.Module) -> Callable[[torch.Tensor], FloatArray]:
+        def measure(batch: torch.Tensor) -> FloatArray:
+            return mingd_distances(model, batch, num_classes=num_classes, steps=mingd_steps, low=low, high=high)
+
+        return measure
+
+    if used == "mingd":
+        on_claimant = descender(_claimant_module(claimant))
+    else:
+        on_claimant = walker(_module_labels(claimant) if isinstance(claimant, nn.Module) else claimant.labels)
+    fitted = fit_scorer(
+        boundary_features(on_claimant(private[split.private_train]), groups),
+        boundary_features(on_claimant(public[split.public_train]), groups),
+        kind=scorer,
+        seed=split_seed,
+    )
+
+    before = suspect.queries
+    on_suspect = descender(suspect.module()) if used == "mingd" else walker(suspect.labels)
+    tested = np.concatenate([split.private_test, split.public_test])
+    n_private_test = split.private_test.shape[0]
+    joined = torch.cat([private[split.private_test], public[split.public_test]])
+    scores = fitted.score(boundary_features(on_suspect(joined), groups))
+    queries = suspect.queries - before
+    welch = welch_one_sided(scores[:n_private_test], scores[n_private_test:])
+
+    statistics: dict[str, StatValue] = {
+        "method": used,
+        "requested_method": method,
+        "scorer": scorer,
+        "n_private_train": int(split.private_train.shape[0]),
+        "n_public_train": int(split.public_train.shape[0]),
+        "n_private_test": int(n_private_test),
+        "n_public_test": int(split.public_test.shape[0]),
+        "claimant_train_accuracy": fitted.train_accuracy,
+        "mean_score_private": welch.mean_a,
+        "mean_score_public": welch.mean_b,
+        "t_statistic": welch.statistic,
+        "df": welch.df,
+        "p_value": welch.p_value,
+        "suspect_queries": int(queries),
+        "queries_per_sample": queries / tested.shape[0],
+        "split_seed": int(split_seed),
+        "train_fraction": float(train_fraction),
+        "split_digest": split.digest(),
+        "seconds": time.perf_counter() - started,
+    }
+    if used == "mingd":
+        statistics["mingd_steps"] = int(mingd_steps)
+    else:
+        statistics.update(walk_directions=walk_directions, walk_step=walk_step, walk_max_steps=walk_max_steps)
+    reason = welch.reason
+    if used != method:
+        reason = (reason + " " if reason else "") + f"{suspect.describe()} is black-box, so Blind Walk replaced MinGD."
+    return TestResult(
+        name=name,
+        kind="dataset_inference",
+        p_value=welch.p_value,
+        statistics=statistics,
+        conclusive=welch.conclusive,
+        reason=reason,
+    )
