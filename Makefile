@@ -48,6 +48,10 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.trust_layer
 
+## Outcome rates of every method against every kind of suspect, over five seeds (pure methods, no services).
+bench-validity: install
+	$(BIN)/python -m benchmarks.validity full
+
 ## Regenerate the pinned constraints from the current virtual environment.
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v "^-e " | sed "s/+cpu$$//" > constraints.txt

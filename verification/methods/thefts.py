@@ -1,9 +1,10 @@
 """Theft simulations: what a thief does to an owner's model, and what a false claimant crafts against a suspect.
 
 Owners stress-test their evidence against these thefts and the validity benchmark loops over them. Every
-theft returns a NEW model on the CPU and leaves the victim untouched; everything is seeded, so the same
-arguments give the same model on the same machine. Black-box thefts (distillation, extraction) go through
-the :class:`Suspect` interface, so the victim's query counter shows exactly what the thief spent.
+theft returns a NEW model (those that train it, on the CPU) and leaves the victim untouched; everything is
+seeded, so the same arguments give the same model on the same machine. Black-box thefts (distillation,
+extraction) go through the :class:`Suspect` interface, so the victim's query counter shows exactly what the
+thief spent.
 
 Defaults fit the digits task (64 features in [0, 1], 800 public samples); :func:`simulate` documents them.
 """
@@ -113,7 +114,7 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def weight_sparsity(model: nn.Module) -> float:
     """The fraction of prunable weights that are exactly zero."""
-    tensors = [getattr(m, name) for m, name in prunable_weights(model)]
+    tensors: list[torch.Tensor] = [getattr(m, name) for m, name in prunable_weights(model)]
     total = sum(t.numel() for t in tensors)
     if total == 0:
         raise ValueError("the model has no Linear or Conv weights")
@@ -258,10 +259,6 @@ def extract_knockoff(
     return train_classifier(student, queries, labels, epochs=epochs, lr=STUDENT_LR, seed=seed)
 
 
-def _ensemble_logits(ensemble: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    return [model(x) for model in ensemble]
-
-
 def _random_targets(excluded: list[LabelArray], num_classes: int, rng: np.random.Generator) -> LabelArray:
     """A uniform target per sample among the classes none of ``excluded`` names for it."""
     targets = np.empty(len(excluded[0]), dtype=np.int64)
@@ -310,37 +307,80 @@ def false_claim_set(
     natural_np = _as_float_array(natural_x, "natural_x")
     if natural_np.min() < low or natural_np.max() > high:
         raise ValueError(f"natural samples lie outside [{low}, {high}]")
-    alpha = 2.5 * eps / steps if step_size is None else step_size
-    models = [model.eval() for model in ensemble]
-    device = next(iter(models[0].parameters()), torch.empty(0)).device
-    natural = torch.from_numpy(natural_np).to(device)
+    rng = np.random.default_rng([seed, 0xFA15E])
+    modes = [model.training for model in ensemble]
+    try:
+        models = [model.eval() for model in ensemble]
+        device = next(iter(models[0].parameters()), torch.empty(0)).device
+        natural = torch.from_numpy(natural_np).to(device)
+        targets = _claim_targets(models, natural, target_labels, natural_labels, rng)
+        adv = _targeted_pgd(
+            models,
+            natural,
+            torch.from_numpy(targets).to(device),
+            eps=eps,
+            low=low,
+            high=high,
+            steps=steps,
+            step_size=2.5 * eps / steps if step_size is None else step_size,
+            momentum=momentum,
+            diversity=diversity,
+            generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+        )
+    finally:
+        for model, mode in zip(ensemble, modes, strict=True):
+            model.train(mode)
+    return ClaimSet(inputs=adv.cpu().numpy().astype(np.float32), labels=targets)
 
+
+def _claim_targets(
+    models: Sequence[nn.Module],
+    natural: torch.Tensor,
+    target_labels: npt.ArrayLike | None,
+    natural_labels: npt.ArrayLike | None,
+    rng: np.random.Generator,
+) -> LabelArray:
+    """Given targets checked, or random ones, none equal to the ensemble's prediction or the true label."""
     with torch.no_grad():
-        outputs = _ensemble_logits(models, natural)
-    num_classes = outputs[0].shape[1]
-    if any(out.shape != outputs[0].shape for out in outputs) or num_classes < 2:
+        outputs = [model(natural) for model in models]
+    if any(out.dim() != 2 or out.shape != outputs[0].shape for out in outputs) or outputs[0].shape[1] < 2:
         raise ValueError("the ensemble's models must all answer [N, C] logits with the same C >= 2")
-    predicted = torch.stack([torch.softmax(o, dim=1) for o in outputs]).mean(dim=0).argmax(dim=1).cpu().numpy()
-    excluded: list[LabelArray] = [predicted.astype(np.int64)]
+    num_classes = int(outputs[0].shape[1])
+    probabilities = torch.stack([torch.softmax(out, dim=1) for out in outputs]).mean(dim=0)
+    excluded: list[LabelArray] = [probabilities.argmax(dim=1).cpu().numpy().astype(np.int64)]
+    shape = excluded[0].shape
     if natural_labels is not None:
         given = np.asarray(natural_labels, dtype=np.int64)
-        if given.shape != predicted.shape:
-            raise ValueError(f"natural_labels must have shape {list(predicted.shape)}, got {list(given.shape)}")
+        if given.shape != shape:
+            raise ValueError(f"natural_labels must have shape {list(shape)}, got {list(given.shape)}")
         excluded.append(given)
-    rng = np.random.default_rng([seed, 0xFA15E])
     if target_labels is None:
-        targets_np = _random_targets(excluded, num_classes, rng)
-    else:
-        targets_np = np.asarray(target_labels, dtype=np.int64)
-        if targets_np.shape != predicted.shape:
-            raise ValueError(f"target_labels must have shape {list(predicted.shape)}, got {list(targets_np.shape)}")
-        if targets_np.min() < 0 or targets_np.max() >= num_classes:
-            raise ValueError(f"target labels must lie in 0..{num_classes - 1}")
-        if any((targets_np == e).any() for e in excluded):
-            raise ValueError("every target label must differ from the sample's natural (predicted) label")
-    targets = torch.from_numpy(targets_np).to(device)
+        return _random_targets(excluded, num_classes, rng)
+    targets = np.asarray(target_labels, dtype=np.int64)
+    if targets.shape != shape:
+        raise ValueError(f"target_labels must have shape {list(shape)}, got {list(targets.shape)}")
+    if targets.min() < 0 or targets.max() >= num_classes:
+        raise ValueError(f"target labels must lie in 0..{num_classes - 1}")
+    if any((targets == e).any() for e in excluded):
+        raise ValueError("every target label must differ from the sample's natural (predicted and true) label")
+    return targets
 
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+def _targeted_pgd(
+    models: Sequence[nn.Module],
+    natural: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    eps: float,
+    low: float,
+    high: float,
+    steps: int,
+    step_size: float,
+    momentum: float,
+    diversity: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """MI-FGSM descent of the ensemble's mean cross-entropy, projected onto the eps-ball and the box."""
     reduce_dims = tuple(range(1, natural.dim()))
     lower = torch.clamp(natural - eps, min=low)
     upper = torch.clamp(natural + eps, max=high)
@@ -349,17 +389,14 @@ def false_claim_set(
     for _ in range(steps):
         probe = adv.clone()
         if diversity > 0:
-            probe = probe + diversity * torch.randn(probe.shape, generator=generator).to(device)
+            probe = probe + diversity * torch.randn(probe.shape, generator=generator).to(probe.device)
         probe.requires_grad_(True)
-        loss = torch.stack(
-            [nn.functional.cross_entropy(out, targets) for out in _ensemble_logits(models, probe)]
-        ).mean()
+        loss = torch.stack([nn.functional.cross_entropy(model(probe), targets) for model in models]).mean()
         (grad,) = torch.autograd.grad(loss, probe)
-        norm = grad.abs().sum(dim=reduce_dims, keepdim=True).clamp_min(1e-12)
-        velocity = momentum * velocity + grad / norm
-        # descend: the cross-entropy toward the target shrinks
-        adv = torch.minimum(torch.maximum(adv.detach() - alpha * velocity.sign(), lower), upper)
-    return ClaimSet(inputs=adv.cpu().numpy().astype(np.float32), labels=targets_np)
+        # per-sample L1 normalisation keeps every sample's step in the momentum on one scale
+        velocity = momentum * velocity + grad / grad.abs().sum(dim=reduce_dims, keepdim=True).clamp_min(1e-12)
+        adv = torch.minimum(torch.maximum(adv - step_size * velocity.sign(), lower), upper)
+    return adv.detach()
 
 
 def _simulate_copy(victim: nn.Module, task: TaskData, seed: int, student_arch: Architecture) -> nn.Module:

@@ -1,0 +1,164 @@
+"""One dispute's methods from plain data to plain data: what a verification run calls in its sandbox child.
+
+The parent (a Celery worker) opens the escrow, checks commitments and signs; it never loads the
+suspect. It hands :func:`run_methods` a spec of plain values and NumPy arrays (the suspect's file
+or endpoint, the revealed evidence, the reference panel's folder) and gets back plain values:
+the decision record, the numbers behind the plots, the queries spent and where the time went.
+Nothing here touches a database or a key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from verification.methods.dataset_inference import Method, dataset_inference_test
+from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, TestResult, decide
+from verification.methods.evaluate import AgreementClaim, agreement_claim_test
+from verification.methods.panels import ReferencePanel
+from verification.methods.suspects import (
+    HttpSuspect,
+    OnnxSuspect,
+    QueryBudgetExceeded,
+    Suspect,
+    SuspectError,
+    TorchScriptSuspect,
+)
+
+__all__ = ["METHODS", "load_suspect", "run_methods"]
+
+METHODS = ("watermark", "fingerprint", "dataset_inference")
+Progress = Callable[[str, int], None]
+
+
+def load_suspect(spec: Mapping[str, Any], *, num_classes: int, input_shape: tuple[int, ...]) -> Suspect:
+    """The suspect described by ``spec``: ``{"kind": "torchscript"|"onnx", "path"}`` or ``{"kind": "http", ...}``."""
+    kind = spec.get("kind")
+    budget = spec.get("budget")
+    if kind == "torchscript":
+        return TorchScriptSuspect(spec["path"], num_classes=num_classes, input_shape=input_shape, budget=budget)
+    if kind == "onnx":
+        return OnnxSuspect(spec["path"], num_classes=num_classes, input_shape=input_shape, budget=budget, threads=1)
+    if kind == "http":
+        return HttpSuspect(
+            spec["url"],
+            protocol=spec.get("protocol", "json"),
+            model_name=spec.get("model_name") or None,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            output_kind=spec.get("output_kind", "logits"),
+            timeout_s=float(spec.get("timeout_s", 10)),
+            budget=budget,
+        )
+    raise ValueError(f"unknown suspect kind {kind!r}")
+
+
+def _claimant_module(path: str) -> torch.nn.Module:
+    module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError("the claimant's artifact did not load as a module")
+    return module.eval()
+
+
+def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the requested methods against the suspect and decide; see the module docstring for the shape.
+
+    ``spec`` keys: ``suspect`` (for :func:`load_suspect`), ``num_classes``, ``input_shape``, ``low``,
+    ``high``, ``alpha``, ``panel_dir``, ``claims`` (list of ``{name, kind, inputs, labels, verifiable}``),
+    optional ``dataset`` (``{name, members, nonmembers, claimant_path, method, split_seed}``).
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    num_classes = int(spec["num_classes"])
+    input_shape = tuple(int(d) for d in spec["input_shape"])
+    alpha = float(spec.get("alpha", DEFAULT_ALPHA))
+    low, high = float(spec.get("low", 0.0)), float(spec.get("high", 1.0))
+
+    panel = ReferencePanel.load(Path(spec["panel_dir"]))
+    if panel.num_classes != num_classes or panel.input_shape != input_shape:
+        raise ValueError(
+            f"the reference panel is for {panel.num_classes} classes and inputs {list(panel.input_shape)}, "
+            f"but the claimant model has {num_classes} classes and inputs {list(input_shape)}"
+        )
+    timings["panel_load_s"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    tests: list[TestResult] = []
+    screens: list[ClaimScreen] = []
+    plots: dict[str, Any] = {}
+    failure = ""
+    try:
+        suspect = load_suspect(spec["suspect"], num_classes=num_classes, input_shape=input_shape)
+    except (SuspectError, ValueError, OSError) as exc:
+        suspect = None
+        failure = f"the suspect could not be loaded: {exc}"
+    timings["model_load_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    for raw in spec.get("claims", []):
+        claim = AgreementClaim(
+            name=str(raw["name"]),
+            kind=raw["kind"],
+            inputs=np.asarray(raw["inputs"], dtype=np.float32),
+            labels=np.asarray(raw["labels"], dtype=np.int64),
+            verifiable=bool(raw.get("verifiable", False)),
+        )
+        if suspect is None:
+            tests.append(TestResult(claim.name, claim.kind, 1.0, {"K": len(claim.labels)}, False, failure))
+            continue
+        test, screen = agreement_claim_test(claim, suspect, panel, alpha=alpha)
+        tests.append(test)
+        screens.append(screen)
+        panel_rates = (panel.labels(claim.inputs) == claim.labels[None, :]).mean(axis=1)
+        plots[claim.name] = {
+            "kind": claim.kind,
+            "suspect_match_rate": float(test.statistics.get("match_rate", float("nan"))),
+            "panel_match_rates": [float(v) for v in panel_rates],
+            "chance": 1.0 / num_classes,
+        }
+    timings["agreement_queries_s"] = time.perf_counter() - mark
+
+    dataset = spec.get("dataset")
+    mark = time.perf_counter()
+    if dataset:
+        name = str(dataset.get("name", "dataset_inference"))
+        if suspect is None:
+            tests.append(TestResult(name, "dataset_inference", 1.0, {}, False, failure))
+        else:
+            method: Method = "mingd" if suspect.white_box else "blind_walk"
+            if dataset.get("method") in ("mingd", "blind_walk"):
+                method = dataset["method"]
+            try:
+                result = dataset_inference_test(
+                    claimant=_claimant_module(str(dataset["claimant_path"])),
+                    suspect=suspect,
+                    private_x=np.asarray(dataset["members"], dtype=np.float32),
+                    public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
+                    num_classes=num_classes,
+                    split_seed=int(dataset.get("split_seed", 0)),
+                    method=method,
+                    low=low,
+                    high=high,
+                    fallback_to_blind_walk=True,
+                    name=name,
+                )
+            except (SuspectError, QueryBudgetExceeded) as exc:
+                result = TestResult(name, "dataset_inference", 1.0, {}, False, f"the suspect did not answer: {exc}")
+            tests.append(result)
+    timings["dataset_inference_s"] = time.perf_counter() - mark
+
+    decision = decide(tests=tests, screens=screens, alpha=alpha)
+    timings["total_s"] = time.perf_counter() - started
+    return {
+        "decision": decision.to_dict(),
+        "panel": {"hash": panel.hash, "size": len(panel), "task": panel.task},
+        "plots": plots,
+        "queries": 0 if suspect is None else int(suspect.queries),
+        "suspect": "" if suspect is None else suspect.describe(),
+        "timings": timings,
+    }
