@@ -20,7 +20,9 @@ def test_reduced_validity_benchmark_passes_every_check() -> None:
     # every kind of suspect met every method it should
     for theft in ("copy", "fine_tune", "prune", "distill", "extract"):
         assert ("digits", theft, "watermark") in rows
+    for theft in ("copy", "distill"):
         assert ("synthetic", theft, "di_mingd") in rows
+        assert ("synthetic", theft, "di_blind_walk") in rows
     for eps in ("0.1", "0.2", "0.3"):
         assert rows[("digits", f"false_claim_eps{eps}", "watermark")]["ownership_confirmed"] == 0
     # dataset inference has power where training data is memorised: the copy is found on the synthetic task

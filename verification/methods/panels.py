@@ -25,7 +25,15 @@ from torch import nn
 from verification.methods.datasets import TaskData
 from verification.methods.training import ARCHITECTURES, Architecture, accuracy, build_model, train_classifier
 
-__all__ = ["PANEL_FORMAT", "PanelError", "PanelMember", "ReferencePanel", "load_or_train_panel", "train_panel"]
+__all__ = [
+    "PANEL_FORMAT",
+    "PanelError",
+    "PanelMember",
+    "ReferencePanel",
+    "load_or_train_panel",
+    "panel_directory",
+    "train_panel",
+]
 
 PANEL_FORMAT = "modelcourt-panel-v1"
 # the panel mixes these so that p0 reflects architectures a suspect might have
@@ -208,9 +216,14 @@ def train_panel(
     )
 
 
+def panel_directory(task: TaskData, cache_dir: str | Path, *, size: int = 20, seed: int = 0) -> Path:
+    """Where :func:`load_or_train_panel` keeps the panel for (task, size, seed)."""
+    return Path(cache_dir) / f"{task.name}-{task.digest[:12]}-n{size}-s{seed}"
+
+
 def load_or_train_panel(task: TaskData, cache_dir: str | Path, *, size: int = 20, seed: int = 0) -> ReferencePanel:
     """The cached panel for (task, size, seed) when it is intact, else a freshly trained and saved one."""
-    directory = Path(cache_dir) / f"{task.name}-{task.digest[:12]}-n{size}-s{seed}"
+    directory = panel_directory(task, cache_dir, size=size, seed=seed)
     if (directory / "manifest.json").exists():
         try:
             panel = ReferencePanel.load(directory)

@@ -77,6 +77,7 @@ class ValidityConfig:
     di_independents: int = 10
     synthetic: bool = True
     thefts: tuple[TheftKind, ...] = THEFT_KINDS
+    synthetic_thefts: tuple[TheftKind, ...] = THEFT_KINDS
     alpha: float = 1e-3
     cost_samples: int = 20
     min_independent_disputes: int = 100
@@ -237,7 +238,9 @@ def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, prog
 def _synthetic_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
     task = synthetic_task(seed)
     owner = _owner(task, seed, "wide_mlp", 150)
-    suspects: list[tuple[str, nn.Module]] = [(kind, simulate(kind, owner, task, seed=seed)) for kind in config.thefts]
+    suspects: list[tuple[str, nn.Module]] = [
+        (kind, simulate(kind, owner, task, seed=seed)) for kind in config.synthetic_thefts
+    ]
     independents = train_panel(
         task,
         size=config.di_independents,
@@ -448,7 +451,8 @@ def configs_for(names: Sequence[str]) -> ValidityConfig:
         return ValidityConfig(
             seeds=(0,),
             independents=10,
-            di_independents=4,
+            di_independents=3,
+            synthetic_thefts=("copy", "distill"),
             false_claim_suspects=3,
             cost_samples=5,
             min_independent_disputes=20,
