@@ -14,6 +14,7 @@ from ownership.escrow import EscrowError
 from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError, UploadTooLargeError
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.keys import KeyConfigurationError
+from verification.exceptions import DisputeError, DisputeNotFoundError, DisputeStateError
 
 # Order matters: subclasses before their bases.
 logger = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     UploadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     ModelInDisputeError: status.HTTP_409_CONFLICT,
     RegistryError: status.HTTP_400_BAD_REQUEST,
+    DisputeStateError: status.HTTP_409_CONFLICT,
+    DisputeError: status.HTTP_400_BAD_REQUEST,
+    DisputeNotFoundError: status.HTTP_404_NOT_FOUND,
     RegistryNotFoundError: status.HTTP_404_NOT_FOUND,
     EscrowError: status.HTTP_503_SERVICE_UNAVAILABLE,
     LogRangeError: status.HTTP_400_BAD_REQUEST,

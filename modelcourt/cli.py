@@ -1,4 +1,4 @@
-"""The `modelcourt` command: register models and evidence, fetch receipts, verify them offline."""
+"""The `modelcourt` command: register models and evidence, fetch receipts, verify receipts and verdicts offline."""
 
 import argparse
 import base64
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelcourt.receipts import all_ok, verify_receipt
+from modelcourt.bundle import verify_bundle
+from modelcourt.receipts import Check, all_ok, verify_receipt
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 300  # registering runs the artifact in the server's sandbox before it answers
@@ -183,18 +184,40 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     """Verify a receipt offline, and the opening or evidence when given."""
     receipt = _read_json(args.receipt)
     ca_pems = [_read_bytes(path).decode(errors="replace") for path in args.ca] if args.ca else None
-    log_key = args.log_key
-    if log_key is not None and Path(log_key).is_file():
-        log_key = _read_bytes(log_key).decode(errors="replace").strip()
     checks = verify_receipt(
         receipt,
         ca_pems=ca_pems,
-        log_vkey=log_key,
+        log_vkey=_log_key(args.log_key),
         opening=_read_json(args.opening) if args.opening else None,
         evidence_npz=_read_bytes(args.evidence) if args.evidence else None,
         salt=args.salt,
         seed=args.seed,
     )
+    return _report(checks)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a verdict bundle offline."""
+    checks = verify_bundle(
+        args.bundle,
+        ca_pems=[_read_bytes(path).decode(errors="replace") for path in args.ca] if args.ca else None,
+        log_vkey=_log_key(args.log_key),
+        verdict_keys=[_read_bytes(path).decode(errors="replace") for path in args.verdict_key]
+        if args.verdict_key
+        else None,
+    )
+    return _report(checks)
+
+
+def _log_key(value: str | None) -> str | None:
+    """A verifier key given as itself or as a file holding it."""
+    if value is not None and Path(value).is_file():
+        return _read_bytes(value).decode(errors="replace").strip()
+    return value
+
+
+def _report(checks: Sequence[Check]) -> int:
+    """Print one line per check; the exit status is 1 unless every check passed."""
     for check in checks:
         status = "FAIL" if not check.ok else "WARN" if check.warning else "OK  "
         print(f"{status} {check.name}: {check.detail}")
@@ -262,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--salt", help="the commitment's salt (hex)")
     verify.add_argument("--seed", help="the watermark generator's seed (hex), for generated evidence")
     verify.set_defaults(handler=cmd_receipt_verify, offline=True)
+
+    bundle = commands.add_parser("verify", help="verify a verdict bundle (zip) offline")
+    bundle.add_argument("bundle", help="the verdict bundle (.zip)")
+    bundle.add_argument("--ca", action="append", help="trusted TSA root certificate(s), PEM (repeatable)")
+    bundle.add_argument("--log-key", help="the log's verifier key (name+hash+base64), or a file holding it")
+    bundle.add_argument("--verdict-key", action="append", help="the service's verdict public key(s), PEM (repeatable)")
+    bundle.set_defaults(handler=cmd_verify, offline=True)
     return parser
 
 
@@ -269,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "offline", False):
+    if getattr(args, "handler", None) is cmd_receipt_verify:
         if args.evidence and not args.salt:
             parser.error("--evidence needs --salt")
         if (args.salt or args.seed) and not args.evidence:

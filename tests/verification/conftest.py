@@ -1,0 +1,91 @@
+"""A registered, watermarked digits model, its thefts and an independent model, and a small installed panel."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import override_settings
+from torch import nn
+
+from modelcourt.embed import embed_watermark
+from verification.methods.datasets import digits_task
+from verification.methods.panels import train_panel
+from verification.methods.thefts import fine_tune
+from verification.methods.training import build_model, train_classifier
+
+torch.set_num_threads(1)
+PANEL = "test-digits"
+
+
+@dataclass(frozen=True)
+class Models:
+    """TorchScript bytes of the claimant's base model, a fine-tuned theft of its marked version, an independent one."""
+
+    base: bytes
+    marked: nn.Module
+    stolen: bytes
+    independent: bytes
+
+
+def _script(module: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(module.eval(), torch.zeros(1, 64)), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits_models() -> Models:
+    task = digits_task(0)
+    base = train_classifier(
+        build_model("mlp", input_shape=(64,), num_classes=10, seed=3), task.owner_x, task.owner_y, epochs=40, seed=3
+    )
+    independent = train_classifier(
+        build_model("deep_mlp", input_shape=(64,), num_classes=10, seed=4),
+        task.public_x,
+        task.public_y,
+        epochs=30,
+        seed=4,
+    )
+    return Models(base=_script(base), marked=base, stolen=b"", independent=_script(independent))
+
+
+def mark_and_steal(base: nn.Module, inputs: object, labels: object) -> tuple[bytes, bytes]:
+    """Embed the committed triggers (as the owner would), then fine-tune a copy (as a thief would)."""
+    task = digits_task(0)
+    marked = copy.deepcopy(base)
+    report = embed_watermark(
+        marked,
+        train_inputs=task.owner_x,
+        train_labels=task.owner_y,
+        trigger_inputs=inputs,
+        trigger_labels=labels,
+        epochs=15,
+    )
+    assert report.trigger_accuracy == 1.0
+    stolen = fine_tune(marked, task.public_x, task.public_y, seed=5)
+    return _script(marked), _script(stolen)
+
+
+@pytest.fixture(scope="session")
+def panel_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding an installed 8-model digits panel (the built-in one has 20 and takes longer)."""
+    root = tmp_path_factory.mktemp("data")
+    train_panel(digits_task(0), size=8, seed=1, epochs=30).save(root / "panels" / "installed" / PANEL)
+    return root
+
+
+@pytest.fixture
+def data_dir(panel_root: Path) -> Iterator[Path]:
+    with override_settings(DATA_DIR=panel_root):
+        yield panel_root
+
+
+def upload(name: str, data: bytes) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, data, content_type="application/octet-stream")

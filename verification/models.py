@@ -1,0 +1,141 @@
+"""Disputes, their verification runs and the signed verdicts."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from ownership.models import EvidenceSet, RegisteredModel
+from timestamps.models import TimestampToken
+
+
+def suspect_upload_path(instance: "Dispute", filename: str) -> str:
+    """Suspect artifacts live under their dispute's public id."""
+    return f"suspects/{instance.public_id}/{filename}"
+
+
+class Dispute(models.Model):
+    """A claimant's registration against a suspect model, filed by an arbiter."""
+
+    class State(models.TextChoices):
+        FILED = "filed", "Filed"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DECIDED = "decided", "Decided"
+        PUBLISHED = "published", "Published"
+        FAILED = "failed", "Failed"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    class SuspectKind(models.TextChoices):
+        ARTIFACT = "artifact", "Uploaded artifact"
+        ENDPOINT = "endpoint", "Remote prediction endpoint"
+        REGISTERED = "registered", "Registered model"
+
+    class Protocol(models.TextChoices):
+        V2 = "v2", "Open Inference Protocol v2"
+        JSON = "json", "Plain JSON"
+
+    class OutputKind(models.TextChoices):
+        LOGITS = "logits", "Logits"
+        PROBABILITIES = "probabilities", "Probabilities"
+        LABELS = "labels", "Labels only"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    arbiter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="disputes")
+    title = models.CharField(max_length=200)
+    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="claims")
+    evidence_sets = models.ManyToManyField(EvidenceSet, related_name="disputes")
+    suspect_kind = models.CharField(max_length=16, choices=SuspectKind.choices)
+    suspect_artifact = models.FileField(upload_to=suspect_upload_path, max_length=300, blank=True)
+    suspect_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices, blank=True)
+    suspect_digest = models.CharField(max_length=64, blank=True, db_index=True)
+    suspect_registration = models.ForeignKey(
+        RegisteredModel, on_delete=models.PROTECT, null=True, blank=True, related_name="suspected_in"
+    )
+    suspect_url = models.URLField(max_length=500, blank=True)
+    suspect_protocol = models.CharField(max_length=8, choices=Protocol.choices, blank=True)
+    suspect_model_name = models.CharField(max_length=200, blank=True)
+    suspect_output = models.CharField(max_length=16, choices=OutputKind.choices, default=OutputKind.LOGITS)
+    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
+    alpha = models.FloatField(default=1e-3)
+    query_budget = models.PositiveIntegerField(default=100_000)
+    panel = models.CharField(max_length=100, help_text="the reference panel the run compares against")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.FILED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    phase = models.CharField(max_length=200, blank=True)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="dispute_alpha_in_unit_interval"),
+            models.CheckConstraint(condition=Q(progress__lte=100), name="dispute_progress_at_most_100"),
+            models.CheckConstraint(
+                condition=~Q(state="failed") | ~Q(failure_reason=""), name="dispute_failure_has_a_reason"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.state})"
+
+
+class VerificationRun(models.Model):
+    """One attempt at verifying a dispute; a retried task claims a new run, never a second verdict."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ABANDONED = "abandoned", "Abandoned (worker lost)"
+
+    dispute = models.ForeignKey(Dispute, on_delete=models.CASCADE, related_name="runs")
+    attempt = models.PositiveIntegerField()
+    task_id = models.CharField(max_length=100, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    error = models.TextField(blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["dispute_id", "attempt"]
+        constraints = [models.UniqueConstraint(fields=["dispute", "attempt"], name="run_unique_attempt")]
+
+    def __str__(self) -> str:
+        return f"run {self.attempt} of dispute {self.dispute_id} ({self.state})"
+
+
+class Verdict(models.Model):
+    """The signed outcome of a dispute: a DSSE envelope over an in-toto Statement, timestamped and logged."""
+
+    class Outcome(models.TextChoices):
+        OWNERSHIP_CONFIRMED = "ownership_confirmed", "Ownership confirmed"
+        NOT_CONFIRMED = "not_confirmed", "Not confirmed"
+        CLAIM_REJECTED = "claim_rejected", "Claim rejected"
+        INCONCLUSIVE = "inconclusive", "Inconclusive"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # one verdict per dispute, whatever number of runs or redelivered messages
+    dispute = models.OneToOneField(Dispute, on_delete=models.PROTECT, related_name="verdict")
+    run = models.OneToOneField(VerificationRun, on_delete=models.PROTECT, related_name="verdict")
+    outcome = models.CharField(max_length=32, choices=Outcome.choices)
+    predicate = models.JSONField(help_text="the verdict predicate as signed")
+    envelope = models.BinaryField(help_text="the DSSE envelope, exactly the bytes that were timestamped")
+    attachments = models.JSONField(default=dict, help_text="file name -> base64 content (report, plots)")
+    bundle_parts = models.JSONField(
+        default=dict,
+        help_text="keys, certificates and receipts as signed: verdict_keys, tsa_certificates, log_vkey, receipts",
+    )
+    timestamp_token = models.OneToOneField(TimestampToken, on_delete=models.PROTECT, related_name="verdict")
+    created_at = models.DateTimeField()
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"verdict {self.public_id} ({self.outcome})"

@@ -1,0 +1,329 @@
+"""The body of a verification run: open and check the evidence, run the methods in the sandbox, sign.
+
+Called by :func:`verification.services.verification_run_execute` inside a Celery task on the gpu queue.
+Untrusted code (the suspect's artifact, answers from its endpoint) only ever runs in the sandbox's
+child process; this process opens the escrow, checks commitments and proofs, and signs.
+"""
+
+import base64
+import html
+import io
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from modelcourt import bundle
+from modelcourt.receipts import all_ok, verify_receipt
+from ownership import services as ownership_services
+from ownership.evidence import EvidenceRejected, load_evidence
+from ownership.models import EvidenceSet, RegisteredModel
+from timestamps import dsse
+from timestamps import keys as timestamp_keys
+from timestamps.selectors import signing_key_list
+from verification import reference
+from verification.exceptions import RunFailed
+from verification.methods.decision import decide
+from verification.models import Dispute, Verdict, VerificationRun
+
+Progress = Callable[[int, int, str], None]
+CODE_VERSION = "modelcourt-0.1.0"
+PREDICATE_VERSION = 1
+
+
+def _trust_anchors() -> tuple[list[str], str]:
+    cas = [k.certificate_pem for k in signing_key_list().filter(purpose="tsa-ca") if k.certificate_pem]
+    log_key = timestamp_keys.key_current("log").record
+    return cas, timestamp_keys.log_verifier_key(log_key)
+
+
+def _open_claims(
+    dispute: Dispute,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str], list[dict[str, Any]]]:
+    """Reveal every evidence set and check it against its public receipt; returns claims, DI samples, problems."""
+    model = dispute.claimant_model
+    cas, log_vkey = _trust_anchors()
+    claims: list[dict[str, Any]] = []
+    dataset: dict[str, Any] | None = None
+    problems: list[str] = []
+    records: list[dict[str, Any]] = []
+    for evidence_set in dispute.evidence_sets.order_by("created_at", "id"):
+        opening = ownership_services.evidence_open(evidence_set=evidence_set)
+        receipt = ownership_services.receipt_build(evidence_set=evidence_set)
+        checks = verify_receipt(receipt, ca_pems=cas, log_vkey=log_vkey, opening=opening)
+        failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+        records.append(
+            {
+                "commitment": evidence_set.commitment,
+                "model_digest": model.model_digest,
+                "kind": evidence_set.kind,
+                "verifiable": evidence_set.verifiable,
+                "timestamp": evidence_set.timestamp_token.gen_time.isoformat(),
+                "log_index": evidence_set.timestamp_token.log_entry_id,
+                "opened": not failed and all_ok(checks),
+            }
+        )
+        if failed:
+            problems.append(f"evidence {evidence_set.commitment[:16]} does not open its commitment: {failed[0]}")
+            continue
+        try:
+            arrays = load_evidence(
+                base64.b64decode(opening["evidence_npz_b64"]),
+                kind=evidence_set.kind,
+                input_shape=model.input_shape,
+                num_classes=model.num_classes,
+            )
+        except EvidenceRejected as exc:
+            problems.append(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}")
+            continue
+        name = f"{evidence_set.kind}-{evidence_set.commitment[:12]}"
+        if evidence_set.kind == EvidenceSet.Kind.DATASET:
+            dataset = {
+                "name": name,
+                "members": arrays["members"],
+                "nonmembers": arrays["nonmembers"],
+                "claimant_path": model.artifact.path,
+                # the split is fixed by the commitment, before anyone saw the suspect's answers
+                "split_seed": int(evidence_set.commitment[:8], 16),
+            }
+        else:
+            claims.append(
+                {
+                    "name": name,
+                    "kind": evidence_set.kind,
+                    "inputs": arrays["inputs"],
+                    "labels": arrays["labels"],
+                    "verifiable": evidence_set.verifiable,
+                }
+            )
+    return claims, dataset, problems, records
+
+
+def _precedence(dispute: Dispute, records: list[dict[str, Any]]) -> tuple[bool, str]:
+    """The claimant's earliest commitment must precede the suspect's first known timestamp."""
+    if not records:
+        return False, "no evidence was committed"
+    claimant_first = min(r["timestamp"] for r in records)
+    suspect: RegisteredModel | None = dispute.suspect_registration
+    if suspect is None:
+        return True, f"the claimant's evidence was time-stamped at {claimant_first}; the suspect has no registration"
+    stamps = [s.timestamp_token.gen_time for s in suspect.evidence_sets.all()] + [suspect.created_at]
+    suspect_first = min(stamps).isoformat()
+    if suspect_first <= claimant_first:
+        return False, (
+            f"the suspect was registered or time-stamped at {suspect_first}, before the claimant's first "
+            f"commitment at {claimant_first}"
+        )
+    return True, f"claimant first time-stamped at {claimant_first}, suspect first known at {suspect_first}"
+
+
+def _suspect_spec(dispute: Dispute) -> dict[str, Any]:
+    if dispute.suspect_kind == Dispute.SuspectKind.ENDPOINT:
+        return {
+            "kind": "http",
+            "url": dispute.suspect_url,
+            "protocol": dispute.suspect_protocol,
+            "model_name": dispute.suspect_model_name,
+            "output_kind": dispute.suspect_output,
+            "budget": dispute.query_budget,
+        }
+    if dispute.suspect_kind == Dispute.SuspectKind.REGISTERED:
+        assert dispute.suspect_registration is not None  # noqa: S101 (the kind says so)
+        path, form = dispute.suspect_registration.artifact.path, dispute.suspect_registration.artifact_format
+    else:
+        path, form = dispute.suspect_artifact.path, dispute.suspect_format
+    return {"kind": form, "path": path, "budget": dispute.query_budget}
+
+
+def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
+    from verification.methods.runner import run_methods
+    from workers.sandbox import SandboxError, run_sandboxed
+
+    try:
+        return run_sandboxed(
+            run_methods,
+            spec,
+            timeout_s=float(getattr(settings, "MODELCOURT_RUN_TIMEOUT_S", 1800)),
+            memory_bytes=int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30)),
+        )
+    except SandboxError as exc:
+        raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
+
+
+def _plots(result: dict[str, Any]) -> dict[str, bytes]:
+    """One PNG per agreement claim: the suspect's match rate against the panel's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images: dict[str, bytes] = {}
+    for name, data in sorted(result.get("plots", {}).items()):
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        ax.hist(data["panel_match_rates"], bins=20, range=(0, 1), color="#8aa4c8", label="reference panel")
+        ax.axvline(data["suspect_match_rate"], color="#c0392b", linewidth=2, label="suspect")
+        ax.axvline(data["chance"], color="#555", linestyle="--", linewidth=1, label="chance (1/C)")
+        ax.set_xlabel("match rate with the claimed labels")
+        ax.set_ylabel("models")
+        ax.set_title(name)
+        ax.legend(loc="upper center", fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        # no timestamps in the file: the same verdict draws the same bytes
+        fig.savefig(buffer, format="png", metadata={"Software": None})
+        plt.close(fig)
+        images[f"plots/{name}.png"] = buffer.getvalue()
+    return images
+
+
+def _report(dispute: Dispute, predicate: dict[str, Any], plots: dict[str, bytes]) -> bytes:
+    """A self-contained HTML report (plots referenced by their names inside the bundle)."""
+    decision = predicate["decision"]
+    rows = []
+    for test in decision.get("tests", []):
+        stats = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}" for k, v in test["statistics"].items())
+        rows.append(
+            f"<tr><td>{html.escape(test['name'])}</td><td>{html.escape(test['kind'])}</td>"
+            f"<td>{html.escape(str(test['p_value']))}</td><td>{'yes' if test['conclusive'] else 'no'}</td>"
+            f"<td class=stats>{stats}</td></tr>"
+        )
+    screens = "".join(
+        f"<li>{html.escape(s['name'])}: {'rejected' if s['rejected'] else 'passed'} "
+        f"(p={html.escape(str(s['p_value']))})</li>"
+        for s in decision.get("screens", [])
+    )
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision.get("reasons", []))
+    images = "".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(n)}"></figure>' for n in sorted(plots))
+    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>Verdict {predicate["verdict_id"]}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+td,th{{border:1px solid #ccc;padding:.3rem;vertical-align:top}}table{{border-collapse:collapse}}
+.stats{{font-family:monospace;font-size:.8rem}}img{{max-width:100%}}</style></head><body>
+<h1>Verdict: {html.escape(predicate["outcome"].replace("_", " "))}</h1>
+<p>Dispute <b>{html.escape(dispute.title)}</b>, decided {html.escape(predicate["decided_at"])} at alpha
+{predicate["alpha"]}, against the reference panel {html.escape(predicate["panel"]["name"])}
+({predicate["panel"]["size"]} models, hash <code>{predicate["panel"]["hash"]}</code>).</p>
+<h2>Why</h2><ul>{reasons}</ul>
+<h2>Tests</h2><table><tr><th>evidence</th><th>kind</th><th>p-value</th><th>conclusive</th><th>statistics</th></tr>
+{"".join(rows)}</table>
+<h2>False-claim screens</h2><ul>{screens or "<li>none</li>"}</ul>
+<h2>Precedence</h2><p>{html.escape(predicate["precedence"]["detail"])}</p>
+<h2>Plots</h2>{images or "<p>none</p>"}
+<p>Check this verdict offline: <code>modelcourt verify bundle.zip</code>.</p></body></html>"""
+    return page.encode()
+
+
+def run_to_verdict(
+    *, dispute: Dispute, run: VerificationRun, timings: dict[str, float], progress: Progress
+) -> Verdict | None:
+    """Everything between claiming the run and storing the verdict; RunFailed with a reason otherwise."""
+    mark = time.perf_counter()
+    progress(dispute.pk, 5, "opening the escrowed evidence and checking its receipts")
+    claims, dataset, problems, records = _open_claims(dispute)
+    precedence_ok, precedence_detail = _precedence(dispute, records)
+    timings["open_evidence_s"] = time.perf_counter() - mark
+
+    result: dict[str, Any] = {}
+    integrity_ok = not problems and precedence_ok
+    if integrity_ok:
+        mark = time.perf_counter()
+        progress(dispute.pk, 15, f"loading the reference panel {dispute.panel}")
+        try:
+            panel_dir = reference.panel_directory(dispute.panel)
+        except reference.PanelUnavailable as exc:
+            raise RunFailed(str(exc)) from exc
+        timings["panel_s"] = time.perf_counter() - mark
+        model = dispute.claimant_model
+        spec = {
+            "suspect": _suspect_spec(dispute),
+            "num_classes": model.num_classes,
+            "input_shape": list(model.input_shape),
+            "alpha": dispute.alpha,
+            "panel_dir": str(panel_dir),
+            "claims": claims if set(dispute.methods) & {"watermark", "fingerprint"} else [],
+            "dataset": dataset if "dataset_inference" in dispute.methods else None,
+        }
+        progress(dispute.pk, 30, "querying the suspect in the sandbox")
+        mark = time.perf_counter()
+        result = _run_methods(spec)
+        timings["sandbox_s"] = time.perf_counter() - mark
+        for key, value in result.get("timings", {}).items():
+            timings[f"child_{key}"] = float(value)
+        decision = result["decision"]
+    else:
+        reasons = problems + ([] if precedence_ok else [f"precedence: {precedence_detail}"])
+        record = decide(tests=[], integrity_ok=False, alpha=dispute.alpha).to_dict()
+        record["reasons"] = reasons + record["reasons"]
+        decision = record
+
+    progress(dispute.pk, 90, "signing the verdict")
+    mark = time.perf_counter()
+    verdict_uuid = uuid.uuid4()
+    predicate: dict[str, Any] = {
+        "version": PREDICATE_VERSION,
+        "verdict_id": str(verdict_uuid),
+        "dispute_id": str(dispute.public_id),
+        "outcome": decision["outcome"],
+        "alpha": dispute.alpha,
+        "decision": decision,
+        "methods": list(dispute.methods),
+        "claims": records,
+        "precedence": {"ok": precedence_ok, "detail": precedence_detail},
+        "suspect": {
+            "kind": dispute.suspect_kind,
+            "digest": dispute.suspect_digest,
+            "url": dispute.suspect_url,
+            "queries": int(result.get("queries", 0)),
+            "query_budget": dispute.query_budget,
+        },
+        "claimant": {"model_digest": dispute.claimant_model.model_digest, "name": dispute.claimant_model.name},
+        "panel": {"name": dispute.panel, **result.get("panel", {"hash": "", "size": 0})},
+        "code_version": CODE_VERSION,
+        "decided_at": timezone.now().isoformat(),
+    }
+    plots = _plots(result) if result else {}
+    report = _report(dispute, predicate, plots)
+    attachments = {"report.html": report, **plots}
+    key = timestamp_keys.key_current("verdict")  # created on first use: the bundle lists it
+    parts = _bundle_parts(dispute)
+    files = bundle.bundle_files(attachments=attachments, **parts)
+    predicate["attachments"] = bundle.attachment_digests(files)
+    statement = bundle.verdict_statement(predicate=predicate)
+    envelope = dsse.sign_envelope(
+        dsse.statement_bytes(statement),
+        payload_type=dsse.INTOTO_PAYLOAD_TYPE,
+        private_key=key.private_key,  # type: ignore[arg-type]
+        keyid=key.record.kid,
+    )
+    envelope_bytes = dsse.envelope_bytes(envelope)
+    timings["sign_s"] = time.perf_counter() - mark
+    from verification.services import verdict_record
+
+    return verdict_record(
+        dispute=dispute,
+        run=run,
+        outcome=decision["outcome"],
+        predicate=predicate,
+        envelope=envelope_bytes,
+        attachments=attachments,
+        bundle_parts=parts,
+        timings=timings,
+        public_id=verdict_uuid,
+    )
+
+
+def _bundle_parts(dispute: Dispute) -> dict[str, Any]:
+    """Keys, certificates and receipts the verdict signs over (the bundle carries them as they were)."""
+    keys = signing_key_list()
+    cas, log_vkey = _trust_anchors()
+    tsa = [k.certificate_pem for k in keys.filter(purpose="tsa") if k.certificate_pem]
+    return {
+        "verdict_keys": [k.public_key_pem for k in keys.filter(purpose="verdict")],
+        "tsa_certificates": tsa + cas,
+        "log_vkey": log_vkey,
+        "receipts": [
+            ownership_services.receipt_build(evidence_set=s) for s in dispute.evidence_sets.order_by("created_at", "id")
+        ],
+    }

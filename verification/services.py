@@ -1,0 +1,365 @@
+"""Disputes: filing, queueing, the verification run, the signed verdict, publishing."""
+
+import base64
+import hashlib
+import logging
+import socket
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files import File
+from django.core.files.uploadedfile import UploadedFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ownership import artifacts
+from ownership.models import EvidenceSet, RegisteredModel
+from verification import reference
+from verification.exceptions import DisputeError, DisputeStateError, RunFailed
+from verification.models import Dispute, Verdict, VerificationRun
+
+logger = logging.getLogger(__name__)
+
+METHOD_EVIDENCE = {"watermark": "watermark", "fingerprint": "fingerprint", "dataset_inference": "dataset"}
+MAX_TITLE = 200
+MAX_BUDGET = 10_000_000
+# a run that ends for a reason other than the suspect (our own bug, a lost key) is retried this often
+RUN_TIMEOUT_S = float(getattr(settings, "MODELCOURT_RUN_TIMEOUT_S", 1800))
+RUN_MEMORY_BYTES = int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30))
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    chosen = list(dict.fromkeys(methods))
+    unknown = [m for m in chosen if m not in METHOD_EVIDENCE]
+    if not chosen or unknown:
+        raise DisputeError(
+            f"methods must be a non-empty list of {', '.join(METHOD_EVIDENCE)}; got {list(methods)}", code="methods"
+        )
+    return chosen
+
+
+def _check_url(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise DisputeError("the suspect endpoint must be an http:// or https:// URL", code="suspect_url")
+    return url.strip()
+
+
+@transaction.atomic
+def dispute_file(
+    *,
+    arbiter: AbstractBaseUser,
+    title: str,
+    claimant_model: RegisteredModel,
+    methods: Sequence[str],
+    evidence_sets: Sequence[EvidenceSet] | None = None,
+    suspect_file: UploadedFile | None = None,
+    suspect_registration: RegisteredModel | None = None,
+    suspect_url: str = "",
+    suspect_protocol: str = "json",
+    suspect_model_name: str = "",
+    suspect_output: str = "logits",
+    alpha: float = 1e-3,
+    query_budget: int = 100_000,
+    panel: str = "digits",
+    start: bool = True,
+) -> Dispute:
+    """File a dispute: the claimant's registration and evidence against exactly one suspect; queue it."""
+    title = title.strip()
+    if not title or len(title) > MAX_TITLE:
+        raise DisputeError(f"title must be 1 to {MAX_TITLE} characters", code="title")
+    chosen = _check_methods(methods)
+    if not 0.0 < alpha <= 0.1:
+        raise DisputeError("alpha must lie in (0, 0.1]; the default is 0.001", code="alpha")
+    if not 1 <= query_budget <= MAX_BUDGET:
+        raise DisputeError(f"query_budget must lie between 1 and {MAX_BUDGET}", code="query_budget")
+    if panel not in reference.panel_list():
+        raise DisputeError(
+            f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
+        )
+
+    sets = list(evidence_sets) if evidence_sets is not None else list(claimant_model.evidence_sets.all())
+    if any(s.model_id != claimant_model.pk for s in sets):
+        raise DisputeError("every evidence set must belong to the claimant's model", code="evidence_sets")
+    kinds = {s.kind for s in sets}
+    missing = [m for m in chosen if METHOD_EVIDENCE[m] not in kinds]
+    if missing:
+        raise DisputeError(
+            f"the claimant's registration has no {', '.join(METHOD_EVIDENCE[m] for m in missing)} evidence "
+            f"for the requested method(s) {', '.join(missing)}",
+            code="evidence_sets",
+        )
+    if "dataset_inference" in chosen and claimant_model.artifact_format != RegisteredModel.Format.TORCHSCRIPT:
+        raise DisputeError(
+            "dataset inference needs the claimant's gradients: register the claimant model as TorchScript",
+            code="methods",
+        )
+    sets = [s for s in sets if s.kind in {METHOD_EVIDENCE[m] for m in chosen}]
+
+    given = [suspect_file is not None, suspect_registration is not None, bool(suspect_url)]
+    if sum(given) != 1:
+        raise DisputeError(
+            "give exactly one suspect: an uploaded file, a registered model or an endpoint URL", code="suspect"
+        )
+    now = timezone.now()
+    dispute = Dispute(
+        arbiter=arbiter,
+        title=title,
+        claimant_model=claimant_model,
+        methods=chosen,
+        alpha=alpha,
+        query_budget=query_budget,
+        panel=panel,
+        created_at=now,
+        updated_at=now,
+    )
+    if suspect_registration is not None:
+        if suspect_registration.pk == claimant_model.pk:
+            raise DisputeError("the suspect cannot be the claimant's own registration", code="suspect")
+        dispute.suspect_kind = Dispute.SuspectKind.REGISTERED
+        dispute.suspect_registration = suspect_registration
+        dispute.suspect_format = suspect_registration.artifact_format
+        dispute.suspect_digest = suspect_registration.model_digest
+    elif suspect_url:
+        dispute.suspect_kind = Dispute.SuspectKind.ENDPOINT
+        dispute.suspect_url = _check_url(suspect_url)
+        if suspect_protocol not in Dispute.Protocol.values:
+            raise DisputeError("suspect_protocol must be v2 or json", code="suspect_protocol")
+        if suspect_protocol == Dispute.Protocol.V2 and not suspect_model_name.strip():
+            raise DisputeError("the v2 protocol needs the model's name on the server", code="suspect_model_name")
+        if suspect_output not in Dispute.OutputKind.values:
+            raise DisputeError("suspect_output must be logits, probabilities or labels", code="suspect_output")
+        dispute.suspect_protocol = suspect_protocol
+        dispute.suspect_model_name = suspect_model_name.strip()
+        dispute.suspect_output = suspect_output
+        # an endpoint has no file: its "digest" names the URL, so that the verdict's subject is stable
+        dispute.suspect_digest = hashlib.sha256(dispute.suspect_url.encode()).hexdigest()
+    else:
+        assert suspect_file is not None  # noqa: S101 (exactly one suspect was checked above)
+        _attach_suspect_file(dispute, suspect_file)
+    try:
+        dispute.full_clean(exclude=["suspect_artifact"])
+        dispute.save()
+    except Exception:
+        if dispute.suspect_artifact:
+            dispute.suspect_artifact.delete(save=False)
+        raise
+    dispute.evidence_sets.set(sets)
+    if start:
+        dispute = dispute_queue(dispute=dispute)
+    return dispute
+
+
+def _attach_suspect_file(dispute: Dispute, upload: UploadedFile) -> None:
+    if not upload.size:
+        raise DisputeError("the suspect file is empty", code="suspect_file")
+    if upload.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:
+        from ownership.exceptions import UploadTooLargeError
+
+        raise UploadTooLargeError(
+            f"the suspect is {upload.size} bytes; the limit is {settings.MODELCOURT_MAX_ARTIFACT_BYTES}"
+        )
+    filename = Path(upload.name or "suspect").name or "suspect"
+    with tempfile.TemporaryDirectory(prefix="modelcourt-suspect-") as workdir:
+        path = Path(workdir) / filename
+        with path.open("wb") as handle:
+            for chunk in upload.chunks():
+                handle.write(chunk)
+        try:
+            form = artifacts.detect_format(str(path))
+        except artifacts.ArtifactRejected as exc:
+            raise DisputeError(f"the suspect file was refused: {exc}", code="suspect_file") from exc
+        dispute.suspect_kind = Dispute.SuspectKind.ARTIFACT
+        dispute.suspect_format = form
+        dispute.suspect_digest = artifacts.model_digest({filename: artifacts.file_digest(path)})
+        with path.open("rb") as handle:
+            dispute.suspect_artifact.save(filename, File(handle), save=False)
+
+
+def _set_state(dispute: Dispute, state: str, **fields: Any) -> None:
+    dispute.state = state
+    dispute.updated_at = timezone.now()
+    for name, value in fields.items():
+        setattr(dispute, name, value)
+    dispute.save(update_fields=["state", "updated_at", *fields])
+
+
+@transaction.atomic
+def dispute_queue(*, dispute: Dispute) -> Dispute:
+    """Queue a filed (or failed) dispute for a verification run on the gpu queue."""
+    dispute = Dispute.objects.select_for_update().get(pk=dispute.pk)
+    if dispute.state not in (Dispute.State.FILED, Dispute.State.FAILED):
+        raise DisputeStateError(f"a {dispute.state} dispute cannot be queued")
+    _set_state(dispute, Dispute.State.QUEUED, progress=0, phase="waiting for a GPU worker", failure_reason="")
+    from verification.tasks import verification_run_task
+
+    transaction.on_commit(lambda: verification_run_task.delay(dispute.pk))
+    return dispute
+
+
+@transaction.atomic
+def dispute_withdraw(*, dispute: Dispute) -> Dispute:
+    """Withdraw a dispute that has no verdict yet."""
+    dispute = Dispute.objects.select_for_update().get(pk=dispute.pk)
+    if dispute.state in (Dispute.State.DECIDED, Dispute.State.PUBLISHED, Dispute.State.WITHDRAWN):
+        raise DisputeStateError(f"a {dispute.state} dispute cannot be withdrawn")
+    _set_state(dispute, Dispute.State.WITHDRAWN, phase="withdrawn")
+    return dispute
+
+
+@transaction.atomic
+def verdict_publish(*, dispute: Dispute) -> Verdict:
+    """Make a decided dispute's verdict public."""
+    dispute = Dispute.objects.select_for_update().get(pk=dispute.pk)
+    if dispute.state != Dispute.State.DECIDED:
+        raise DisputeStateError(f"only a decided dispute can be published; this one is {dispute.state}")
+    verdict = dispute.verdict
+    verdict.published_at = timezone.now()
+    verdict.save(update_fields=["published_at"])
+    _set_state(dispute, Dispute.State.PUBLISHED, phase="published")
+    return verdict
+
+
+def _progress(dispute_id: int, percent: int, phase: str) -> None:
+    Dispute.objects.filter(pk=dispute_id, state=Dispute.State.RUNNING).update(
+        progress=percent, phase=phase, updated_at=timezone.now()
+    )
+
+
+def _claim_run(dispute_id: int, task_id: str) -> VerificationRun | None:
+    """Move the dispute to running and open a new attempt, or None when there is nothing to do.
+
+    A redelivered message finds the dispute decided (nothing to do) or running under an attempt
+    whose worker died: that attempt is marked abandoned and a new one starts.
+    """
+    with transaction.atomic():
+        dispute = Dispute.objects.select_for_update().filter(pk=dispute_id).first()
+        if dispute is None or dispute.state not in (Dispute.State.QUEUED, Dispute.State.RUNNING):
+            return None
+        previous = dispute.runs.order_by("-attempt").first()
+        if previous is not None and previous.state == VerificationRun.State.RUNNING:
+            previous.state = VerificationRun.State.ABANDONED
+            previous.error = "the worker stopped during the run; the message was delivered again"
+            previous.finished_at = timezone.now()
+            previous.save(update_fields=["state", "error", "finished_at"])
+        _set_state(dispute, Dispute.State.RUNNING, progress=2, phase="starting")
+        return VerificationRun.objects.create(
+            dispute=dispute,
+            attempt=(previous.attempt + 1) if previous else 1,
+            task_id=task_id[:100],
+            worker=socket.gethostname()[:200],
+            started_at=timezone.now(),
+        )
+
+
+def verification_run_execute(*, dispute_id: int, task_id: str = "") -> Verdict | None:
+    """Run a queued dispute to its verdict. Safe to call twice: the second call finds nothing to do."""
+    queued_at = Dispute.objects.filter(pk=dispute_id).values_list("updated_at", flat=True).first()
+    run = _claim_run(dispute_id, task_id)
+    if run is None:
+        return None
+    dispute = run.dispute
+    timings: dict[str, float] = {}
+    if queued_at is not None:
+        timings["queue_wait_s"] = (run.started_at - queued_at).total_seconds()
+    try:
+        from verification import runs
+
+        verdict = runs.run_to_verdict(dispute=dispute, run=run, timings=timings, progress=_progress)
+    except RunFailed as exc:
+        _fail(dispute, run, str(exc), timings)
+        return None
+    return verdict
+
+
+def _fail(dispute: Dispute, run: VerificationRun, reason: str, timings: dict[str, float]) -> None:
+    with transaction.atomic():
+        run.state = VerificationRun.State.FAILED
+        run.error = reason[:4000]
+        run.timings = timings
+        run.finished_at = timezone.now()
+        run.save(update_fields=["state", "error", "timings", "finished_at"])
+        Dispute.objects.filter(pk=dispute.pk, state=Dispute.State.RUNNING).update(
+            state=Dispute.State.FAILED, failure_reason=reason[:4000], phase="failed", updated_at=timezone.now()
+        )
+
+
+def verdict_record(
+    *,
+    dispute: Dispute,
+    run: VerificationRun,
+    outcome: str,
+    predicate: dict[str, Any],
+    envelope: bytes,
+    attachments: dict[str, bytes],
+    bundle_parts: dict[str, Any],
+    timings: dict[str, float],
+    public_id: uuid.UUID,
+) -> Verdict | None:
+    """Store the signed verdict, time-stamp and log it, and close the run; all or nothing.
+
+    The unique constraint on the dispute refuses a second verdict: the loser's transaction (its
+    token and log entry included) rolls back, so a duplicate run leaves no trace in the log.
+    """
+    from timestamps import services as timestamp_services
+
+    try:
+        with transaction.atomic():
+            token = timestamp_services.timestamp_digest(digest=hashlib.sha256(envelope).digest())
+            verdict = Verdict.objects.create(
+                public_id=public_id,
+                dispute=dispute,
+                run=run,
+                outcome=outcome,
+                predicate=predicate,
+                envelope=envelope,
+                attachments={k: base64.b64encode(v).decode() for k, v in attachments.items()},
+                bundle_parts=bundle_parts,
+                timestamp_token=token,
+                created_at=timezone.now(),
+            )
+            run.state = VerificationRun.State.SUCCEEDED
+            run.timings = timings
+            run.finished_at = timezone.now()
+            run.save(update_fields=["state", "timings", "finished_at"])
+            updated = Dispute.objects.filter(pk=dispute.pk, state=Dispute.State.RUNNING).update(
+                state=Dispute.State.DECIDED, progress=100, phase="decided", updated_at=timezone.now()
+            )
+            if not updated:
+                raise IntegrityError("the dispute left the running state during the run")
+    except IntegrityError:
+        logger.info("dispute %s already has a verdict; this run's result is dropped", dispute.pk)
+        return None
+    return verdict
+
+
+def verdict_bundle(*, verdict: Verdict) -> bytes:
+    """The verdict's evidence bundle (zip): envelope, token, a fresh inclusion proof and checkpoint, keys, receipts."""
+    from modelcourt import bundle
+    from timestamps import selectors as timestamp_selectors
+    from timestamps import services as timestamp_services
+
+    token = verdict.timestamp_token
+    checkpoint = timestamp_services.checkpoint_publish()
+    index = token.log_entry_id
+    proof = timestamp_selectors.log_inclusion_proof(index=index, size=checkpoint.size)
+    log = {
+        "origin": settings.MODELCOURT_LOG_ORIGIN,
+        "index": index,
+        "tree_size": checkpoint.size,
+        "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+        "checkpoint": checkpoint.note,
+    }
+    return bundle.build_bundle(
+        envelope_json=bytes(verdict.envelope),
+        token_der=bytes(token.token),
+        log=log,
+        attachments={k: base64.b64decode(v) for k, v in verdict.attachments.items()},
+        **verdict.bundle_parts,
+    )

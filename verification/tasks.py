@@ -1,0 +1,11 @@
+"""Celery tasks of disputes: an id in, a service called."""
+
+from celery import shared_task
+
+
+@shared_task(bind=True, queue="gpu", acks_late=True, ignore_result=True, max_retries=0)
+def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Run a queued dispute to its verdict; a redelivered message finds it decided and does nothing."""
+    from verification.services import verification_run_execute  # torch stays out of web processes
+
+    verification_run_execute(dispute_id=dispute_id, task_id=self.request.id or "")
