@@ -11,6 +11,7 @@ from timestamps.api import JwksApi, TsaApi
 api_v1 = [
     path("", include("timestamps.urls")),
     path("", include("ownership.urls")),
+    path("", include("verification.urls")),
     path("auth/token", TokenApi.as_view(), name="auth-token"),
     path("me", MeApi.as_view(), name="me"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -23,6 +24,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("ownership.web_urls")),
+    path("", include("verification.web_urls")),
     path("tsa", TsaApi.as_view(), name="tsa"),
     path(".well-known/jwks.json", JwksApi.as_view(), name="jwks"),
     path("api/v1/", include(api_v1)),

@@ -1,0 +1,5 @@
+"""Dispute and verdict API routes (under /api/v1/)."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
