@@ -1,9 +1,9 @@
-"""Celery tasks of disputes: an id in, a service called."""
+"""Celery tasks of disputes: an id in, a service called (routed to the gpu queue by workers.celery)."""
 
 from celery import shared_task
 
 
-@shared_task(bind=True, queue="gpu", acks_late=True, ignore_result=True, max_retries=0)
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-untyped-def]
     """Run a queued dispute to its verdict; a redelivered message finds it decided and does nothing."""
     from verification.services import verification_run_execute  # torch stays out of web processes
