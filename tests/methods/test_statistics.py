@@ -187,3 +187,20 @@ def test_welch_is_calibrated_under_the_null() -> None:
     draws, alpha = 2000, 0.05
     p_values = np.array([welch_one_sided(rng.normal(0, 1, 15), rng.normal(0, 3, 30)).p_value for _ in range(draws)])
     assert np.mean(p_values <= alpha) <= _rejection_bound(alpha, draws)
+
+
+def test_randomised_rank_p_value_is_exact_with_ties() -> None:
+    """Small integer match counts tie often: the plain rank p-value is then conservative, the randomised one exact."""
+    rng = np.random.default_rng(7)
+    plain, randomised = [], []
+    for _ in range(4000):
+        counts = rng.binomial(10, 0.1, size=21)  # suspect and 20 panel models, exchangeable, many ties
+        suspect, panel = int(counts[0]), [int(c) for c in counts[1:]]
+        plain.append(panel_rank_p_value(suspect, panel))
+        randomised.append(panel_rank_p_value(suspect, panel, tie_break=float(rng.random())))
+    alpha = 1 / 21
+    assert np.mean(np.array(plain) <= alpha + 1e-12) < 0.6 * alpha  # conservative
+    exact = np.mean(np.array(randomised) <= alpha + 1e-12)
+    assert abs(exact - alpha) < 3 * np.sqrt(alpha * (1 - alpha) / 4000)
+    with pytest.raises(ValueError, match="tie_break"):
+        panel_rank_p_value(1, [1, 2], tie_break=1.0)

@@ -172,6 +172,7 @@ def agreement_test(
     p0: float,
     panel_matches: Sequence[int] = (),
     alpha: float = DEFAULT_ALPHA,
+    tie_break: float | None = None,
 ) -> TestResult:
     """Watermark / fingerprint test as a :class:`TestResult`: exact binomial p-value against p0.
 
@@ -193,6 +194,10 @@ def agreement_test(
     if len(panel_matches) > 0:
         stats["panel_size"] = len(panel_matches)
         stats["panel_rank_p_value"] = panel_rank_p_value(matches, panel_matches)
+        if tie_break is not None:
+            # exact under exchangeability (ties broken by a draw made before the suspect answered)
+            stats["panel_rank_p_value_randomised"] = panel_rank_p_value(matches, panel_matches, tie_break=tie_break)
+            stats["tie_break"] = float(tie_break)
     conclusive = floor <= alpha
     reason = (
         ""

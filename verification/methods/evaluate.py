@@ -54,6 +54,7 @@ def agreement_claim_test(
     alpha: float = DEFAULT_ALPHA,
     screen_alpha: float = DEFAULT_SCREEN_ALPHA,
     natural_x: npt.NDArray[np.float32] | None = None,
+    tie_break: float | None = None,
 ) -> tuple[TestResult, ClaimScreen]:
     """The agreement test of ``claim`` on ``suspect`` with p0 from ``panel``, and the claim's false-claim screen.
 
@@ -102,6 +103,7 @@ def agreement_claim_test(
         p0=p0,
         panel_matches=panel_matches,
         alpha=alpha,
+        tie_break=tie_break,
     )
     stats = {**test.statistics, "naive_p_value": binomial_test(matches, k, 1.0 / num_classes)}
     return TestResult(test.name, test.kind, test.p_value, stats, test.conclusive, test.reason), screen

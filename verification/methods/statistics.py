@@ -126,16 +126,26 @@ def min_achievable_p_value(trials: int, p0: float) -> float:
     return float(p0**trials)
 
 
-def panel_rank_p_value(suspect_matches: int, panel_matches: Sequence[int]) -> float:
-    """Rank p-value of the suspect among the panel: ``(1 + #{panel >= suspect}) / (1 + len(panel))``.
+def panel_rank_p_value(suspect_matches: int, panel_matches: Sequence[int], *, tie_break: float | None = None) -> float:
+    """Rank p-value of the suspect among the panel.
 
-    Valid without any distributional assumption when the suspect is exchangeable with the panel
-    models, but never below ``1 / (1 + len(panel))``.
+    Without ``tie_break``: ``(1 + #{panel >= suspect}) / (1 + len(panel))``, valid when the suspect is
+    exchangeable with the panel models and conservative when match counts tie (they often do: counts
+    are small integers). With ``tie_break = u`` in [0, 1), drawn independently of the data, ties are
+    broken at random: ``(1 + #{panel > suspect} + floor(u * (ties + 1))) / (1 + len(panel))``, whose
+    law under exchangeability is exactly uniform on ``{1, ..., n + 1} / (n + 1)``. Either way it never
+    goes below ``1 / (1 + len(panel))``.
     """
     suspect_matches = _check_count(suspect_matches, "suspect_matches")
     panel = [_check_count(m, "panel_matches entry") for m in panel_matches]
-    at_least = sum(1 for m in panel if m >= suspect_matches)
-    return (1 + at_least) / (1 + len(panel))
+    above = sum(1 for m in panel if m > suspect_matches)
+    ties = sum(1 for m in panel if m == suspect_matches)
+    if tie_break is None:
+        return (1 + above + ties) / (1 + len(panel))
+    u = float(tie_break)
+    if not 0.0 <= u < 1.0:
+        raise ValueError(f"tie_break must lie in [0, 1), got {tie_break!r}")
+    return (1 + above + math.floor(u * (ties + 1))) / (1 + len(panel))
 
 
 @dataclass(frozen=True)
