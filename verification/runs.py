@@ -8,9 +8,11 @@ child process; this process opens the escrow, checks commitments and proofs, and
 import base64
 import html
 import io
+import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -148,9 +150,20 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
             spec,
             timeout_s=float(getattr(settings, "MODELCOURT_RUN_TIMEOUT_S", 1800)),
             memory_bytes=int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30)),
+            gpu=_gpu_host(),
         )
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
+
+
+def _gpu_host() -> bool:
+    """Whether the sandbox child may use GPUs: MODELCOURT_DEVICE=cpu says no; else when the host has any.
+
+    Looks for the NVIDIA device files rather than asking torch, so this process never touches CUDA.
+    """
+    if os.environ.get("MODELCOURT_DEVICE", "").strip().lower() == "cpu":
+        return False
+    return Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
 
 
 def _plots(result: dict[str, Any]) -> dict[str, bytes]:

@@ -42,6 +42,7 @@ _ENV_CHILD = {
     "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MiB of address space per arena; RLIMIT_AS counts it
     "CUDA_VISIBLE_DEVICES": "",
 }
+_ENV_GPU = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_HOME", "LD_LIBRARY_PATH")
 _BOOTSTRAP = (
     "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
     "from workers.sandbox import _child_main; _child_main(int(sys.argv[1]))"
@@ -76,8 +77,16 @@ class SandboxError(Exception):
         self.kind = kind
 
 
-def run_sandboxed(fn: Callable[..., T], *args: Any, timeout_s: float, memory_bytes: int, **kwargs: Any) -> T:
-    """Call module-level `fn(*args, **kwargs)` in a fresh child process under limits; raise SandboxError on failure."""
+def run_sandboxed(
+    fn: Callable[..., T], *args: Any, timeout_s: float, memory_bytes: int, gpu: bool = False, **kwargs: Any
+) -> T:
+    """Call module-level `fn(*args, **kwargs)` in a fresh child process under limits; raise SandboxError on failure.
+
+    With `gpu`, the child sees the parent's GPUs (`CUDA_VISIBLE_DEVICES` as the parent has it) and its
+    memory limit is RLIMIT_DATA instead of RLIMIT_AS: the CUDA driver reserves far more address space
+    than any sane RLIMIT_AS, as inaccessible mappings that RLIMIT_DATA does not count, while heap and
+    private writable mappings (what a model allocates on the host) still do.
+    """
     module = getattr(fn, "__module__", None)
     if not module or module == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         raise ValueError("run_sandboxed needs a module-level function of an importable module")
@@ -86,10 +95,13 @@ def run_sandboxed(fn: Callable[..., T], *args: Any, timeout_s: float, memory_byt
     cpu_s = math.ceil(timeout_s) + 1  # a backstop for threads burning CPU in parallel; wall time is the real limit
     payload = (
         pickle.dumps(list(sys.path))
-        + pickle.dumps({"memory_bytes": memory_bytes, "cpu_s": cpu_s})
+        + pickle.dumps({"memory_bytes": memory_bytes, "cpu_s": cpu_s, "gpu": gpu})
         + pickle.dumps((fn, args, kwargs))
     )
     env = {key: os.environ[key] for key in _ENV_KEPT if key in os.environ} | _ENV_CHILD
+    if gpu:
+        env.pop("CUDA_VISIBLE_DEVICES")
+        env |= {key: value for key, value in os.environ.items() if key in _ENV_GPU}
     # stdin is a file, not a pipe: writing the call can never block on a child that stopped reading
     with tempfile.TemporaryFile() as call, tempfile.TemporaryFile() as log:
         call.write(payload)
@@ -237,7 +249,7 @@ def _child_main(result_fd: int) -> None:
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_FSIZE, MAX_OUTPUT_BYTES)
     _limit(resource.RLIMIT_CPU, limits["cpu_s"], hard=limits["cpu_s"] + 1)
-    _limit(resource.RLIMIT_AS, limits["memory_bytes"])
+    _limit(resource.RLIMIT_DATA if limits.get("gpu") else resource.RLIMIT_AS, limits["memory_bytes"])
     message: tuple[str, Any]
     try:
         fn, args, kwargs = pickle.load(stdin)  # noqa: S301 (written by our parent; imports fn's module)

@@ -163,5 +163,6 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
         "plots": plots,
         "queries": 0 if suspect is None else int(suspect.queries),
         "suspect": "" if suspect is None else suspect.describe(),
+        "device": str(getattr(suspect, "device", "remote")),
         "timings": timings,
     }
