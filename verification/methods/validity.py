@@ -184,6 +184,28 @@ def _di_record(
     return DisputeRecord(task.name, seed, suspect_kind, f"di_{method}", decision.outcome, test.p_value, extra)
 
 
+def _resampled_panel(
+    panel: ReferencePanel, pool: list[tuple[Any, nn.Module]], suspect: nn.Module, seed: int, index: int
+) -> ReferencePanel:
+    """A panel of the same size drawn from every other exchangeable model, for one independent suspect.
+
+    With one shared panel the independents' p-values are correlated (a panel with a high maximum
+    keeps them all large), so their false-positive rate would not be a sum of independent trials;
+    drawing each suspect's panel from the pool of the other models of the same recipe loosens that.
+    """
+    others = [entry for entry in pool if entry[1] is not suspect]
+    picked = np.random.default_rng([seed, index, 0x9A1]).choice(len(others), size=len(panel), replace=False)
+    modules = [others[k][1] for k in picked]
+    return ReferencePanel(
+        task=panel.task,
+        num_classes=panel.num_classes,
+        input_shape=panel.input_shape,
+        params={**panel.params, "resampled_for": index},
+        members=[],
+        modules=modules,
+    )
+
+
 def _owner(task: TaskData, seed: int, arch: str, epochs: int) -> nn.Module:
     model = build_model(arch, input_shape=task.input_shape, num_classes=task.num_classes, seed=1000 + seed)  # type: ignore[arg-type]
     return train_classifier(model, task.owner_x, task.owner_y, epochs=epochs, seed=1000 + seed)
@@ -219,9 +241,11 @@ def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, prog
     suspects: list[tuple[str, nn.Module]] = [(kind, simulate(kind, owner, task, seed=seed)) for kind in config.thefts]
     independents = train_panel(task, size=config.independents, seed=20_000 + seed, name_prefix="ind").modules
     suspects += [("independent", m) for m in independents]
+    pool = [*zip(panel.members, panel.modules, strict=True), *((None, m) for m in independents)]
     for i, (kind, module) in enumerate(suspects):
+        judge = panel if kind != "independent" else _resampled_panel(panel, pool, module, seed, i)
         for claim in (watermark, fingerprint):
-            report.records.append(_agreement_record(task, seed, kind, claim, module, panel, alpha, i))
+            report.records.append(_agreement_record(task, seed, kind, claim, module, judge, alpha, i))
         if kind != "independent" or i - len(config.thefts) < config.di_independents:
             report.records.append(_di_record(task, seed, kind, owner, module, "mingd", config))
     progress(f"digits seed {seed}: {len(suspects)} suspects tested")
