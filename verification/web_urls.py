@@ -1,5 +1,27 @@
 """Arbiter, owner and public pages of disputes and verdicts."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from verification import views
+
+urlpatterns = [
+    path("disputes/", views.DisputeListView.as_view(), name="arbiter-disputes"),
+    path("disputes/new", views.DisputeFileView.as_view(), name="arbiter-dispute-file"),
+    path("disputes/<uuid:dispute_id>", views.DisputeDetailView.as_view(), name="arbiter-dispute"),
+    path(
+        "disputes/<uuid:dispute_id>/progress.json",
+        views.DisputeProgressView.as_view(),
+        name="arbiter-dispute-progress",
+    ),
+    path("disputes/<uuid:dispute_id>/publish", views.DisputePublishView.as_view(), name="arbiter-dispute-publish"),
+    path("disputes/<uuid:dispute_id>/withdraw", views.DisputeWithdrawView.as_view(), name="arbiter-dispute-withdraw"),
+    path("disputes/<uuid:dispute_id>/retry", views.DisputeRetryView.as_view(), name="arbiter-dispute-retry"),
+    path("verdicts/<uuid:verdict_id>", views.VerdictPublicView.as_view(), name="public-verdict"),
+    path("verdicts/<uuid:verdict_id>/report", views.VerdictReportView.as_view(), name="public-verdict-report"),
+    path("verdicts/<uuid:verdict_id>/bundle.zip", views.VerdictBundleView.as_view(), name="public-verdict-bundle"),
+    path(
+        "verdicts/<uuid:verdict_id>/plots/<str:name>.png",
+        views.VerdictPlotView.as_view(),
+        name="public-verdict-plot",
+    ),
+]

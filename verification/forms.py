@@ -1,0 +1,209 @@
+"""The arbiter's dispute form: field names follow `services.dispute_file`'s arguments."""
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.template.defaultfilters import filesizeformat
+
+from ownership.exceptions import RegistryError
+from ownership.models import RegisteredModel
+from verification import reference
+from verification.exceptions import DisputeError
+from verification.models import Dispute
+
+METHOD_CHOICES = [
+    ("watermark", "Watermark"),
+    ("fingerprint", "Fingerprint"),
+    ("dataset_inference", "Dataset inference"),
+]
+METHOD_HELP = {
+    "watermark": "the claimant's trigger set: K queries, m matching labels",
+    "fingerprint": "conferrable adversarial examples of the claimant's model",
+    "dataset_inference": "the claimant's private training samples (needs a TorchScript claimant)",
+}
+
+
+class SuspectSource:
+    UPLOAD = "upload"
+    REGISTERED = "registered"
+    ENDPOINT = "endpoint"
+    CHOICES = [
+        (UPLOAD, "Upload a file"),
+        (REGISTERED, "A registered model"),
+        (ENDPOINT, "A prediction endpoint"),
+    ]
+
+
+# Dispute error codes (see verification.services.dispute_file) -> the form field they are about.
+DISPUTE_ERROR_FIELDS = {
+    "title": "title",
+    "methods": "methods",
+    "evidence_sets": "methods",
+    "alpha": "alpha",
+    "query_budget": "query_budget",
+    "panel": "panel",
+    "suspect_file": "suspect_file",
+    "too_large": "suspect_file",
+    "suspect_url": "suspect_url",
+    "suspect_protocol": "suspect_protocol",
+    "suspect_model_name": "suspect_model_name",
+    "suspect_output": "suspect_output",
+}
+
+
+class RegistrationChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
+    """A registered model, chosen by public id, shown as name · owner · digest prefix."""
+
+    default_error_messages = {"invalid_choice": "No such registered model: choose one from the list."}
+
+    def label_from_instance(self, obj: RegisteredModel) -> str:
+        return f"{obj.name} · {obj.owner.get_username()} · {obj.model_digest[:12]}"
+
+    def to_python(self, value: Any) -> RegisteredModel | None:
+        try:
+            model: RegisteredModel | None = super().to_python(value)
+        except ValidationError as exc:  # a malformed id says "not a valid UUID"; for a select, it is no choice
+            if exc.code == "invalid_choice":
+                raise
+            raise ValidationError(self.error_messages["invalid_choice"], code="invalid_choice") from None
+        return model
+
+
+def _registrations() -> Any:
+    return RegisteredModel.objects.select_related("owner").order_by("name", "created_at", "id")
+
+
+def _panel_choices() -> list[tuple[str, str]]:
+    return [(name, f"{name} — {description}") for name, description in reference.panel_list().items()]
+
+
+class DisputeFileForm(forms.Form):
+    """File one claimant registration against one suspect; the service checks the rest."""
+
+    title = forms.CharField(
+        max_length=200,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. digits-mlp vs. acme-classifier"}),
+    )
+    claimant = RegistrationChoiceField(
+        queryset=_registrations(),
+        to_field_name="public_id",
+        label="Claimant registration",
+        empty_label="Choose the claimant's registered model…",
+        help_text="Its committed evidence of the chosen kinds is opened for the dispute.",
+    )
+    methods = forms.MultipleChoiceField(
+        choices=METHOD_CHOICES,
+        initial=["watermark"],
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one method."},
+    )
+    suspect_source = forms.ChoiceField(
+        label="Suspect", choices=SuspectSource.CHOICES, initial=SuspectSource.UPLOAD, widget=forms.RadioSelect
+    )
+    suspect_file = forms.FileField(
+        required=False,
+        label="Suspect artifact",
+        widget=forms.ClearableFileInput(attrs={"accept": ".onnx,.pt,.pth,.ts,.torchscript"}),
+    )
+    suspect_registration = RegistrationChoiceField(
+        queryset=_registrations(),
+        to_field_name="public_id",
+        required=False,
+        label="Suspect registration",
+        empty_label="Choose a registered model…",
+    )
+    suspect_url = forms.CharField(
+        required=False,
+        max_length=500,
+        label="Endpoint URL",
+        widget=forms.TextInput(attrs={"placeholder": "https://models.example.org/v2/models/clf/infer", "type": "url"}),
+    )
+    suspect_protocol = forms.ChoiceField(
+        required=False, label="Protocol", choices=Dispute.Protocol.choices, initial=Dispute.Protocol.JSON
+    )
+    suspect_model_name = forms.CharField(
+        required=False, max_length=200, label="Model name", help_text="The model's name on the server (v2 protocol)."
+    )
+    suspect_output = forms.ChoiceField(
+        required=False, label="Output", choices=Dispute.OutputKind.choices, initial=Dispute.OutputKind.LOGITS
+    )
+    alpha = forms.FloatField(
+        initial=0.001,
+        label="Significance level (alpha)",
+        help_text="Holm-Bonferroni over the tests run; at most 0.1.",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    query_budget = forms.IntegerField(
+        initial=100_000, label="Query budget", help_text="The most queries the suspect may be sent."
+    )
+    panel = forms.ChoiceField(
+        choices=_panel_choices,
+        label="Reference panel",
+        help_text="Independent models of the same task: they calibrate p0 and screen for false claims.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = filesizeformat(settings.MODELCOURT_MAX_ARTIFACT_BYTES)
+        self.fields[
+            "suspect_file"
+        ].help_text = f"ONNX (.onnx) or TorchScript (.pt), up to {limit}. Run in a sandbox, never unpickled."
+        names = list(reference.panel_list())
+        if names:
+            self.fields["panel"].initial = "digits" if "digits" in names else names[0]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        source = data.get("suspect_source")
+        if source == SuspectSource.UPLOAD and not data.get("suspect_file") and "suspect_file" not in self.errors:
+            self.add_error("suspect_file", "Choose the suspect's ONNX or TorchScript file.")
+        elif source == SuspectSource.REGISTERED and not data.get("suspect_registration"):
+            if "suspect_registration" not in self.errors:
+                self.add_error("suspect_registration", "Choose the suspect's registration.")
+        elif source == SuspectSource.ENDPOINT and not str(data.get("suspect_url") or "").strip():
+            self.add_error("suspect_url", "Give the endpoint's URL.")
+        return data
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `services.dispute_file` (without the arbiter), the chosen suspect only."""
+        data = self.cleaned_data
+        kwargs: dict[str, Any] = {
+            "title": data["title"],
+            "claimant_model": data["claimant"],
+            "methods": data["methods"],
+            "alpha": data["alpha"],
+            "query_budget": data["query_budget"],
+            "panel": data["panel"],
+        }
+        source = data["suspect_source"]
+        if source == SuspectSource.UPLOAD:
+            kwargs["suspect_file"] = data["suspect_file"]
+        elif source == SuspectSource.REGISTERED:
+            kwargs["suspect_registration"] = data["suspect_registration"]
+        else:
+            kwargs.update(
+                suspect_url=data["suspect_url"].strip(),
+                suspect_protocol=data["suspect_protocol"] or Dispute.Protocol.JSON,
+                suspect_model_name=data["suspect_model_name"],
+                suspect_output=data["suspect_output"] or Dispute.OutputKind.LOGITS,
+            )
+        return kwargs
+
+    def add_service_error(self, exc: DisputeError | RegistryError | ValidationError) -> None:
+        """Show a service's refusal next to the field it is about, or above the form, as a sentence."""
+        if isinstance(exc, ValidationError):
+            for message in exc.messages:
+                self.add_error(None, _sentence(message))
+            return
+        field = DISPUTE_ERROR_FIELDS.get(exc.code)
+        if exc.code == "suspect" and self.cleaned_data.get("suspect_source") == SuspectSource.REGISTERED:
+            field = "suspect_registration"
+        self.add_error(field, _sentence(str(exc)))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else f"{text}."

@@ -1,0 +1,383 @@
+"""Server-rendered pages of disputes (the arbiter's) and of verdicts (public once published)."""
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.mixins import AccessMixin
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.cache import never_cache
+
+from ownership.exceptions import RegistryError
+from ownership.roles import Role, user_has_role
+from timestamps import dsse
+from verification import selectors, services
+from verification.exceptions import DisputeError, DisputeNotFoundError, DisputeStateError
+from verification.forms import METHOD_HELP, DisputeFileForm
+from verification.models import Dispute, Verdict
+
+# The states after which a dispute's page stops polling for progress.
+SETTLED = frozenset({Dispute.State.DECIDED, Dispute.State.PUBLISHED, Dispute.State.FAILED, Dispute.State.WITHDRAWN})
+WITHDRAWABLE = frozenset({Dispute.State.FILED, Dispute.State.QUEUED, Dispute.State.RUNNING, Dispute.State.FAILED})
+OUTCOME_TONE = {
+    "ownership_confirmed": "good",
+    "not_confirmed": "neutral",
+    "claim_rejected": "bad",
+    "inconclusive": "warn",
+}
+STATE_TONE = {"running": "info", "queued": "info", "decided": "good", "published": "good", "failed": "bad"}
+PLOT_PREFIX, PLOT_SUFFIX = "plots/", ".png"
+# The report is our own HTML, but it quotes claimant-supplied names: no scripts, nothing from elsewhere.
+REPORT_CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+# --- access -----------------------------------------------------------------------------------
+
+
+class ArbiterRequiredMixin(AccessMixin):
+    """Anonymous visitors go to the login page; signed-in users without the arbiter role get a 403."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.is_authenticated:
+            return self.handle_no_permission()
+        if not user_has_role(request.user, Role.ARBITER):
+            raise PermissionDenied("this page needs the arbiter role")
+        response: HttpResponseBase = super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        return response
+
+
+def _arbiter(request: HttpRequest) -> AbstractBaseUser:
+    user = request.user
+    if not isinstance(user, AbstractBaseUser):  # the mixin let only signed-in users through
+        raise PermissionDenied("sign in first")
+    return user
+
+
+def _held_dispute(request: HttpRequest, dispute_id: uuid.UUID) -> Dispute:
+    """One of the caller's disputes; another arbiter's is a 404, as in the API."""
+    try:
+        return selectors.dispute_get(arbiter=_arbiter(request), public_id=dispute_id)
+    except DisputeNotFoundError as exc:
+        raise Http404(str(exc)) from exc
+
+
+def _visible_verdict(request: HttpRequest, verdict_id: uuid.UUID) -> Verdict:
+    """A published verdict, or an unpublished one for the arbiter who holds its dispute; else a 404."""
+    try:
+        return selectors.verdict_get(public_id=verdict_id, user=request.user)
+    except DisputeNotFoundError as exc:
+        raise Http404(str(exc)) from exc
+
+
+# --- presenting a verdict -----------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    """A statistic for people: p-values as 1.2e-25, counts as they are, missing ones as a dash."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _subjects(verdict: Verdict) -> list[dict[str, str]]:
+    """The signed statement's subjects (name, SHA-256), read from the envelope itself."""
+    try:
+        envelope = dsse.parse_envelope(bytes(verdict.envelope))
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        return [{"name": s["name"], "digest": s["digest"]["sha256"]} for s in statement["subject"]]
+    except (dsse.DsseError, binascii.Error, ValueError, KeyError, TypeError):
+        return []
+
+
+def _plots(verdict: Verdict) -> list[dict[str, str]]:
+    names = sorted(k for k in verdict.attachments if k.startswith(PLOT_PREFIX) and k.endswith(PLOT_SUFFIX))
+    plots = []
+    for key in names:
+        name = key[len(PLOT_PREFIX) : -len(PLOT_SUFFIX)]
+        url = reverse("public-verdict-plot", kwargs={"verdict_id": verdict.public_id, "name": name})
+        plots.append({"name": name, "url": url})
+    return plots
+
+
+def verdict_context(verdict: Verdict) -> dict[str, Any]:
+    """What the dispute page and the public page show of a verdict, every number formatted."""
+    predicate: dict[str, Any] = verdict.predicate or {}
+    decision: dict[str, Any] = predicate.get("decision") or {}
+    holm: dict[str, bool] = decision.get("holm") or {}
+    tests = []
+    for test in decision.get("tests", []):
+        stats = test.get("statistics") or {}
+        tests.append(
+            {
+                "name": test.get("name", ""),
+                "kind": str(test.get("kind", "")).replace("_", " "),
+                "p_value": _number(test.get("p_value")),
+                "K": _number(stats.get("K")),
+                "m": _number(stats.get("m")),
+                "p0": _number(stats.get("p0"), 4),
+                "panel_rank_p_value": _number(stats.get("panel_rank_p_value")),
+                "naive_p_value": _number(stats.get("naive_p_value")),
+                "conclusive": bool(test.get("conclusive")),
+                "rejects": holm.get(test.get("name", "")),
+                "reason": test.get("reason", ""),
+                "statistics": [(key, _number(value, 4)) for key, value in sorted(stats.items())],
+            }
+        )
+    screens = [
+        {
+            "name": screen.get("name", ""),
+            "rejected": bool(screen.get("rejected")),
+            "p_value": _number(screen.get("p_value")),
+            "statistics": [(key, _number(value, 4)) for key, value in sorted((screen.get("statistics") or {}).items())],
+        }
+        for screen in decision.get("screens", [])
+    ]
+    return {
+        "verdict": verdict,
+        "predicate": predicate,
+        "outcome_label": verdict.get_outcome_display(),
+        "outcome_tone": OUTCOME_TONE.get(verdict.outcome, "neutral"),
+        "reasons": decision.get("reasons", []),
+        "tests": tests,
+        "screens": screens,
+        "claims": predicate.get("claims", []),
+        "panel": predicate.get("panel", {}),
+        "precedence": predicate.get("precedence", {}),
+        "suspect": predicate.get("suspect", {}),
+        "subjects": _subjects(verdict),
+        "plots": _plots(verdict),
+        "has_report": "report.html" in verdict.attachments,
+        "bundle_name": bundle_name(verdict),
+    }
+
+
+def bundle_name(verdict: Verdict) -> str:
+    """The bundle's download name; the offline commands on the page use the same."""
+    return f"verdict-{str(verdict.public_id)[:8]}.zip"
+
+
+def _verdict_of(dispute: Dispute) -> Verdict | None:
+    try:
+        return dispute.verdict
+    except Verdict.DoesNotExist:
+        return None
+
+
+def _suspect_label(dispute: Dispute) -> str:
+    if dispute.suspect_kind == Dispute.SuspectKind.REGISTERED and dispute.suspect_registration is not None:
+        return dispute.suspect_registration.name
+    if dispute.suspect_kind == Dispute.SuspectKind.ENDPOINT:
+        return dispute.suspect_url
+    return PurePosixPath(dispute.suspect_artifact.name or "").name or "uploaded file"
+
+
+def _progress(dispute: Dispute) -> dict[str, Any]:
+    return {
+        "id": str(dispute.public_id),
+        "state": dispute.state,
+        "state_label": dispute.get_state_display(),
+        "progress": dispute.progress,
+        "phase": dispute.phase,
+        "failure_reason": dispute.failure_reason,
+        "settled": dispute.state in SETTLED,
+        "updated_at": dispute.updated_at.isoformat(),
+    }
+
+
+# --- the arbiter's pages --------------------------------------------------------------------------
+
+
+class DisputeListView(ArbiterRequiredMixin, View):
+    """The arbiter's disputes, newest first."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        disputes = selectors.dispute_list(arbiter=_arbiter(request)).select_related(
+            "suspect_registration", "claimant_model__owner"
+        )
+        rows = []
+        for dispute in disputes:
+            verdict = _verdict_of(dispute)
+            rows.append(
+                {
+                    "dispute": dispute,
+                    "suspect": _suspect_label(dispute),
+                    "state_tone": STATE_TONE.get(dispute.state, "neutral"),
+                    "verdict": verdict,
+                    "outcome_tone": OUTCOME_TONE.get(verdict.outcome, "neutral") if verdict else "",
+                }
+            )
+        return render(request, "verification/dispute_list.html", {"rows": rows})
+
+
+class DisputeFileView(ArbiterRequiredMixin, View):
+    """File a dispute: claimant registration, methods, one suspect, alpha, reference panel."""
+
+    template_name = "verification/dispute_file.html"
+
+    def _render(self, request: HttpRequest, form: DisputeFileForm, status: int = 200) -> HttpResponse:
+        methods = form["methods"]
+        context = {"form": form, "method_choices": [(c, METHOD_HELP[c.data["value"]]) for c in methods.subwidgets]}
+        return render(request, self.template_name, context, status=status)
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return self._render(request, DisputeFileForm())
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = DisputeFileForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                dispute = services.dispute_file(arbiter=_arbiter(request), **form.service_kwargs())
+            except (DisputeError, RegistryError, ValidationError) as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Filed “{dispute.title}”: queued for a verification run.")
+                return redirect("arbiter-dispute", dispute_id=dispute.public_id)
+        return self._render(request, form, status=400)
+
+
+class DisputeDetailView(ArbiterRequiredMixin, View):
+    """A dispute: state and live progress, its runs, and once decided the verdict with its actions."""
+
+    def get(self, request: HttpRequest, dispute_id: uuid.UUID) -> HttpResponse:
+        dispute = _held_dispute(request, dispute_id)
+        verdict = _verdict_of(dispute)
+        context: dict[str, Any] = {
+            "dispute": dispute,
+            "runs": [
+                {
+                    "run": run,
+                    "duration_s": (run.finished_at - run.started_at).total_seconds() if run.finished_at else None,
+                }
+                for run in dispute.runs.all()
+            ],
+            "evidence_sets": dispute.evidence_sets.order_by("created_at", "id"),
+            "state_tone": STATE_TONE.get(dispute.state, "neutral"),
+            "settled": dispute.state in SETTLED,
+            "can_publish": dispute.state == Dispute.State.DECIDED,
+            "can_withdraw": dispute.state in WITHDRAWABLE,
+            "can_retry": dispute.state == Dispute.State.FAILED,
+            "methods": [m.replace("_", " ") for m in dispute.methods],
+        }
+        if verdict is not None:
+            context.update(verdict_context(verdict))
+        return render(request, "verification/dispute_detail.html", context)
+
+
+@method_decorator(never_cache, name="dispatch")
+class DisputeProgressView(ArbiterRequiredMixin, View):
+    """State, percent and phase of a dispute, for the page's poller."""
+
+    def get(self, request: HttpRequest, dispute_id: uuid.UUID) -> JsonResponse:
+        return JsonResponse(_progress(_held_dispute(request, dispute_id)))
+
+
+class _DisputeActionView(ArbiterRequiredMixin, View):
+    """POST-only action on a dispute; a state that does not allow it comes back as a message."""
+
+    def act(self, request: HttpRequest, dispute: Dispute) -> str:
+        raise NotImplementedError
+
+    def post(self, request: HttpRequest, dispute_id: uuid.UUID) -> HttpResponse:
+        dispute = _held_dispute(request, dispute_id)
+        try:
+            done = self.act(request, dispute)
+        except DisputeStateError as exc:
+            text = str(exc)
+            messages.error(request, f"{text[:1].upper()}{text[1:]}.")
+        else:
+            messages.success(request, done)
+        return redirect("arbiter-dispute", dispute_id=dispute.public_id)
+
+
+class DisputePublishView(_DisputeActionView):
+    def act(self, request: HttpRequest, dispute: Dispute) -> str:
+        verdict = services.verdict_publish(dispute=dispute)
+        url = reverse("public-verdict", kwargs={"verdict_id": verdict.public_id})
+        return f"Published the verdict: anyone can now read it at {request.build_absolute_uri(url)}"
+
+
+class DisputeWithdrawView(_DisputeActionView):
+    def act(self, request: HttpRequest, dispute: Dispute) -> str:
+        services.dispute_withdraw(dispute=dispute)
+        return "Withdrawn. No verdict will be made for this dispute."
+
+
+class DisputeRetryView(_DisputeActionView):
+    def act(self, request: HttpRequest, dispute: Dispute) -> str:
+        services.dispute_queue(dispute=dispute)
+        return "Queued again for a new verification run."
+
+
+# --- verdicts: public once published ----------------------------------------------------------------
+
+
+class VerdictPublicView(View):
+    """A verdict's public page: outcome, subjects, statistics, plots, bundle and how to check it offline."""
+
+    def get(self, request: HttpRequest, verdict_id: uuid.UUID) -> HttpResponse:
+        verdict = _visible_verdict(request, verdict_id)
+        context = verdict_context(verdict)
+        bundle_url = reverse("public-verdict-bundle", kwargs={"verdict_id": verdict.public_id})
+        context.update(
+            dispute=verdict.dispute,
+            published=verdict.published_at is not None,
+            site=request.build_absolute_uri("/").rstrip("/"),
+            bundle_url=request.build_absolute_uri(bundle_url),
+        )
+        return render(request, "verification/verdict_public.html", context)
+
+
+class VerdictPlotView(View):
+    """One of the verdict's plots, as the PNG it signed."""
+
+    def get(self, request: HttpRequest, verdict_id: uuid.UUID, name: str) -> HttpResponse:
+        verdict = _visible_verdict(request, verdict_id)
+        encoded = verdict.attachments.get(f"{PLOT_PREFIX}{name}{PLOT_SUFFIX}")
+        if encoded is None:
+            raise Http404("no such plot in this verdict")
+        return HttpResponse(base64.b64decode(encoded), content_type="image/png")
+
+
+class VerdictReportView(View):
+    """The verdict's HTML report, as bundled (its plots resolve to the plot URLs beside it)."""
+
+    def get(self, request: HttpRequest, verdict_id: uuid.UUID) -> HttpResponse:
+        verdict = _visible_verdict(request, verdict_id)
+        encoded = verdict.attachments.get("report.html")
+        if encoded is None:
+            raise Http404("this verdict has no report")
+        response = HttpResponse(base64.b64decode(encoded), content_type="text/html; charset=utf-8")
+        response["Content-Security-Policy"] = REPORT_CSP
+        return response
+
+
+@method_decorator(never_cache, name="dispatch")
+class VerdictBundleView(View):
+    """The evidence bundle (zip) that `modelcourt verify` and standard tools check offline."""
+
+    def get(self, request: HttpRequest, verdict_id: uuid.UUID) -> HttpResponse:
+        verdict = _visible_verdict(request, verdict_id)
+        data = services.verdict_bundle(verdict=verdict)
+        response = HttpResponse(data, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{bundle_name(verdict)}"'
+        return response
