@@ -1,4 +1,5 @@
-"""The `modelcourt` command: register models and evidence, fetch receipts, verify receipts and verdicts offline."""
+"""The `modelcourt` command: register models and evidence, file and follow disputes, fetch receipts and verdicts,
+verify receipts and verdict bundles offline."""
 
 import argparse
 import base64
@@ -7,6 +8,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +22,10 @@ from modelcourt.receipts import Check, all_ok, verify_receipt
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 300  # registering runs the artifact in the server's sandbox before it answers
 KINDS = ("watermark", "fingerprint", "dataset")
+METHODS = ("watermark", "fingerprint", "dataset_inference")
+# a dispute in one of these states changes no more by itself: `dispute status --wait` stops there
+SETTLED = ("decided", "published", "failed", "withdrawn")
+VERDICT_STATISTICS = ("K", "m", "p0", "panel_rank_p_value")
 
 
 class CliError(Exception):
@@ -62,7 +68,20 @@ class Client:
 
     def request(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None) -> Any:
         """Send one request; the decoded JSON answer, or CliError carrying the service's sentence."""
-        headers = {"Accept": "application/json"}
+        payload = self._send(method, path, body=body, content_type=content_type, accept="application/json")
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            raise CliError(f"error: the service at {self.base_url} answered with something other than JSON") from None
+
+    def download(self, path: str, accept: str) -> bytes:
+        """GET a binary resource (errors still come back as JSON sentences)."""
+        return self._send("GET", path, accept=f"{accept}, application/json")
+
+    def _send(
+        self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None, accept: str
+    ) -> bytes:
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         if self.token:
@@ -70,16 +89,13 @@ class Client:
         request = urllib.request.Request(self.base_url + path, data=body, headers=headers, method=method)  # noqa: S310 -- scheme checked in __init__
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
-                payload = response.read()
+                payload: bytes = response.read()
         except urllib.error.HTTPError as exc:
             raise CliError(f"error ({exc.code}): {_error_detail(exc)}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise CliError(f"error (connection): cannot reach {self.base_url}: {reason}") from None
-        try:
-            return json.loads(payload) if payload else None
-        except ValueError:
-            raise CliError(f"error: the service at {self.base_url} answered with something other than JSON") from None
+        return payload
 
     def get(self, path: str) -> Any:
         """GET a JSON resource."""
@@ -209,6 +225,118 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report(checks)
 
 
+def _dispute_path(dispute_id: str, suffix: str = "") -> str:
+    return f"/api/v1/disputes/{urllib.parse.quote(dispute_id, safe='')}{suffix}"
+
+
+def _verdict_path(verdict_id: str, suffix: str = "") -> str:
+    return f"/api/v1/verdicts/{urllib.parse.quote(verdict_id, safe='')}{suffix}"
+
+
+def cmd_dispute_file(args: argparse.Namespace, client: Client) -> int:
+    """File a dispute: the claimant's registration against one suspect (file, registered model or endpoint)."""
+    suspect = Path(args.suspect_file).name if args.suspect_file else args.suspect_model or args.suspect_url
+    fields = [
+        ("title", args.title or f"claim of {args.claimant} against {suspect}"[:200]),
+        ("claimant_model", args.claimant),
+        ("methods", args.methods),
+    ]
+    fields += [("evidence_sets", evidence_id) for evidence_id in args.evidence or []]
+    optional = {"alpha": args.alpha, "query_budget": args.budget, "panel": args.panel}
+    files: list[tuple[str, str, bytes]] = []
+    if args.suspect_file:
+        files.append(("suspect_file", Path(args.suspect_file).name, _read_bytes(args.suspect_file)))
+    elif args.suspect_model:
+        optional["suspect_model"] = args.suspect_model
+    else:
+        optional.update(
+            suspect_url=args.suspect_url,
+            suspect_protocol=args.protocol,
+            suspect_model_name=args.model_name,
+            suspect_output=args.output,
+        )
+    fields += [(name, str(value)) for name, value in optional.items() if value is not None]
+    _print_json(client.post_form("/api/v1/disputes/", fields, files))
+    return 0
+
+
+def _progress_line(dispute: dict[str, Any]) -> str:
+    return f"[{dispute.get('progress', 0):>3}%] {dispute.get('state')}: {dispute.get('phase') or '-'}"
+
+
+def cmd_dispute_status(args: argparse.Namespace, client: Client) -> int:
+    """Print a dispute's state, progress and phase; with --wait, follow it until it settles."""
+    path = _dispute_path(args.dispute_id)
+    dispute = client.get(path)
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        shown = ""
+        while True:
+            line = _progress_line(dispute)
+            if line != shown:
+                print(line, flush=True)
+                shown = line
+            if dispute.get("state") in SETTLED:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CliError(
+                    f"error: dispute {args.dispute_id} is still {dispute.get('state')} after {args.timeout:g} s"
+                )
+            time.sleep(min(args.interval, left))
+            dispute = client.get(path)
+    print(f"dispute {dispute.get('id')}: {dispute.get('title')}")
+    print(f"state: {dispute.get('state')}")
+    print(f"progress: {dispute.get('progress')}%")
+    print(f"phase: {dispute.get('phase') or '-'}")
+    if dispute.get("failure_reason"):
+        print(f"failure: {dispute['failure_reason']}")
+    verdict = dispute.get("verdict")
+    if verdict:
+        published = "published" if verdict.get("published_at") else "not published"
+        url = client.base_url + _verdict_path(str(verdict.get("id")))
+        print(f"verdict: {verdict.get('id')} ({verdict.get('outcome')}, {published}) {url}")
+    return 1 if args.wait and dispute.get("state") in ("failed", "withdrawn") else 0
+
+
+def _statistic(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def cmd_verdict_get(args: argparse.Namespace, client: Client) -> int:
+    """Print a verdict's outcome and key statistics; optionally save its evidence bundle."""
+    verdict = client.get(_verdict_path(args.verdict_id))
+    predicate = verdict.get("predicate") or {}
+    decision = predicate.get("decision") or {}
+    print(f"verdict {verdict.get('id')}: {verdict.get('outcome')}")
+    print(f"dispute: {verdict.get('title')}")
+    published = verdict.get("published_at") or "not yet (only the dispute's arbiter can read it)"
+    print(f"published: {published}")
+    print(f"alpha: {_statistic(predicate.get('alpha'))}  log index: {verdict.get('log_index')}")
+    rejects = decision.get("holm") or {}
+    for test in decision.get("tests") or []:
+        stats = test.get("statistics") or {}
+        name = test.get("name", "?")
+        verdict_of_test = "rejects the null" if rejects.get(name) else "does not reject the null"
+        if not test.get("conclusive", True):
+            verdict_of_test = f"inconclusive: {test.get('reason', '')}".rstrip(": ")
+        numbers = ", ".join(f"{key} = {_statistic(stats[key])}" for key in VERDICT_STATISTICS if key in stats)
+        p_value = _statistic(test.get("p_value"))
+        print(f"test {name} ({test.get('kind', '?')}): p = {p_value}; {numbers}; {verdict_of_test}")
+    for screen in decision.get("screens") or []:
+        result = "rejects the claim" if screen.get("rejected") else "passed"
+        print(f"false-claim screen {screen.get('name', '?')}: p = {_statistic(screen.get('p_value'))}; {result}")
+    for reason in decision.get("reasons") or []:
+        print(f"reason: {reason}")
+    if args.bundle:
+        data = client.download(_verdict_path(args.verdict_id, "/bundle"), "application/zip")
+        _write_bytes(args.bundle, data)
+        print(f"bundle: {args.bundle} ({len(data)} bytes); check it offline with: modelcourt verify {args.bundle}")
+    return 0
+
+
 def _log_key(value: str | None) -> str | None:
     """A verifier key given as itself or as a file holding it."""
     if value is not None and Path(value).is_file():
@@ -292,6 +420,44 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--log-key", help="the log's verifier key (name+hash+base64), or a file holding it")
     bundle.add_argument("--verdict-key", action="append", help="the service's verdict public key(s), PEM (repeatable)")
     bundle.set_defaults(handler=cmd_verify, offline=True)
+
+    dispute = commands.add_parser("dispute", help="file and follow disputes (arbiter)").add_subparsers(
+        dest="dispute_command", required=True
+    )
+    filing = dispute.add_parser("file", help="file a dispute against one suspect")
+    filing.add_argument("--claimant", required=True, help="the claimant's registered model (public id)")
+    filing.add_argument("--methods", required=True, help=f"comma-separated: {', '.join(METHODS)}")
+    suspect = filing.add_mutually_exclusive_group(required=True)
+    suspect.add_argument("--suspect-file", help="the suspect's artifact (ONNX or TorchScript)")
+    suspect.add_argument("--suspect-model", help="a registered model as the suspect (public id)")
+    suspect.add_argument("--suspect-url", help="the suspect's prediction endpoint")
+    filing.add_argument("--protocol", choices=("v2", "json"), help="the endpoint's protocol (default json)")
+    filing.add_argument("--model-name", help="the model's name on the endpoint's server (v2)")
+    filing.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the endpoint returns")
+    filing.add_argument("--evidence", action="append", help="an evidence set to open (public id; repeatable)")
+    filing.add_argument("--title", help="the dispute's title")
+    filing.add_argument("--alpha", type=float, help="significance level (default 0.001)")
+    filing.add_argument("--budget", type=int, help="the most queries the suspect may be sent")
+    filing.add_argument("--panel", help="reference panel (default digits)")
+    filing.set_defaults(handler=cmd_dispute_file)
+    status = dispute.add_parser("status", help="a dispute's state, progress and phase")
+    status.add_argument("dispute_id")
+    status.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow it until decided, published, failed or withdrawn (exit status 1 for the last two)",
+    )
+    status.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
+    status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    status.set_defaults(handler=cmd_dispute_status)
+
+    verdict = commands.add_parser("verdict", help="fetch verdicts").add_subparsers(
+        dest="verdict_command", required=True
+    )
+    show = verdict.add_parser("get", help="a verdict's outcome and statistics, optionally its bundle")
+    show.add_argument("verdict_id")
+    show.add_argument("--bundle", metavar="OUT.zip", help="save the evidence bundle here")
+    show.set_defaults(handler=cmd_verdict_get)
     return parser
 
 
@@ -304,6 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--evidence needs --salt")
         if (args.salt or args.seed) and not args.evidence:
             parser.error("--salt and --seed go with --evidence")
+    filing = getattr(args, "handler", None) is cmd_dispute_file
+    if filing and not args.suspect_url and (args.protocol or args.model_name or args.output):
+        parser.error("--protocol, --model-name and --output go with --suspect-url")
+    if getattr(args, "handler", None) is cmd_dispute_status and args.timeout <= 0:
+        parser.error("--timeout is a positive number of seconds")
     try:
         if getattr(args, "offline", False):
             return int(args.handler(args))

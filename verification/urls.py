@@ -1,5 +1,19 @@
-"""Dispute and verdict API routes (under /api/v1/)."""
+"""Dispute and verdict API routes (under /api/v1/).
 
-from django.urls import URLPattern
+Ids are matched as strings and parsed in the views, so that a malformed one is a 404 with a JSON sentence.
+"""
 
-urlpatterns: list[URLPattern] = []
+from django.urls import path
+
+from verification import api
+
+urlpatterns = [
+    path("panels/", api.PanelListApi.as_view(), name="panel-list"),
+    path("disputes/", api.DisputeListApi.as_view(), name="dispute-list"),
+    path("disputes/<str:dispute_id>", api.DisputeDetailApi.as_view(), name="dispute-detail"),
+    path("disputes/<str:dispute_id>/publish", api.DisputePublishApi.as_view(), name="dispute-publish"),
+    path("disputes/<str:dispute_id>/withdraw", api.DisputeWithdrawApi.as_view(), name="dispute-withdraw"),
+    path("disputes/<str:dispute_id>/retry", api.DisputeRetryApi.as_view(), name="dispute-retry"),
+    path("verdicts/<str:verdict_id>", api.VerdictDetailApi.as_view(), name="verdict-detail"),
+    path("verdicts/<str:verdict_id>/bundle", api.VerdictBundleApi.as_view(), name="verdict-bundle"),
+]
