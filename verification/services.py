@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ownership import artifacts
+from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from verification import reference
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed
@@ -29,9 +30,6 @@ logger = logging.getLogger(__name__)
 METHOD_EVIDENCE = {"watermark": "watermark", "fingerprint": "fingerprint", "dataset_inference": "dataset"}
 MAX_TITLE = 200
 MAX_BUDGET = 10_000_000
-# a run that ends for a reason other than the suspect (our own bug, a lost key) is retried this often
-RUN_TIMEOUT_S = float(getattr(settings, "MODELCOURT_RUN_TIMEOUT_S", 1800))
-RUN_MEMORY_BYTES = int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30))
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -160,8 +158,6 @@ def _attach_suspect_file(dispute: Dispute, upload: UploadedFile) -> None:
     if not upload.size:
         raise DisputeError("the suspect file is empty", code="suspect_file")
     if upload.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:
-        from ownership.exceptions import UploadTooLargeError
-
         raise UploadTooLargeError(
             f"the suspect is {upload.size} bytes; the limit is {settings.MODELCOURT_MAX_ARTIFACT_BYTES}"
         )
