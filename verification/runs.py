@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,28 @@ def _trust_anchors() -> tuple[list[str], str]:
     return cas, timestamp_keys.log_verifier_key(log_key)
 
 
-def _open_claims(
-    dispute: Dispute,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str], list[dict[str, Any]]]:
-    """Reveal every evidence set and check it against its public receipt; returns claims, DI samples, problems."""
+@dataclass
+class _Opened:
+    """The revealed evidence: method inputs, what went wrong, the public record and the receipts checked."""
+
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    dataset: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _open_claims(dispute: Dispute) -> _Opened:
+    """Reveal every evidence set and check it against its public receipt (kept for the bundle)."""
     model = dispute.claimant_model
     cas, log_vkey = _trust_anchors()
-    claims: list[dict[str, Any]] = []
+    opened = _Opened()
+    claims, problems, records = opened.claims, opened.problems, opened.records
     dataset: dict[str, Any] | None = None
-    problems: list[str] = []
-    records: list[dict[str, Any]] = []
     for evidence_set in dispute.evidence_sets.order_by("created_at", "id"):
         opening = ownership_services.evidence_open(evidence_set=evidence_set)
         receipt = ownership_services.receipt_build(evidence_set=evidence_set)
+        opened.receipts.append(receipt)
         checks = verify_receipt(receipt, ca_pems=cas, log_vkey=log_vkey, opening=opening)
         failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
         records.append(
@@ -101,7 +111,8 @@ def _open_claims(
                     "verifiable": evidence_set.verifiable,
                 }
             )
-    return claims, dataset, problems, records
+    opened.dataset = dataset
+    return opened
 
 
 def _precedence(dispute: Dispute, records: list[dict[str, Any]]) -> tuple[bool, str]:
@@ -234,7 +245,8 @@ def run_to_verdict(
     """Everything between claiming the run and storing the verdict; RunFailed with a reason otherwise."""
     mark = time.perf_counter()
     progress(dispute.pk, 5, "opening the escrowed evidence and checking its receipts")
-    claims, dataset, problems, records = _open_claims(dispute)
+    opened = _open_claims(dispute)
+    claims, dataset, problems, records = opened.claims, opened.dataset, opened.problems, opened.records
     precedence_ok, precedence_detail = _precedence(dispute, records)
     timings["open_evidence_s"] = time.perf_counter() - mark
 
@@ -300,7 +312,7 @@ def run_to_verdict(
     report = _report(dispute, predicate, plots)
     attachments = {"report.html": report, **plots}
     key = timestamp_keys.key_current("verdict")  # created on first use: the bundle lists it
-    parts = _bundle_parts(dispute)
+    parts = _bundle_parts(opened.receipts)
     files = bundle.bundle_files(attachments=attachments, **parts)
     predicate["attachments"] = bundle.attachment_digests(files)
     statement = bundle.verdict_statement(predicate=predicate)
@@ -327,7 +339,7 @@ def run_to_verdict(
     )
 
 
-def _bundle_parts(dispute: Dispute) -> dict[str, Any]:
+def _bundle_parts(receipts: list[dict[str, Any]]) -> dict[str, Any]:
     """Keys, certificates and receipts the verdict signs over (the bundle carries them as they were)."""
     keys = signing_key_list()
     cas, log_vkey = _trust_anchors()
@@ -336,7 +348,5 @@ def _bundle_parts(dispute: Dispute) -> dict[str, Any]:
         "verdict_keys": [k.public_key_pem for k in keys.filter(purpose="verdict")],
         "tsa_certificates": tsa + cas,
         "log_vkey": log_vkey,
-        "receipts": [
-            ownership_services.receipt_build(evidence_set=s) for s in dispute.evidence_sets.order_by("created_at", "id")
-        ],
+        "receipts": receipts,
     }
