@@ -10,22 +10,14 @@ from ownership.models import EvidenceSet, RegisteredModel
 from timestamps.models import TimestampToken
 
 
-def suspect_upload_path(instance: "Dispute", filename: str) -> str:
-    """Suspect artifacts live under their dispute's public id."""
-    return f"suspects/{instance.public_id}/{filename}"
+def suspect_upload_path(instance: "SuspectDescription", filename: str) -> str:
+    """Suspect artifacts live under their dispute's (or dispute request's) public id."""
+    folder = "suspects/requests" if isinstance(instance, DisputeRequest) else "suspects"
+    return f"{folder}/{instance.public_id}/{filename}"
 
 
-class Dispute(models.Model):
-    """A claimant's registration against a suspect model, filed by an arbiter."""
-
-    class State(models.TextChoices):
-        FILED = "filed", "Filed"
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DECIDED = "decided", "Decided"
-        PUBLISHED = "published", "Published"
-        FAILED = "failed", "Failed"
-        WITHDRAWN = "withdrawn", "Withdrawn"
+class SuspectDescription(models.Model):
+    """Exactly one suspect: an uploaded artifact, a registered model or a remote endpoint (abstract)."""
 
     class SuspectKind(models.TextChoices):
         ARTIFACT = "artifact", "Uploaded artifact"
@@ -42,21 +34,38 @@ class Dispute(models.Model):
         LABELS = "labels", "Labels only"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    arbiter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="disputes")
-    title = models.CharField(max_length=200)
-    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="claims")
-    evidence_sets = models.ManyToManyField(EvidenceSet, related_name="disputes")
     suspect_kind = models.CharField(max_length=16, choices=SuspectKind.choices)
     suspect_artifact = models.FileField(upload_to=suspect_upload_path, max_length=300, blank=True)
     suspect_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices, blank=True)
     suspect_digest = models.CharField(max_length=64, blank=True, db_index=True)
     suspect_registration = models.ForeignKey(
-        RegisteredModel, on_delete=models.PROTECT, null=True, blank=True, related_name="suspected_in"
+        RegisteredModel, on_delete=models.PROTECT, null=True, blank=True, related_name="%(class)s_suspected_in"
     )
     suspect_url = models.URLField(max_length=500, blank=True)
     suspect_protocol = models.CharField(max_length=8, choices=Protocol.choices, blank=True)
     suspect_model_name = models.CharField(max_length=200, blank=True)
     suspect_output = models.CharField(max_length=16, choices=OutputKind.choices, default=OutputKind.LOGITS)
+
+    class Meta:
+        abstract = True
+
+
+class Dispute(SuspectDescription):
+    """A claimant's registration against a suspect model, filed by an arbiter."""
+
+    class State(models.TextChoices):
+        FILED = "filed", "Filed"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DECIDED = "decided", "Decided"
+        PUBLISHED = "published", "Published"
+        FAILED = "failed", "Failed"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    arbiter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="disputes")
+    title = models.CharField(max_length=200)
+    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="claims")
+    evidence_sets = models.ManyToManyField(EvidenceSet, related_name="disputes")
     methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
     alpha = models.FloatField(default=1e-3)
     query_budget = models.PositiveIntegerField(default=100_000)
@@ -139,3 +148,89 @@ class Verdict(models.Model):
 
     def __str__(self) -> str:
         return f"verdict {self.public_id} ({self.outcome})"
+
+
+class DisputeRequest(SuspectDescription):
+    """An owner's request that an arbiter file a dispute for their registration against a suspect.
+
+    An arbiter accepts it (which files the dispute, copying the suspect and the chosen evidence) or
+    declines it with a reason; the owner may withdraw it while it is open.
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="dispute_requests")
+    title = models.CharField(max_length=200)
+    statement = models.TextField(blank=True, help_text="why the owner suspects this model, for the arbiter")
+    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="dispute_requests")
+    evidence_sets = models.ManyToManyField(EvidenceSet, related_name="dispute_requests")
+    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    arbiter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="handled_requests"
+    )
+    decision_note = models.TextField(blank=True)
+    dispute = models.OneToOneField(Dispute, on_delete=models.PROTECT, null=True, blank=True, related_name="request")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(state="declined") | ~Q(decision_note=""), name="request_decline_has_a_reason"
+            ),
+            models.CheckConstraint(
+                condition=~Q(state="accepted") | Q(dispute__isnull=False), name="request_accepted_has_a_dispute"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"request {self.title} ({self.state})"
+
+
+class StressTest(models.Model):
+    """An owner's robustness check: simulate thefts of their own model and test each evidence set on each."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="stress_tests")
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="stress_tests")
+    evidence_sets = models.ManyToManyField(EvidenceSet, related_name="stress_tests")
+    thefts = models.JSONField(help_text="simulated thefts: copy, fine_tune, prune, distill, extract")
+    panel = models.CharField(max_length=100, help_text="the reference panel whose task the thief's data comes from")
+    alpha = models.FloatField(default=1e-3)
+    seed = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    phase = models.CharField(max_length=200, blank=True)
+    failure_reason = models.TextField(blank=True)
+    results = models.JSONField(
+        default=dict, blank=True, help_text="per theft: stolen model's accuracy, per evidence test"
+    )
+    timings = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__lte=100), name="stress_progress_at_most_100"),
+            models.CheckConstraint(
+                condition=~Q(state="failed") | ~Q(failure_reason=""), name="stress_failure_has_a_reason"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"stress test {self.public_id} ({self.state})"
