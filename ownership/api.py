@@ -79,7 +79,7 @@ class ShapeField(serializers.Field):
         return value
 
 
-def _refuse_oversized(request: Request, limit: int) -> None:
+def refuse_oversized(request: Request, limit: int) -> None:
     """Refuse by Content-Length before reading the body (the multipart envelope gets 1 MiB of slack)."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -159,7 +159,7 @@ class ModelListApi(OwnerApiView):
 
     @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer}, summary="Register a model")
     def post(self, request: Request) -> Response:
-        _refuse_oversized(request, settings.MODELCOURT_MAX_ARTIFACT_BYTES)
+        refuse_oversized(request, settings.MODELCOURT_MAX_ARTIFACT_BYTES)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         model = services.model_register(owner=request.user, **serializer.validated_data)
@@ -210,7 +210,7 @@ class EvidenceListApi(OwnerApiView):
     @extend_schema(request=InputSerializer, responses={201: EvidenceOutputSerializer}, summary="Add evidence")
     def post(self, request: Request, model_id: uuid.UUID) -> Response:
         model = selectors.model_get(owner=request.user, public_id=model_id)
-        _refuse_oversized(request, settings.MODELCOURT_MAX_EVIDENCE_BYTES)
+        refuse_oversized(request, settings.MODELCOURT_MAX_EVIDENCE_BYTES)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]

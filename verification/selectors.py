@@ -1,13 +1,17 @@
-"""Reads of disputes and verdicts. Arbiters see their own disputes; anyone sees published verdicts."""
+"""Reads of disputes, dispute requests and verdicts.
+
+Arbiters see their own disputes and every open request; owners see their own requests; anyone sees
+published verdicts.
+"""
 
 import uuid
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Case, Q, QuerySet, When
 
 from ownership.models import RegisteredModel
 from verification.exceptions import DisputeNotFoundError
-from verification.models import Dispute, Verdict
+from verification.models import Dispute, DisputeRequest, Verdict
 
 
 def dispute_list(*, arbiter: AbstractBaseUser) -> QuerySet[Dispute]:
@@ -41,3 +45,34 @@ def verdict_get(*, public_id: uuid.UUID | str, user: AbstractBaseUser | Anonymou
     ):
         raise DisputeNotFoundError("no such verdict")
     return verdict
+
+
+def dispute_request_list(*, owner: AbstractBaseUser) -> QuerySet[DisputeRequest]:
+    """The owner's dispute requests, newest first."""
+    return DisputeRequest.objects.filter(owner=owner).select_related("claimant_model", "dispute", "dispute__verdict")
+
+
+def dispute_request_get(*, owner: AbstractBaseUser, public_id: uuid.UUID | str) -> DisputeRequest:
+    """One of the owner's dispute requests."""
+    found = dispute_request_list(owner=owner).filter(public_id=public_id).first()
+    if found is None:
+        raise DisputeNotFoundError("no such dispute request among yours")
+    return found
+
+
+def dispute_request_inbox(*, arbiter: AbstractBaseUser) -> QuerySet[DisputeRequest]:
+    """What arbiters see: every open request (oldest first, the queue), then those this arbiter handled."""
+    return (
+        DisputeRequest.objects.filter(Q(state=DisputeRequest.State.OPEN) | Q(arbiter=arbiter))
+        .exclude(owner=arbiter)
+        .select_related("claimant_model", "owner", "dispute")
+        .order_by(Case(When(state=DisputeRequest.State.OPEN, then=0), default=1), "created_at", "id")
+    )
+
+
+def dispute_request_for_arbiter(*, arbiter: AbstractBaseUser, public_id: uuid.UUID | str) -> DisputeRequest:
+    """A request an arbiter may see: open, or handled by them."""
+    found = dispute_request_inbox(arbiter=arbiter).filter(public_id=public_id).first()
+    if found is None:
+        raise DisputeNotFoundError("no such open dispute request")
+    return found

@@ -14,7 +14,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
-from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -23,7 +22,7 @@ from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from verification import reference
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed
-from verification.models import Dispute, Verdict, VerificationRun
+from verification.models import Dispute, DisputeRequest, SuspectDescription, Verdict, VerificationRun
 
 logger = logging.getLogger(__name__)
 
@@ -49,39 +48,11 @@ def _check_url(url: str) -> str:
     return url.strip()
 
 
-@transaction.atomic
-def dispute_file(
-    *,
-    arbiter: AbstractBaseUser,
-    title: str,
-    claimant_model: RegisteredModel,
-    methods: Sequence[str],
-    evidence_sets: Sequence[EvidenceSet] | None = None,
-    suspect_file: UploadedFile | None = None,
-    suspect_registration: RegisteredModel | None = None,
-    suspect_url: str = "",
-    suspect_protocol: str = "json",
-    suspect_model_name: str = "",
-    suspect_output: str = "logits",
-    alpha: float = 1e-3,
-    query_budget: int = 100_000,
-    panel: str = "digits",
-    start: bool = True,
-) -> Dispute:
-    """File a dispute: the claimant's registration and evidence against exactly one suspect; queue it."""
-    title = title.strip()
-    if not title or len(title) > MAX_TITLE:
-        raise DisputeError(f"title must be 1 to {MAX_TITLE} characters", code="title")
+def _check_claim(
+    claimant_model: RegisteredModel, methods: Sequence[str], evidence_sets: Sequence[EvidenceSet] | None
+) -> tuple[list[str], list[EvidenceSet]]:
+    """The requested methods and the claimant's evidence sets they open, or a DisputeError saying what is wrong."""
     chosen = _check_methods(methods)
-    if not 0.0 < alpha <= 0.1:
-        raise DisputeError("alpha must lie in (0, 0.1]; the default is 0.001", code="alpha")
-    if not 1 <= query_budget <= MAX_BUDGET:
-        raise DisputeError(f"query_budget must lie between 1 and {MAX_BUDGET}", code="query_budget")
-    if panel not in reference.panel_list():
-        raise DisputeError(
-            f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
-        )
-
     sets = list(evidence_sets) if evidence_sets is not None else list(claimant_model.evidence_sets.all())
     if any(s.model_id != claimant_model.pk for s in sets):
         raise DisputeError("every evidence set must belong to the claimant's model", code="evidence_sets")
@@ -98,12 +69,99 @@ def dispute_file(
             "dataset inference needs the claimant's gradients: register the claimant model as TorchScript",
             code="methods",
         )
-    sets = [s for s in sets if s.kind in {METHOD_EVIDENCE[m] for m in chosen}]
+    return chosen, [s for s in sets if s.kind in {METHOD_EVIDENCE[m] for m in chosen}]
 
+
+def _describe_suspect(
+    target: SuspectDescription,
+    *,
+    claimant_model: RegisteredModel,
+    suspect_file: File | None,
+    suspect_registration: RegisteredModel | None,
+    suspect_url: str,
+    suspect_protocol: str,
+    suspect_model_name: str,
+    suspect_output: str,
+) -> None:
+    """Fill ``target``'s suspect fields from exactly one suspect; an uploaded file is format-checked and stored."""
     given = [suspect_file is not None, suspect_registration is not None, bool(suspect_url)]
     if sum(given) != 1:
         raise DisputeError(
             "give exactly one suspect: an uploaded file, a registered model or an endpoint URL", code="suspect"
+        )
+    if suspect_registration is not None:
+        if suspect_registration.pk == claimant_model.pk:
+            raise DisputeError("the suspect cannot be the claimant's own registration", code="suspect")
+        target.suspect_kind = Dispute.SuspectKind.REGISTERED
+        target.suspect_registration = suspect_registration
+        target.suspect_format = suspect_registration.artifact_format
+        target.suspect_digest = suspect_registration.model_digest
+    elif suspect_url:
+        target.suspect_kind = Dispute.SuspectKind.ENDPOINT
+        target.suspect_url = _check_url(suspect_url)
+        if suspect_protocol not in Dispute.Protocol.values:
+            raise DisputeError("suspect_protocol must be v2 or json", code="suspect_protocol")
+        if suspect_protocol == Dispute.Protocol.V2 and not suspect_model_name.strip():
+            raise DisputeError("the v2 protocol needs the model's name on the server", code="suspect_model_name")
+        if suspect_output not in Dispute.OutputKind.values:
+            raise DisputeError("suspect_output must be logits, probabilities or labels", code="suspect_output")
+        target.suspect_protocol = suspect_protocol
+        target.suspect_model_name = suspect_model_name.strip()
+        target.suspect_output = suspect_output
+        # an endpoint has no file: its "digest" names the URL, so that the verdict's subject is stable
+        target.suspect_digest = hashlib.sha256(target.suspect_url.encode()).hexdigest()
+    else:
+        assert suspect_file is not None  # noqa: S101 (exactly one suspect was checked above)
+        _attach_suspect_file(target, suspect_file)
+
+
+def _save_described(target: SuspectDescription) -> None:
+    """Validate and save; a stored suspect file is removed again when that fails."""
+    try:
+        target.full_clean(exclude=["suspect_artifact"])
+        target.save()
+    except Exception:
+        if target.suspect_artifact:
+            target.suspect_artifact.delete(save=False)
+        raise
+
+
+def _check_title(title: str) -> str:
+    title = title.strip()
+    if not title or len(title) > MAX_TITLE:
+        raise DisputeError(f"title must be 1 to {MAX_TITLE} characters", code="title")
+    return title
+
+
+@transaction.atomic
+def dispute_file(
+    *,
+    arbiter: AbstractBaseUser,
+    title: str,
+    claimant_model: RegisteredModel,
+    methods: Sequence[str],
+    evidence_sets: Sequence[EvidenceSet] | None = None,
+    suspect_file: File | None = None,
+    suspect_registration: RegisteredModel | None = None,
+    suspect_url: str = "",
+    suspect_protocol: str = "json",
+    suspect_model_name: str = "",
+    suspect_output: str = "logits",
+    alpha: float = 1e-3,
+    query_budget: int = 100_000,
+    panel: str = "digits",
+    start: bool = True,
+) -> Dispute:
+    """File a dispute: the claimant's registration and evidence against exactly one suspect; queue it."""
+    title = _check_title(title)
+    chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
+    if not 0.0 < alpha <= 0.1:
+        raise DisputeError("alpha must lie in (0, 0.1]; the default is 0.001", code="alpha")
+    if not 1 <= query_budget <= MAX_BUDGET:
+        raise DisputeError(f"query_budget must lie between 1 and {MAX_BUDGET}", code="query_budget")
+    if panel not in reference.panel_list():
+        raise DisputeError(
+            f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
         )
     now = timezone.now()
     dispute = Dispute(
@@ -117,44 +175,156 @@ def dispute_file(
         created_at=now,
         updated_at=now,
     )
-    if suspect_registration is not None:
-        if suspect_registration.pk == claimant_model.pk:
-            raise DisputeError("the suspect cannot be the claimant's own registration", code="suspect")
-        dispute.suspect_kind = Dispute.SuspectKind.REGISTERED
-        dispute.suspect_registration = suspect_registration
-        dispute.suspect_format = suspect_registration.artifact_format
-        dispute.suspect_digest = suspect_registration.model_digest
-    elif suspect_url:
-        dispute.suspect_kind = Dispute.SuspectKind.ENDPOINT
-        dispute.suspect_url = _check_url(suspect_url)
-        if suspect_protocol not in Dispute.Protocol.values:
-            raise DisputeError("suspect_protocol must be v2 or json", code="suspect_protocol")
-        if suspect_protocol == Dispute.Protocol.V2 and not suspect_model_name.strip():
-            raise DisputeError("the v2 protocol needs the model's name on the server", code="suspect_model_name")
-        if suspect_output not in Dispute.OutputKind.values:
-            raise DisputeError("suspect_output must be logits, probabilities or labels", code="suspect_output")
-        dispute.suspect_protocol = suspect_protocol
-        dispute.suspect_model_name = suspect_model_name.strip()
-        dispute.suspect_output = suspect_output
-        # an endpoint has no file: its "digest" names the URL, so that the verdict's subject is stable
-        dispute.suspect_digest = hashlib.sha256(dispute.suspect_url.encode()).hexdigest()
-    else:
-        assert suspect_file is not None  # noqa: S101 (exactly one suspect was checked above)
-        _attach_suspect_file(dispute, suspect_file)
-    try:
-        dispute.full_clean(exclude=["suspect_artifact"])
-        dispute.save()
-    except Exception:
-        if dispute.suspect_artifact:
-            dispute.suspect_artifact.delete(save=False)
-        raise
+    _describe_suspect(
+        dispute,
+        claimant_model=claimant_model,
+        suspect_file=suspect_file,
+        suspect_registration=suspect_registration,
+        suspect_url=suspect_url,
+        suspect_protocol=suspect_protocol,
+        suspect_model_name=suspect_model_name,
+        suspect_output=suspect_output,
+    )
+    _save_described(dispute)
     dispute.evidence_sets.set(sets)
     if start:
         dispute = dispute_queue(dispute=dispute)
     return dispute
 
 
-def _attach_suspect_file(dispute: Dispute, upload: UploadedFile) -> None:
+MAX_STATEMENT = 5000
+
+
+@transaction.atomic
+def dispute_request_create(
+    *,
+    owner: AbstractBaseUser,
+    title: str,
+    claimant_model: RegisteredModel,
+    methods: Sequence[str],
+    statement: str = "",
+    evidence_sets: Sequence[EvidenceSet] | None = None,
+    suspect_file: File | None = None,
+    suspect_registration: RegisteredModel | None = None,
+    suspect_url: str = "",
+    suspect_protocol: str = "json",
+    suspect_model_name: str = "",
+    suspect_output: str = "logits",
+) -> DisputeRequest:
+    """An owner asks the arbiters to file a dispute for one of their registrations against one suspect."""
+    if claimant_model.owner_id != owner.pk:
+        raise DisputeError("you can only request disputes for your own registered models", code="claimant_model")
+    title = _check_title(title)
+    statement = statement.strip()
+    if len(statement) > MAX_STATEMENT:
+        raise DisputeError(f"the statement is limited to {MAX_STATEMENT} characters", code="statement")
+    chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
+    now = timezone.now()
+    request = DisputeRequest(
+        owner=owner,
+        title=title,
+        statement=statement,
+        claimant_model=claimant_model,
+        methods=chosen,
+        created_at=now,
+        updated_at=now,
+    )
+    _describe_suspect(
+        request,
+        claimant_model=claimant_model,
+        suspect_file=suspect_file,
+        suspect_registration=suspect_registration,
+        suspect_url=suspect_url,
+        suspect_protocol=suspect_protocol,
+        suspect_model_name=suspect_model_name,
+        suspect_output=suspect_output,
+    )
+    _save_described(request)
+    request.evidence_sets.set(sets)
+    return request
+
+
+def _locked_open_request(request: DisputeRequest, action: str) -> DisputeRequest:
+    locked = DisputeRequest.objects.select_for_update().get(pk=request.pk)
+    if locked.state != DisputeRequest.State.OPEN:
+        raise DisputeStateError(f"a {locked.state} request cannot be {action}")
+    return locked
+
+
+@transaction.atomic
+def dispute_request_withdraw(*, request: DisputeRequest) -> DisputeRequest:
+    """The owner withdraws an open request."""
+    request = _locked_open_request(request, "withdrawn")
+    request.state = DisputeRequest.State.WITHDRAWN
+    request.updated_at = timezone.now()
+    request.save(update_fields=["state", "updated_at"])
+    return request
+
+
+@transaction.atomic
+def dispute_request_decline(*, request: DisputeRequest, arbiter: AbstractBaseUser, reason: str) -> DisputeRequest:
+    """An arbiter declines an open request, with a reason the owner reads."""
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_STATEMENT:
+        raise DisputeError(f"say why the request is declined (1 to {MAX_STATEMENT} characters)", code="reason")
+    request = _locked_open_request(request, "declined")
+    request.state = DisputeRequest.State.DECLINED
+    request.arbiter = arbiter
+    request.decision_note = reason
+    request.updated_at = timezone.now()
+    request.save(update_fields=["state", "arbiter", "decision_note", "updated_at"])
+    return request
+
+
+@transaction.atomic
+def dispute_request_accept(
+    *,
+    request: DisputeRequest,
+    arbiter: AbstractBaseUser,
+    title: str = "",
+    alpha: float = 1e-3,
+    query_budget: int = 100_000,
+    panel: str = "digits",
+    note: str = "",
+) -> Dispute:
+    """An arbiter takes an open request: a dispute is filed from it (suspect and evidence copied) and queued."""
+    request = _locked_open_request(request, "accepted")
+    if request.owner_id == arbiter.pk:
+        raise DisputeError("an arbiter cannot accept a request they made as an owner", code="arbiter")
+    suspect_file: File | None = None
+    if request.suspect_kind == Dispute.SuspectKind.ARTIFACT:
+        request.suspect_artifact.open("rb")
+        suspect_file = File(request.suspect_artifact.file, name=Path(request.suspect_artifact.name).name)
+    try:
+        dispute = dispute_file(
+            arbiter=arbiter,
+            title=title or request.title,
+            claimant_model=request.claimant_model,
+            methods=request.methods,
+            evidence_sets=list(request.evidence_sets.all()),
+            suspect_file=suspect_file,
+            suspect_registration=request.suspect_registration,
+            suspect_url=request.suspect_url,
+            suspect_protocol=request.suspect_protocol or "json",
+            suspect_model_name=request.suspect_model_name,
+            suspect_output=request.suspect_output,
+            alpha=alpha,
+            query_budget=query_budget,
+            panel=panel,
+        )
+    finally:
+        if suspect_file is not None:
+            request.suspect_artifact.close()
+    request.state = DisputeRequest.State.ACCEPTED
+    request.arbiter = arbiter
+    request.dispute = dispute
+    request.decision_note = note.strip()[:MAX_STATEMENT]
+    request.updated_at = timezone.now()
+    request.save(update_fields=["state", "arbiter", "dispute", "decision_note", "updated_at"])
+    return dispute
+
+
+def _attach_suspect_file(target: SuspectDescription, upload: File) -> None:
     if not upload.size:
         raise DisputeError("the suspect file is empty", code="suspect_file")
     if upload.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:
@@ -171,11 +341,11 @@ def _attach_suspect_file(dispute: Dispute, upload: UploadedFile) -> None:
             form = artifacts.detect_format(str(path))
         except artifacts.ArtifactRejected as exc:
             raise DisputeError(f"the suspect file was refused: {exc}", code="suspect_file") from exc
-        dispute.suspect_kind = Dispute.SuspectKind.ARTIFACT
-        dispute.suspect_format = form
-        dispute.suspect_digest = artifacts.model_digest({filename: artifacts.file_digest(path)})
+        target.suspect_kind = Dispute.SuspectKind.ARTIFACT
+        target.suspect_format = form
+        target.suspect_digest = artifacts.model_digest({filename: artifacts.file_digest(path)})
         with path.open("rb") as handle:
-            dispute.suspect_artifact.save(filename, File(handle), save=False)
+            target.suspect_artifact.save(filename, File(handle), save=False)
 
 
 def _set_state(dispute: Dispute, state: str, **fields: Any) -> None:

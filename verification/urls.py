@@ -14,6 +14,22 @@ urlpatterns = [
     path("disputes/<str:dispute_id>/publish", api.DisputePublishApi.as_view(), name="dispute-publish"),
     path("disputes/<str:dispute_id>/withdraw", api.DisputeWithdrawApi.as_view(), name="dispute-withdraw"),
     path("disputes/<str:dispute_id>/retry", api.DisputeRetryApi.as_view(), name="dispute-retry"),
+    path("dispute-requests/", api.DisputeRequestListApi.as_view(), name="dispute-request-list"),
+    path("dispute-requests/inbox", api.DisputeRequestInboxApi.as_view(), name="dispute-request-inbox"),
+    path("dispute-requests/<str:request_id>", api.DisputeRequestDetailApi.as_view(), name="dispute-request-detail"),
+    path(
+        "dispute-requests/<str:request_id>/withdraw",
+        api.DisputeRequestWithdrawApi.as_view(),
+        name="dispute-request-withdraw",
+    ),
+    path(
+        "dispute-requests/<str:request_id>/accept", api.DisputeRequestAcceptApi.as_view(), name="dispute-request-accept"
+    ),
+    path(
+        "dispute-requests/<str:request_id>/decline",
+        api.DisputeRequestDeclineApi.as_view(),
+        name="dispute-request-decline",
+    ),
     path("verdicts/<str:verdict_id>", api.VerdictDetailApi.as_view(), name="verdict-detail"),
     path("verdicts/<str:verdict_id>/bundle", api.VerdictBundleApi.as_view(), name="verdict-bundle"),
 ]

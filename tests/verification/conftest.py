@@ -1,20 +1,25 @@
-"""A registered, watermarked digits model, its thefts and an independent model, and a small installed panel."""
+"""A registered, watermarked digits model, its thefts and an independent model, a small installed panel, claimants."""
 
 from __future__ import annotations
 
 import copy
 import io
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
+from django.utils import timezone
 from torch import nn
 
 from modelcourt.embed import embed_watermark
+from ownership import services as ownership_services
+from ownership.models import EvidenceSet, RegisteredModel
 from verification.methods.datasets import digits_task
 from verification.methods.panels import train_panel
 from verification.methods.thefts import fine_tune
@@ -89,3 +94,46 @@ def data_dir(panel_root: Path) -> Iterator[Path]:
 
 def upload(name: str, data: bytes) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type="application/octet-stream")
+
+
+@dataclass
+class Claimant:
+    model: RegisteredModel
+    evidence: EvidenceSet
+    arrays: dict[str, Any]
+
+
+@pytest.fixture
+def claimant(owner, digits_models: Models, data_dir) -> Claimant:  # type: ignore[no-untyped-def]
+    model = ownership_services.model_register(
+        owner=owner,
+        name="digits",
+        task="digits",
+        input_shape=[64],
+        num_classes=10,
+        artifact=upload("digits.pt", digits_models.base),
+    )
+    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=40)
+    return Claimant(model, evidence_set, arrays)
+
+
+def bare_model(owner: Any, name: str) -> RegisteredModel:
+    """A registration row without the sandbox's inspection (seconds each): enough for filings that never run."""
+    return RegisteredModel.objects.create(
+        owner=owner,
+        name=name,
+        input_shape=[64],
+        num_classes=10,
+        artifact_format="torchscript",
+        artifact_size=1,
+        model_digest=uuid.uuid4().hex * 2,
+        file_digests={},
+        created_at=timezone.now(),
+    )
+
+
+@pytest.fixture
+def bare_claimant(owner, data_dir) -> Claimant:  # type: ignore[no-untyped-def]
+    model = bare_model(owner, "digits")
+    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=10)
+    return Claimant(model, evidence_set, arrays)

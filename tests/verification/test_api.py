@@ -6,21 +6,18 @@ import base64
 import io
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
-from ownership.models import EvidenceSet, RegisteredModel
 from verification import services
 from verification.models import Dispute
 
-from .conftest import PANEL, Models, mark_and_steal, upload
+from .conftest import PANEL, Claimant, Models, bare_model, mark_and_steal, upload
 
 pytestmark = pytest.mark.django_db
 DISPUTES = "/api/v1/disputes/"
@@ -30,49 +27,6 @@ DISPUTES = "/api/v1/disputes/"
 def _fast_passwords(settings: Any) -> None:
     """Users are made for almost every test here; the production hasher's million rounds are not under test."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@dataclass
-class Claimant:
-    model: RegisteredModel
-    evidence: EvidenceSet
-    arrays: dict[str, Any]
-
-
-@pytest.fixture
-def claimant(owner, digits_models: Models, data_dir) -> Claimant:  # type: ignore[no-untyped-def]
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits",
-        task="digits",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("digits.pt", digits_models.base),
-    )
-    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=40)
-    return Claimant(model, evidence_set, arrays)
-
-
-def _bare_model(owner: Any, name: str) -> RegisteredModel:
-    """A registration row without the sandbox's inspection (seconds each): enough for filings that never run."""
-    return RegisteredModel.objects.create(
-        owner=owner,
-        name=name,
-        input_shape=[64],
-        num_classes=10,
-        artifact_format="torchscript",
-        artifact_size=1,
-        model_digest=uuid.uuid4().hex * 2,
-        file_digests={},
-        created_at=timezone.now(),
-    )
-
-
-@pytest.fixture
-def bare_claimant(owner, data_dir) -> Claimant:  # type: ignore[no-untyped-def]
-    model = _bare_model(owner, "digits")
-    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=10)
-    return Claimant(model, evidence_set, arrays)
 
 
 def _client(user: Any = None) -> APIClient:
@@ -395,7 +349,7 @@ def test_bad_filings_get_a_400_with_a_code_and_a_sentence(
 
 
 def test_evidence_of_another_model_is_refused(arbiter_client: APIClient, bare_claimant: Claimant, owner) -> None:  # type: ignore[no-untyped-def]
-    other = _bare_model(owner, "other")
+    other = bare_model(owner, "other")
     foreign, _ = ownership_services.evidence_generate(model=other, count=5)
 
     response = arbiter_client.post(
