@@ -1,4 +1,7 @@
-"""The arbiter's dispute form: field names follow `services.dispute_file`'s arguments."""
+"""Dispute forms: the arbiter's filing, the owner's request, accepting and declining one.
+
+Field names follow the services' arguments (`dispute_file`, `dispute_request_create`).
+"""
 
 from typing import Any
 
@@ -50,6 +53,8 @@ DISPUTE_ERROR_FIELDS = {
     "suspect_protocol": "suspect_protocol",
     "suspect_model_name": "suspect_model_name",
     "suspect_output": "suspect_output",
+    "claimant_model": "claimant",
+    "statement": "statement",
 }
 
 
@@ -79,26 +84,9 @@ def _panel_choices() -> list[tuple[str, str]]:
     return [(name, f"{name} — {description}") for name, description in reference.panel_list().items()]
 
 
-class DisputeFileForm(forms.Form):
-    """File one claimant registration against one suspect; the service checks the rest."""
+class SuspectForm(forms.Form):
+    """Exactly one suspect (a file, a registration or an endpoint), and the service errors shown by field."""
 
-    title = forms.CharField(
-        max_length=200,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. digits-mlp vs. acme-classifier"}),
-    )
-    claimant = RegistrationChoiceField(
-        queryset=_registrations(),
-        to_field_name="public_id",
-        label="Claimant registration",
-        empty_label="Choose the claimant's registered model…",
-        help_text="Its committed evidence of the chosen kinds is opened for the dispute.",
-    )
-    methods = forms.MultipleChoiceField(
-        choices=METHOD_CHOICES,
-        initial=["watermark"],
-        widget=forms.CheckboxSelectMultiple,
-        error_messages={"required": "Choose at least one method."},
-    )
     suspect_source = forms.ChoiceField(
         label="Suspect", choices=SuspectSource.CHOICES, initial=SuspectSource.UPLOAD, widget=forms.RadioSelect
     )
@@ -129,6 +117,67 @@ class DisputeFileForm(forms.Form):
     suspect_output = forms.ChoiceField(
         required=False, label="Output", choices=Dispute.OutputKind.choices, initial=Dispute.OutputKind.LOGITS
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = filesizeformat(settings.MODELCOURT_MAX_ARTIFACT_BYTES)
+        self.fields[
+            "suspect_file"
+        ].help_text = f"ONNX (.onnx) or TorchScript (.pt), up to {limit}. Run in a sandbox, never unpickled."
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        source = data.get("suspect_source")
+        if source == SuspectSource.UPLOAD and not data.get("suspect_file") and "suspect_file" not in self.errors:
+            self.add_error("suspect_file", "Choose the suspect's ONNX or TorchScript file.")
+        elif source == SuspectSource.REGISTERED and not data.get("suspect_registration"):
+            if "suspect_registration" not in self.errors:
+                self.add_error("suspect_registration", "Choose the suspect's registration.")
+        elif source == SuspectSource.ENDPOINT and not str(data.get("suspect_url") or "").strip():
+            self.add_error("suspect_url", "Give the endpoint's URL.")
+        return data
+
+    def suspect_kwargs(self) -> dict[str, Any]:
+        """The chosen suspect as service keyword arguments (the other sources' fields are ignored)."""
+        data = self.cleaned_data
+        source = data["suspect_source"]
+        if source == SuspectSource.UPLOAD:
+            return {"suspect_file": data["suspect_file"]}
+        if source == SuspectSource.REGISTERED:
+            return {"suspect_registration": data["suspect_registration"]}
+        return {
+            "suspect_url": data["suspect_url"].strip(),
+            "suspect_protocol": data["suspect_protocol"] or Dispute.Protocol.JSON,
+            "suspect_model_name": data["suspect_model_name"],
+            "suspect_output": data["suspect_output"] or Dispute.OutputKind.LOGITS,
+        }
+
+    def add_service_error(self, exc: DisputeError | RegistryError | ValidationError) -> None:
+        """Show a service's refusal next to the field it is about, or above the form, as a sentence."""
+        if isinstance(exc, ValidationError):
+            for message in exc.messages:
+                self.add_error(None, as_sentence(message))
+            return
+        field = DISPUTE_ERROR_FIELDS.get(exc.code)
+        if exc.code == "suspect" and self.cleaned_data.get("suspect_source") == SuspectSource.REGISTERED:
+            field = "suspect_registration"
+        if field is not None and field not in self.fields:
+            field = None
+        self.add_error(field, as_sentence(str(exc)))
+
+
+def _methods_field() -> forms.MultipleChoiceField:
+    return forms.MultipleChoiceField(
+        choices=METHOD_CHOICES,
+        initial=["watermark"],
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one method."},
+    )
+
+
+class RunSettingsForm(forms.Form):
+    """What the arbiter decides for a run: alpha, the query budget and the reference panel."""
+
     alpha = forms.FloatField(
         initial=0.001,
         label="Significance level (alpha)",
@@ -146,64 +195,102 @@ class DisputeFileForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        limit = filesizeformat(settings.MODELCOURT_MAX_ARTIFACT_BYTES)
-        self.fields[
-            "suspect_file"
-        ].help_text = f"ONNX (.onnx) or TorchScript (.pt), up to {limit}. Run in a sandbox, never unpickled."
         names = list(reference.panel_list())
         if names:
             self.fields["panel"].initial = "digits" if "digits" in names else names[0]
 
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        source = data.get("suspect_source")
-        if source == SuspectSource.UPLOAD and not data.get("suspect_file") and "suspect_file" not in self.errors:
-            self.add_error("suspect_file", "Choose the suspect's ONNX or TorchScript file.")
-        elif source == SuspectSource.REGISTERED and not data.get("suspect_registration"):
-            if "suspect_registration" not in self.errors:
-                self.add_error("suspect_registration", "Choose the suspect's registration.")
-        elif source == SuspectSource.ENDPOINT and not str(data.get("suspect_url") or "").strip():
-            self.add_error("suspect_url", "Give the endpoint's URL.")
-        return data
+    def run_kwargs(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {"alpha": data["alpha"], "query_budget": data["query_budget"], "panel": data["panel"]}
+
+
+class DisputeFileForm(SuspectForm, RunSettingsForm):
+    """File one claimant registration against one suspect; the service checks the rest."""
+
+    title = forms.CharField(
+        max_length=200,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. digits-mlp vs. acme-classifier"}),
+    )
+    claimant = RegistrationChoiceField(
+        queryset=_registrations(),
+        to_field_name="public_id",
+        label="Claimant registration",
+        empty_label="Choose the claimant's registered model…",
+        help_text="Its committed evidence of the chosen kinds is opened for the dispute.",
+    )
+    methods = _methods_field()
+
+    field_order = ["title", "claimant", "methods", "suspect_source"]
 
     def service_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `services.dispute_file` (without the arbiter), the chosen suspect only."""
         data = self.cleaned_data
-        kwargs: dict[str, Any] = {
+        return {
             "title": data["title"],
             "claimant_model": data["claimant"],
             "methods": data["methods"],
-            "alpha": data["alpha"],
-            "query_budget": data["query_budget"],
-            "panel": data["panel"],
+            **self.run_kwargs(),
+            **self.suspect_kwargs(),
         }
-        source = data["suspect_source"]
-        if source == SuspectSource.UPLOAD:
-            kwargs["suspect_file"] = data["suspect_file"]
-        elif source == SuspectSource.REGISTERED:
-            kwargs["suspect_registration"] = data["suspect_registration"]
-        else:
-            kwargs.update(
-                suspect_url=data["suspect_url"].strip(),
-                suspect_protocol=data["suspect_protocol"] or Dispute.Protocol.JSON,
-                suspect_model_name=data["suspect_model_name"],
-                suspect_output=data["suspect_output"] or Dispute.OutputKind.LOGITS,
-            )
-        return kwargs
-
-    def add_service_error(self, exc: DisputeError | RegistryError | ValidationError) -> None:
-        """Show a service's refusal next to the field it is about, or above the form, as a sentence."""
-        if isinstance(exc, ValidationError):
-            for message in exc.messages:
-                self.add_error(None, _sentence(message))
-            return
-        field = DISPUTE_ERROR_FIELDS.get(exc.code)
-        if exc.code == "suspect" and self.cleaned_data.get("suspect_source") == SuspectSource.REGISTERED:
-            field = "suspect_registration"
-        self.add_error(field, _sentence(str(exc)))
 
 
-def _sentence(text: str) -> str:
+class DisputeRequestForm(SuspectForm):
+    """An owner's request: one of their registrations, the methods, one suspect and why they suspect it."""
+
+    title = forms.CharField(
+        max_length=200,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. my digits model, resold"}),
+    )
+    claimant = RegistrationChoiceField(
+        queryset=RegisteredModel.objects.none(),
+        to_field_name="public_id",
+        label="Your registered model",
+        empty_label="Choose one of your registered models…",
+        help_text="Its committed evidence of the chosen kinds is opened only if an arbiter files the dispute.",
+    )
+    methods = _methods_field()
+    statement = forms.CharField(
+        required=False,
+        max_length=5000,
+        label="Why you suspect this model",
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Where you found it, what it does, since when."}),
+    )
+
+    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        claimant = self.fields["claimant"]
+        assert isinstance(claimant, RegistrationChoiceField)  # noqa: S101 (declared just above)
+        claimant.queryset = RegisteredModel.objects.filter(owner=owner).order_by("name", "created_at", "id")
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `services.dispute_request_create` (without the owner)."""
+        data = self.cleaned_data
+        return {
+            "title": data["title"],
+            "statement": data["statement"],
+            "claimant_model": data["claimant"],
+            "methods": data["methods"],
+            **self.suspect_kwargs(),
+        }
+
+
+class RequestAcceptForm(RunSettingsForm):
+    """Accept a dispute request: the run's settings and a note for the owner."""
+
+    note = forms.CharField(
+        required=False, max_length=5000, label="Note to the owner", widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+class RequestDeclineForm(forms.Form):
+    """Decline a dispute request, saying why."""
+
+    reason = forms.CharField(
+        max_length=5000, label="Why the request is declined", widget=forms.Textarea(attrs={"rows": 3})
+    )
+
+
+def as_sentence(text: str) -> str:
     text = text.strip()
     text = text[:1].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else f"{text}."

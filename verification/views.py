@@ -24,8 +24,15 @@ from ownership.roles import Role, user_has_role
 from timestamps import dsse
 from verification import selectors, services
 from verification.exceptions import DisputeError, DisputeNotFoundError, DisputeStateError
-from verification.forms import METHOD_HELP, DisputeFileForm
-from verification.models import Dispute, Verdict
+from verification.forms import (
+    METHOD_HELP,
+    DisputeFileForm,
+    DisputeRequestForm,
+    RequestAcceptForm,
+    RequestDeclineForm,
+    as_sentence,
+)
+from verification.models import Dispute, DisputeRequest, Verdict
 
 # The states after which a dispute's page stops polling for progress.
 SETTLED = frozenset({Dispute.State.DECIDED, Dispute.State.PUBLISHED, Dispute.State.FAILED, Dispute.State.WITHDRAWN})
@@ -48,19 +55,29 @@ REPORT_CSP = (
 # --- access -----------------------------------------------------------------------------------
 
 
-class ArbiterRequiredMixin(AccessMixin):
-    """Anonymous visitors go to the login page; signed-in users without the arbiter role get a 403."""
+class RoleRequiredMixin(AccessMixin):
+    """Anonymous visitors go to the login page; signed-in users without the view's role get a 403."""
+
+    role: Role
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not request.user.is_authenticated:
             return self.handle_no_permission()
-        if not user_has_role(request.user, Role.ARBITER):
-            raise PermissionDenied("this page needs the arbiter role")
+        if not user_has_role(request.user, self.role):
+            raise PermissionDenied(f"this page needs the {self.role} role")
         response: HttpResponseBase = super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
         return response
 
 
-def _arbiter(request: HttpRequest) -> AbstractBaseUser:
+class ArbiterRequiredMixin(RoleRequiredMixin):
+    role = Role.ARBITER
+
+
+class OwnerRequiredMixin(RoleRequiredMixin):
+    role = Role.OWNER
+
+
+def _user(request: HttpRequest) -> AbstractBaseUser:
     user = request.user
     if not isinstance(user, AbstractBaseUser):  # the mixin let only signed-in users through
         raise PermissionDenied("sign in first")
@@ -70,7 +87,7 @@ def _arbiter(request: HttpRequest) -> AbstractBaseUser:
 def _held_dispute(request: HttpRequest, dispute_id: uuid.UUID) -> Dispute:
     """One of the caller's disputes; another arbiter's is a 404, as in the API."""
     try:
-        return selectors.dispute_get(arbiter=_arbiter(request), public_id=dispute_id)
+        return selectors.dispute_get(arbiter=_user(request), public_id=dispute_id)
     except DisputeNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
@@ -211,7 +228,7 @@ class DisputeListView(ArbiterRequiredMixin, View):
     """The arbiter's disputes, newest first."""
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        disputes = selectors.dispute_list(arbiter=_arbiter(request)).select_related(
+        disputes = selectors.dispute_list(arbiter=_user(request)).select_related(
             "suspect_registration", "claimant_model__owner"
         )
         rows = []
@@ -226,7 +243,12 @@ class DisputeListView(ArbiterRequiredMixin, View):
                     "outcome_tone": OUTCOME_TONE.get(verdict.outcome, "neutral") if verdict else "",
                 }
             )
-        return render(request, "verification/dispute_list.html", {"rows": rows})
+        inbox = _request_rows(
+            selectors.dispute_request_inbox(arbiter=_user(request))
+            .filter(state=DisputeRequest.State.OPEN)
+            .select_related("suspect_registration", "claimant_model__owner")
+        )
+        return render(request, "verification/dispute_list.html", {"rows": rows, "inbox": inbox})
 
 
 class DisputeFileView(ArbiterRequiredMixin, View):
@@ -246,7 +268,7 @@ class DisputeFileView(ArbiterRequiredMixin, View):
         form = DisputeFileForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                dispute = services.dispute_file(arbiter=_arbiter(request), **form.service_kwargs())
+                dispute = services.dispute_file(arbiter=_user(request), **form.service_kwargs())
             except (DisputeError, RegistryError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:
@@ -326,6 +348,171 @@ class DisputeRetryView(_DisputeActionView):
     def act(self, request: HttpRequest, dispute: Dispute) -> str:
         services.dispute_queue(dispute=dispute)
         return "Queued again for a new verification run."
+
+
+# --- dispute requests: the owner's side and the arbiter's ------------------------------------------------
+
+
+REQUEST_TONE = {"open": "info", "accepted": "good", "declined": "bad", "withdrawn": "neutral"}
+
+
+def _request_suspect_label(found: DisputeRequest) -> str:
+    if found.suspect_kind == Dispute.SuspectKind.REGISTERED and found.suspect_registration is not None:
+        return found.suspect_registration.name
+    if found.suspect_kind == Dispute.SuspectKind.ENDPOINT:
+        return found.suspect_url
+    return PurePosixPath(found.suspect_artifact.name or "").name or "uploaded file"
+
+
+def _request_rows(requests: Any) -> list[dict[str, Any]]:
+    rows = []
+    for found in requests:
+        dispute = found.dispute
+        verdict = _verdict_of(dispute) if dispute is not None else None
+        published = verdict if verdict is not None and verdict.published_at is not None else None
+        rows.append(
+            {
+                "req": found,
+                "suspect": _request_suspect_label(found),
+                "methods": [m.replace("_", " ") for m in found.methods],
+                "tone": REQUEST_TONE.get(found.state, "neutral"),
+                "dispute": dispute,
+                "dispute_tone": STATE_TONE.get(dispute.state, "neutral") if dispute is not None else "",
+                "verdict": published,
+                "outcome_tone": OUTCOME_TONE.get(published.outcome, "neutral") if published else "",
+            }
+        )
+    return rows
+
+
+class _RequestFormView(OwnerRequiredMixin, View):
+    template_name = "verification/request_new.html"
+
+    def _render(self, request: HttpRequest, form: DisputeRequestForm, status: int = 200) -> HttpResponse:
+        methods = form["methods"]
+        context = {"form": form, "method_choices": [(c, METHOD_HELP[c.data["value"]]) for c in methods.subwidgets]}
+        return render(request, self.template_name, context, status=status)
+
+
+class RequestListView(OwnerRequiredMixin, View):
+    """The owner's dispute requests and what became of them."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        found = selectors.dispute_request_list(owner=_user(request)).select_related("suspect_registration")
+        return render(request, "verification/request_list.html", {"rows": _request_rows(found)})
+
+
+class RequestNewView(_RequestFormView):
+    """Request a dispute: one of your registrations against a suspect you found."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        initial = {}
+        model = request.GET.get("model", "")
+        if model:
+            initial["claimant"] = model
+        return self._render(request, DisputeRequestForm(owner=_user(request), initial=initial))
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = DisputeRequestForm(request.POST, request.FILES, owner=_user(request))
+        if form.is_valid():
+            try:
+                made = services.dispute_request_create(owner=_user(request), **form.service_kwargs())
+            except (DisputeError, RegistryError, ValidationError) as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Requested “{made.title}”: an arbiter will accept or decline it.")
+                return redirect("owner-request", request_id=made.public_id)
+        return self._render(request, form, status=400)
+
+
+class RequestDetailView(OwnerRequiredMixin, View):
+    """One of the owner's requests: its state, the arbiter's note, the dispute's progress and published verdict."""
+
+    def get(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
+        try:
+            found = selectors.dispute_request_get(owner=_user(request), public_id=request_id)
+        except DisputeNotFoundError as exc:
+            raise Http404(str(exc)) from exc
+        [row] = _request_rows([found])
+        context = {**row, "evidence_sets": found.evidence_sets.order_by("created_at", "id")}
+        return render(request, "verification/request_detail.html", context)
+
+
+class RequestWithdrawView(OwnerRequiredMixin, View):
+    def post(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
+        try:
+            found = selectors.dispute_request_get(owner=_user(request), public_id=request_id)
+            services.dispute_request_withdraw(request=found)
+        except DisputeNotFoundError as exc:
+            raise Http404(str(exc)) from exc
+        except DisputeStateError as exc:
+            messages.error(request, as_sentence(str(exc)))
+        else:
+            messages.success(request, "Withdrawn. Arbiters no longer see this request.")
+        return redirect("owner-request", request_id=request_id)
+
+
+def _inbox_request(request: HttpRequest, request_id: uuid.UUID) -> DisputeRequest:
+    try:
+        return selectors.dispute_request_for_arbiter(arbiter=_user(request), public_id=request_id)
+    except DisputeNotFoundError as exc:
+        raise Http404(str(exc)) from exc
+
+
+class InboxRequestView(ArbiterRequiredMixin, View):
+    """An owner's request as the arbiter sees it: accept it (filing the dispute) or decline it."""
+
+    def _render(
+        self,
+        request: HttpRequest,
+        found: DisputeRequest,
+        accept: RequestAcceptForm | None = None,
+        decline: RequestDeclineForm | None = None,
+        status: int = 200,
+    ) -> HttpResponse:
+        [row] = _request_rows([found])
+        context = {
+            **row,
+            "evidence_sets": found.evidence_sets.order_by("created_at", "id"),
+            "accept_form": accept or RequestAcceptForm(initial={}),
+            "decline_form": decline or RequestDeclineForm(),
+            "is_open": found.state == DisputeRequest.State.OPEN,
+        }
+        return render(request, "verification/request_inbox.html", context, status=status)
+
+    def get(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
+        return self._render(request, _inbox_request(request, request_id))
+
+    def post(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
+        found = _inbox_request(request, request_id)
+        if request.POST.get("action") == "decline":
+            decline = RequestDeclineForm(request.POST)
+            if decline.is_valid():
+                try:
+                    services.dispute_request_decline(
+                        request=found, arbiter=_user(request), reason=decline.cleaned_data["reason"]
+                    )
+                except DisputeError as exc:
+                    decline.add_error("reason" if exc.code == "reason" else None, as_sentence(str(exc)))
+                else:
+                    messages.success(request, "Declined. The owner sees your reason.")
+                    return redirect("arbiter-disputes")
+            return self._render(request, found, decline=decline, status=400)
+        accept = RequestAcceptForm(request.POST)
+        if accept.is_valid():
+            try:
+                dispute = services.dispute_request_accept(
+                    request=found, arbiter=_user(request), note=accept.cleaned_data["note"], **accept.run_kwargs()
+                )
+            except (DisputeError, RegistryError, ValidationError) as exc:
+                field = exc.code if isinstance(exc, DisputeError) and exc.code in accept.fields else None
+                accept.add_error(
+                    field, as_sentence(str(exc) if not isinstance(exc, ValidationError) else exc.messages[0])
+                )
+            else:
+                messages.success(request, f"Accepted: “{dispute.title}” is filed and queued.")
+                return redirect("arbiter-dispute", dispute_id=dispute.public_id)
+        return self._render(request, found, accept=accept, status=400)
 
 
 # --- verdicts: public once published ----------------------------------------------------------------

@@ -16,6 +16,13 @@ urlpatterns = [
     path("disputes/<uuid:dispute_id>/publish", views.DisputePublishView.as_view(), name="arbiter-dispute-publish"),
     path("disputes/<uuid:dispute_id>/withdraw", views.DisputeWithdrawView.as_view(), name="arbiter-dispute-withdraw"),
     path("disputes/<uuid:dispute_id>/retry", views.DisputeRetryView.as_view(), name="arbiter-dispute-retry"),
+    path("disputes/requests/<uuid:request_id>", views.InboxRequestView.as_view(), name="arbiter-request"),
+    path("owner/requests/", views.RequestListView.as_view(), name="owner-requests"),
+    path("owner/requests/new", views.RequestNewView.as_view(), name="owner-request-new"),
+    path("owner/requests/<uuid:request_id>", views.RequestDetailView.as_view(), name="owner-request"),
+    path(
+        "owner/requests/<uuid:request_id>/withdraw", views.RequestWithdrawView.as_view(), name="owner-request-withdraw"
+    ),
     path("verdicts/<uuid:verdict_id>", views.VerdictPublicView.as_view(), name="public-verdict"),
     path("verdicts/<uuid:verdict_id>/report", views.VerdictReportView.as_view(), name="public-verdict-report"),
     path("verdicts/<uuid:verdict_id>/bundle.zip", views.VerdictBundleView.as_view(), name="public-verdict-bundle"),
