@@ -233,16 +233,12 @@ def _verdict_path(verdict_id: str, suffix: str = "") -> str:
     return f"/api/v1/verdicts/{urllib.parse.quote(verdict_id, safe='')}{suffix}"
 
 
-def cmd_dispute_file(args: argparse.Namespace, client: Client) -> int:
-    """File a dispute: the claimant's registration against one suspect (file, registered model or endpoint)."""
-    suspect = Path(args.suspect_file).name if args.suspect_file else args.suspect_model or args.suspect_url
-    fields = [
-        ("title", args.title or f"claim of {args.claimant} against {suspect}"[:200]),
-        ("claimant_model", args.claimant),
-        ("methods", args.methods),
-    ]
+def _suspect_form(
+    args: argparse.Namespace, optional: dict[str, Any]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, bytes]]]:
+    """The claimant, methods, evidence and the one suspect as multipart fields and files."""
+    fields = [("claimant_model", args.claimant), ("methods", args.methods)]
     fields += [("evidence_sets", evidence_id) for evidence_id in args.evidence or []]
-    optional = {"alpha": args.alpha, "query_budget": args.budget, "panel": args.panel}
     files: list[tuple[str, str, bytes]] = []
     if args.suspect_file:
         files.append(("suspect_file", Path(args.suspect_file).name, _read_bytes(args.suspect_file)))
@@ -256,7 +252,26 @@ def cmd_dispute_file(args: argparse.Namespace, client: Client) -> int:
             suspect_output=args.output,
         )
     fields += [(name, str(value)) for name, value in optional.items() if value is not None]
+    return fields, files
+
+
+def _default_title(args: argparse.Namespace) -> str:
+    suspect = Path(args.suspect_file).name if args.suspect_file else args.suspect_model or args.suspect_url
+    return args.title or f"claim of {args.claimant} against {suspect}"[:200]
+
+
+def cmd_dispute_file(args: argparse.Namespace, client: Client) -> int:
+    """File a dispute: the claimant's registration against one suspect (file, registered model or endpoint)."""
+    optional = {"title": _default_title(args), "alpha": args.alpha, "query_budget": args.budget, "panel": args.panel}
+    fields, files = _suspect_form(args, optional)
     _print_json(client.post_form("/api/v1/disputes/", fields, files))
+    return 0
+
+
+def cmd_dispute_request(args: argparse.Namespace, client: Client) -> int:
+    """Ask the arbiters to file a dispute for one of your registrations against one suspect (owner)."""
+    fields, files = _suspect_form(args, {"title": _default_title(args), "statement": args.statement})
+    _print_json(client.post_form("/api/v1/dispute-requests/", fields, files))
     return 0
 
 
@@ -365,6 +380,20 @@ def _shape(text: str) -> list[int]:
     return dims
 
 
+def _add_claim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--claimant", required=True, help="the claimant's registered model (public id)")
+    parser.add_argument("--methods", required=True, help=f"comma-separated: {', '.join(METHODS)}")
+    suspect = parser.add_mutually_exclusive_group(required=True)
+    suspect.add_argument("--suspect-file", help="the suspect's artifact (ONNX or TorchScript)")
+    suspect.add_argument("--suspect-model", help="a registered model as the suspect (public id)")
+    suspect.add_argument("--suspect-url", help="the suspect's prediction endpoint")
+    parser.add_argument("--protocol", choices=("v2", "json"), help="the endpoint's protocol (default json)")
+    parser.add_argument("--model-name", help="the model's name on the endpoint's server (v2)")
+    parser.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the endpoint returns")
+    parser.add_argument("--evidence", action="append", help="an evidence set to open (public id; repeatable)")
+    parser.add_argument("--title", help="the dispute's title")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `modelcourt`."""
     parser = argparse.ArgumentParser(prog="modelcourt", description=__doc__)
@@ -421,25 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--verdict-key", action="append", help="the service's verdict public key(s), PEM (repeatable)")
     bundle.set_defaults(handler=cmd_verify, offline=True)
 
-    dispute = commands.add_parser("dispute", help="file and follow disputes (arbiter)").add_subparsers(
-        dest="dispute_command", required=True
-    )
+    dispute = commands.add_parser(
+        "dispute", help="file and follow disputes (arbiter), or request one (owner)"
+    ).add_subparsers(dest="dispute_command", required=True)
     filing = dispute.add_parser("file", help="file a dispute against one suspect")
-    filing.add_argument("--claimant", required=True, help="the claimant's registered model (public id)")
-    filing.add_argument("--methods", required=True, help=f"comma-separated: {', '.join(METHODS)}")
-    suspect = filing.add_mutually_exclusive_group(required=True)
-    suspect.add_argument("--suspect-file", help="the suspect's artifact (ONNX or TorchScript)")
-    suspect.add_argument("--suspect-model", help="a registered model as the suspect (public id)")
-    suspect.add_argument("--suspect-url", help="the suspect's prediction endpoint")
-    filing.add_argument("--protocol", choices=("v2", "json"), help="the endpoint's protocol (default json)")
-    filing.add_argument("--model-name", help="the model's name on the endpoint's server (v2)")
-    filing.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the endpoint returns")
-    filing.add_argument("--evidence", action="append", help="an evidence set to open (public id; repeatable)")
-    filing.add_argument("--title", help="the dispute's title")
+    _add_claim_arguments(filing)
     filing.add_argument("--alpha", type=float, help="significance level (default 0.001)")
     filing.add_argument("--budget", type=int, help="the most queries the suspect may be sent")
     filing.add_argument("--panel", help="reference panel (default digits)")
     filing.set_defaults(handler=cmd_dispute_file)
+    asking = dispute.add_parser("request", help="ask the arbiters to file a dispute for your model (owner)")
+    _add_claim_arguments(asking)
+    asking.add_argument("--statement", help="why you suspect this model, for the arbiter")
+    asking.set_defaults(handler=cmd_dispute_request)
     status = dispute.add_parser("status", help="a dispute's state, progress and phase")
     status.add_argument("dispute_id")
     status.add_argument(

@@ -179,3 +179,34 @@ def test_an_owner_cannot_file_disputes(live_server: Any, owner, capsys: pytest.C
     role_grant(user=owner, role=Role.ARBITER)  # and the role is all it takes
     assert main(["--url", live_server.url, "--token", token, "dispute", "status", "x"]) == 1
     assert capsys.readouterr().err.startswith("error (404)")
+
+
+def test_an_owner_requests_a_dispute_through_the_cli(
+    live_server: Any, owner, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from ownership.models import RegisteredModel
+    from verification.models import DisputeRequest
+
+    model = RegisteredModel.objects.create(
+        owner=owner, name="digits", input_shape=[64], num_classes=10, artifact_format="torchscript",
+        artifact_size=1, model_digest="ab" * 32, file_digests={}, created_at=timezone.now(),
+    )  # fmt: skip
+    ownership_services.evidence_generate(model=model, count=10)
+    owner_cli = ["--url", live_server.url, "--token", Token.objects.create(user=owner).key]
+
+    status = main([*owner_cli, "dispute", "request", "--claimant", str(model.public_id), "--methods", "watermark",
+                   "--suspect-url", "https://models.example.org/predict",
+                   "--statement", "seen on a marketplace"])  # fmt: skip
+
+    assert status == 0
+    made = json.loads(capsys.readouterr().out)
+    assert (made["state"], made["statement"]) == ("open", "seen on a marketplace")
+    assert made["suspect"]["url"] == "https://models.example.org/predict"
+    assert DisputeRequest.objects.get().public_id.hex == made["id"].replace("-", "")
+
+    status = main([*owner_cli, "dispute", "request", "--claimant", str(model.public_id), "--methods", "fingerprint",
+                   "--suspect-url", "https://models.example.org/predict"])  # fmt: skip
+    assert status == 1
+    assert capsys.readouterr().err.startswith("error (400): the claimant's registration has no fingerprint evidence")
