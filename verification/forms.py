@@ -12,7 +12,7 @@ from django.template.defaultfilters import filesizeformat
 
 from ownership.exceptions import RegistryError
 from ownership.models import RegisteredModel
-from verification import reference
+from verification import reference, selectors
 from verification.exceptions import DisputeError
 from verification.models import Dispute
 
@@ -76,10 +76,6 @@ class RegistrationChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
         return model
 
 
-def _registrations() -> Any:
-    return RegisteredModel.objects.select_related("owner").order_by("name", "created_at", "id")
-
-
 def _panel_choices() -> list[tuple[str, str]]:
     return [(name, f"{name} — {description}") for name, description in reference.panel_list().items()]
 
@@ -96,7 +92,7 @@ class SuspectForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ".onnx,.pt,.pth,.ts,.torchscript"}),
     )
     suspect_registration = RegistrationChoiceField(
-        queryset=_registrations(),
+        queryset=selectors.registration_list(),
         to_field_name="public_id",
         required=False,
         label="Suspect registration",
@@ -212,7 +208,7 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
         widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. digits-mlp vs. acme-classifier"}),
     )
     claimant = RegistrationChoiceField(
-        queryset=_registrations(),
+        queryset=selectors.registration_list(),
         to_field_name="public_id",
         label="Claimant registration",
         empty_label="Choose the claimant's registered model…",
@@ -260,7 +256,7 @@ class DisputeRequestForm(SuspectForm):
         super().__init__(*args, **kwargs)
         claimant = self.fields["claimant"]
         assert isinstance(claimant, RegistrationChoiceField)  # noqa: S101 (declared just above)
-        claimant.queryset = RegisteredModel.objects.filter(owner=owner).order_by("name", "created_at", "id")
+        claimant.queryset = selectors.registration_list(owner=owner)
 
     def service_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `services.dispute_request_create` (without the owner)."""

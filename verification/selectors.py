@@ -27,6 +27,12 @@ def dispute_get(*, arbiter: AbstractBaseUser, public_id: uuid.UUID | str) -> Dis
     return dispute
 
 
+def registration_list(*, owner: AbstractBaseUser | None = None) -> QuerySet[RegisteredModel]:
+    """Registered models by name (an owner's own when ``owner`` is given): claimants and registered suspects."""
+    models = RegisteredModel.objects.select_related("owner").order_by("name", "created_at", "id")
+    return models.filter(owner=owner) if owner is not None else models
+
+
 def registration_get(*, public_id: uuid.UUID | str) -> RegisteredModel:
     """Any registered model, by public id: arbiters name claimants and registered suspects this way."""
     model = RegisteredModel.objects.filter(public_id=public_id).first()
