@@ -14,7 +14,13 @@ from ownership.escrow import EscrowError
 from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError, UploadTooLargeError
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.keys import KeyConfigurationError
-from verification.exceptions import DisputeError, DisputeNotFoundError, DisputeStateError
+from verification.exceptions import (
+    DisputeError,
+    DisputeNotFoundError,
+    DisputeStateError,
+    StressTestError,
+    StressTestNotFoundError,
+)
 
 # Order matters: subclasses before their bases.
 logger = logging.getLogger(__name__)
@@ -26,6 +32,8 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     DisputeStateError: status.HTTP_409_CONFLICT,
     DisputeError: status.HTTP_400_BAD_REQUEST,
     DisputeNotFoundError: status.HTTP_404_NOT_FOUND,
+    StressTestError: status.HTTP_400_BAD_REQUEST,
+    StressTestNotFoundError: status.HTTP_404_NOT_FOUND,
     RegistryNotFoundError: status.HTTP_404_NOT_FOUND,
     EscrowError: status.HTTP_503_SERVICE_UNAVAILABLE,
     LogRangeError: status.HTTP_400_BAD_REQUEST,

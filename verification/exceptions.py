@@ -26,3 +26,20 @@ class DisputeNotFoundError(LookupError):
 
 class RunFailed(Exception):  # noqa: N818 (the run's end state, with the reason shown to the arbiter)
     """A verification run that cannot reach a verdict: the reason is for people."""
+
+
+class StressTestError(ValueError):
+    """A stress-test request the owner can correct (a model, evidence set, theft or panel that does not fit)."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class StressTestNotFoundError(LookupError):
+    """No such stress test among the caller's."""
+
+    code = "not_found"

@@ -5,7 +5,7 @@ Ids are matched as strings and parsed in the views, so that a malformed one is a
 
 from django.urls import path
 
-from verification import api
+from verification import api, stress_api
 
 urlpatterns = [
     path("panels/", api.PanelListApi.as_view(), name="panel-list"),
@@ -30,6 +30,8 @@ urlpatterns = [
         api.DisputeRequestDeclineApi.as_view(),
         name="dispute-request-decline",
     ),
+    path("stress-tests/", stress_api.StressTestListApi.as_view(), name="stress-test-list"),
+    path("stress-tests/<str:stress_test_id>", stress_api.StressTestDetailApi.as_view(), name="stress-test-detail"),
     path("verdicts/<str:verdict_id>", api.VerdictDetailApi.as_view(), name="verdict-detail"),
     path("verdicts/<str:verdict_id>/bundle", api.VerdictBundleApi.as_view(), name="verdict-bundle"),
 ]

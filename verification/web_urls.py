@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from verification import views
+from verification import stress_views, views
 
 urlpatterns = [
     path("disputes/", views.DisputeListView.as_view(), name="arbiter-disputes"),
@@ -22,6 +22,18 @@ urlpatterns = [
     path("owner/requests/<uuid:request_id>", views.RequestDetailView.as_view(), name="owner-request"),
     path(
         "owner/requests/<uuid:request_id>/withdraw", views.RequestWithdrawView.as_view(), name="owner-request-withdraw"
+    ),
+    path("owner/stress-tests/", stress_views.StressTestListView.as_view(), name="owner-stress-tests"),
+    path("owner/stress-tests/new", stress_views.StressTestNewView.as_view(), name="owner-stress-test-new"),
+    path(
+        "owner/stress-tests/<uuid:stress_test_id>",
+        stress_views.StressTestDetailView.as_view(),
+        name="owner-stress-test",
+    ),
+    path(
+        "owner/stress-tests/<uuid:stress_test_id>/progress.json",
+        stress_views.StressTestProgressView.as_view(),
+        name="owner-stress-test-progress",
     ),
     path("verdicts/<uuid:verdict_id>", views.VerdictPublicView.as_view(), name="public-verdict"),
     path("verdicts/<uuid:verdict_id>/report", views.VerdictReportView.as_view(), name="public-verdict-report"),
