@@ -1,0 +1,89 @@
+"""An owner's stress test, in headless Chromium against a live server: start it from the model's page, watch it
+run, read which evidence survives which theft. The test thread runs the queued stress test as a worker would.
+Screenshots go where the arbiter flow's go ($MODELCOURT_SCREENSHOTS).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ownership import services as ownership_services
+from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
+from verification import stress, tasks
+
+from .test_arbiter_flow import PASSWORD, UUID, _assert_fits, browser, data_dir, digits_models, panel_root, shots
+
+pytestmark = pytest.mark.browser
+__all__ = ["browser", "data_dir", "digits_models", "panel_root", "shots"]  # fixtures, used by name
+
+
+def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
+    live_server: Any,
+    browser: Any,
+    shots: Path,
+    owner: Any,
+    digits_models: Models,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = ownership_services.model_register(
+        owner=owner,
+        name="digits-mlp",
+        task="handwritten digits, 8x8",
+        input_shape=[64],
+        num_classes=10,
+        artifact=upload("digits-mlp.pt", digits_models.base),
+    )
+    _, arrays = ownership_services.evidence_generate(model=model, count=40)
+    marked, _ = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
+    # the owner embeds the committed triggers and re-uploads: here the registered file is swapped for the marked one
+    with model.artifact.open("wb") as handle:
+        handle.write(marked)
+    queued: list[int] = []
+    monkeypatch.setattr(tasks, "stress_test_task", type("Caught", (), {"delay": staticmethod(queued.append)}))
+    url = live_server.url
+    taken: list[Path] = []
+
+    def shot(page: Any, name: str) -> None:
+        path = shots / f"stress-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        taken.append(path)
+
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{url}/accounts/login/")
+    page.fill("#id_username", owner.get_username())
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/")
+    page.goto(f"{url}/owner/models/{model.public_id}")
+    page.click("text=Stress-test this model's evidence")
+    page.wait_for_url(re.compile(rf"{re.escape(url)}/owner/stress-tests/new\?model={UUID}$"))
+    page.select_option("#id_panel", PANEL)
+    for theft in ("distill", "extract"):  # the quick ones stay: copy, fine-tuning, pruning
+        page.uncheck(f"input[name=thefts][value={theft}]")
+    shot(page, "01-form")
+    page.click("#stress-form button[type=submit]")
+    page.wait_for_url(re.compile(rf"{re.escape(url)}/owner/stress-tests/{UUID}$"))
+    assert page.locator("#dispute-state").inner_text() == "Queued"
+    assert len(queued) == 1
+
+    done = stress.stress_test_execute(stress_test_id=queued[0])
+    assert done is not None
+    assert done.state == "done", done.failure_reason
+
+    page.wait_for_selector("#stress-table")
+    table = page.locator("#stress-table").inner_text()
+    assert "survives" in table
+    assert "not confirmed" in table  # the independent control
+    shot(page, "02-results")
+    page.set_viewport_size({"width": 390, "height": 844})
+    _assert_fits(page, "the stress-test page")
+    shot(page, "03-results-phone")
+    context.close()
+    print("\nscreenshots:\n" + "\n".join(f"  {path}" for path in taken))
