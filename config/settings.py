@@ -202,6 +202,8 @@ REST_FRAMEWORK = {
         "user": os.environ.get("MODELCOURT_THROTTLE_USER", "1200/min"),
         "tsa": os.environ.get("MODELCOURT_THROTTLE_TSA", "600/min"),
         "login": os.environ.get("MODELCOURT_THROTTLE_LOGIN", "20/min"),
+        # bundle downloads, the API's and the web page's together, per client
+        "verdict-bundle": os.environ.get("MODELCOURT_THROTTLE_BUNDLE", "60/min"),
     },
     # 0: throttles key on the peer address and ignore a client's X-Forwarded-For; behind N trusted
     # proxies set MODELCOURT_NUM_PROXIES=N.
@@ -235,6 +237,11 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": int(os.environ.get("MODELCOURT_VISIBILITY_TIMEOUT", str(6 * 3600)))
     }
+
+# --- verification runs and stress tests (each in a sandbox child) ---------------
+MODELCOURT_RUN_TIMEOUT_S = float(os.environ.get("MODELCOURT_RUN_TIMEOUT_S", "1800"))
+MODELCOURT_STRESS_TIMEOUT_S = float(os.environ.get("MODELCOURT_STRESS_TIMEOUT_S", "3600"))
+MODELCOURT_RUN_MEMORY_BYTES = int(os.environ.get("MODELCOURT_RUN_MEMORY_BYTES", str(6 << 30)))
 
 # --- uploads ---------------------------------------------------------------
 MODELCOURT_MAX_ARTIFACT_BYTES = int(os.environ.get("MODELCOURT_MAX_ARTIFACT_BYTES", str(256 * 1024 * 1024)))

@@ -1,6 +1,6 @@
 """Verdict bundles: build them (pure, for the server) and verify them offline (for anyone; no Django, no network).
 
-A bundle (format `modelcourt-verdict-bundle-v1`) is a zip archive. Entries are regular files with plain
+A bundle (format `modelcourt-verdict-bundle-v2`) is a zip archive. Entries are regular files with plain
 ASCII names, sorted, dated 1980-01-01, so the same parts always give the same bytes:
 
     envelope.json            DSSE envelope (JSON, sorted keys, two-space indent, final newline); payloadType
@@ -14,12 +14,17 @@ ASCII names, sorted, dated 1980-01-01, so the same parts always give the same by
                              "tree_size", "inclusion_proof" (base64 RFC 9162 hashes, nearest the leaf first),
                              "checkpoint" (C2SP signed note)}; the field names of a receipt's "log" object.
                              The log entry is the token's DER bytes: leaf hash SHA-256(0x00 || token).
+    consistency.json         {"proofs": {<commitment>: {"first", "second", "hashes"}}}: for each receipt, the
+                             RFC 9162 consistency proof (base64 hashes) from the tree size of the receipt's
+                             checkpoint (first) to log.json's tree_size (second), as GET /api/v1/log/proof/
+                             consistency answers it: the log the verdict sits in extends the log each piece of
+                             evidence was committed in (no fork, no rewrite between them).
     keys/verdict.pem         the verdict public keys, each as "# keyid: <hex>" then its PEM SubjectPublicKeyInfo.
     keys/tsa-chain.pem       TSA certificate(s) and CA certificate(s) (PEM), for the verdict token and receipts.
     keys/log.vkey            the log's C2SP/sumdb note verifier key (name+id+base64), one line.
     receipts/<commitment>.json   the public receipt of each claimant commitment (as receipt_build makes it).
     report.html, plots/*.png, ... attachments for people.
-    manifest.json            {"format": "modelcourt-verdict-bundle-v1", "files": {name: sha256 hex}} over
+    manifest.json            {"format": "modelcourt-verdict-bundle-v2", "files": {name: sha256 hex}} over
                              every other entry; an index for `sha256sum -c`, trusted by nothing.
 
 The statement's subjects are the suspect's digest (name "suspect") and each claimant model's digest (name
@@ -31,10 +36,15 @@ The statement's subjects are the suspect's digest (name "suspect") and each clai
     claims        [{"commitment", "model_digest", "kind"}, ...]: the claimant commitments judged
     panel         {"hash": text, "size": integer}: the reference panel
     code_version  text               decided_at  RFC 3339 time with an offset
-    attachments   {name: sha256 hex} for every entry but envelope.json, verdict-token.der, log.json and
-                  manifest.json, which are made after the signature: keys and receipts are signed this way too.
+    attachments   {name: sha256 hex} for every entry but envelope.json, verdict-token.der, log.json,
+                  consistency.json and manifest.json, which are made after the signature (the checkpoint
+                  and proofs follow the log): keys and receipts are signed this way too.
 
-The receipts are built when the bundle is, so their checkpoints are signed by the log key in keys/log.vkey.
+The receipts are built when the verdict is, so their checkpoints are signed by the log key in keys/log.vkey.
+
+Format v1 is v2 without consistency.json. Such bundles still verify, with a warning check "log consistency"
+saying that nothing in them shows the receipts' checkpoints and the verdict's checkpoint to be of one log;
+downloading the bundle again gives a v2 one.
 """
 
 import base64
@@ -64,6 +74,7 @@ from timestamps import dsse, merkle, note, rfc3161
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "BUNDLE_FORMATS",
     "BundleError",
     "Check",
     "all_ok",
@@ -74,18 +85,23 @@ __all__ = [
     "verify_bundle",
 ]
 
-BUNDLE_FORMAT = "modelcourt-verdict-bundle-v1"
+BUNDLE_FORMAT_V1 = "modelcourt-verdict-bundle-v1"
+BUNDLE_FORMAT = "modelcourt-verdict-bundle-v2"
+BUNDLE_FORMATS = (BUNDLE_FORMAT_V1, BUNDLE_FORMAT)
 ENVELOPE = "envelope.json"
 STAMP = "verdict-token.der"
 LOG = "log.json"
+CONSISTENCY = "consistency.json"
 MANIFEST = "manifest.json"
 VERDICT_KEYS = "keys/verdict.pem"
 TSA_CHAIN = "keys/tsa-chain.pem"
 LOG_KEY = "keys/log.vkey"
 RECEIPTS = "receipts/"
 # Made once the envelope is signed, so the predicate cannot list them; every other entry it must.
-UNSIGNED = frozenset({ENVELOPE, STAMP, LOG, MANIFEST})
+UNSIGNED = frozenset({ENVELOPE, STAMP, LOG, CONSISTENCY, MANIFEST})
 LOG_FIELDS = ("origin", "index", "tree_size", "inclusion_proof", "checkpoint")
+PROOF_FIELDS = ("first", "second", "hashes")
+MAX_PROOF_HASHES = 64
 OUTCOMES = ("ownership_confirmed", "not_confirmed", "claim_rejected", "inconclusive")
 CLAIM_KINDS = ("watermark", "fingerprint", "dataset")
 
@@ -199,11 +215,13 @@ def build_bundle(
     log_vkey: str,
     receipts: Sequence[Mapping[str, Any]],
     attachments: Mapping[str, bytes],
+    consistency_proofs: Mapping[str, Sequence[str]],
 ) -> bytes:
     """The bundle's zip bytes; the same parts give the same bytes.
 
-    The parts are those `bundle_files` took to make the predicate's attachments; a mismatch is refused here
-    rather than published as a bundle that fails verification.
+    The parts are those `bundle_files` took to make the predicate's attachments; `consistency_proofs` holds,
+    per receipt's commitment, the base64 hashes of the consistency proof from its checkpoint's tree size to
+    `log["tree_size"]`. A mismatch is refused here rather than published as a bundle that fails verification.
     """
     files = bundle_files(
         verdict_keys=verdict_keys,
@@ -222,7 +240,14 @@ def build_bundle(
         raise BundleError(f"the envelope does not carry a verdict statement: {exc}") from exc
     if signed != attachment_digests(files):
         raise BundleError("the predicate's attachments are not these keys, receipts and attachments")
-    members = {**files, ENVELOPE: bytes(envelope_json), STAMP: bytes(token_der), LOG: json_file(dict(log))}
+    consistency = consistency_file(log=log, receipts=receipts, proofs=consistency_proofs, log_vkey=log_vkey)
+    members = {
+        **files,
+        ENVELOPE: bytes(envelope_json),
+        STAMP: bytes(token_der),
+        LOG: json_file(dict(log)),
+        CONSISTENCY: json_file(consistency),
+    }
     members[MANIFEST] = json_file({"format": BUNDLE_FORMAT, "files": attachment_digests(members)})
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -235,6 +260,45 @@ def build_bundle(
     return buffer.getvalue()
 
 
+def consistency_file(
+    *,
+    log: Mapping[str, Any],
+    receipts: Sequence[Mapping[str, Any]],
+    proofs: Mapping[str, Sequence[str]],
+    log_vkey: str,
+) -> dict[str, Any]:
+    """consistency.json: each receipt's proof to the bundle's checkpoint, checked before it is published."""
+    commitments = [receipt.get("commitment") for receipt in receipts]
+    if set(proofs) != set(commitments):
+        raise BundleError("the consistency proofs are not one per receipt")
+    entries = {}
+    try:
+        second = _checkpoint_of(log, log_vkey)
+        for receipt in receipts:
+            commitment = str(receipt["commitment"])
+            first = _checkpoint_of(receipt["log"], log_vkey)
+            hashes = [str(h) for h in proofs[commitment]]
+            proof = [base64.b64decode(h, validate=True) for h in hashes]
+            extends = first.origin == second.origin and merkle.verify_consistency(
+                first.size, second.size, first.root_hash, second.root_hash, proof
+            )
+            if not extends:
+                raise BundleError(f"the log at {second.size} does not extend the checkpoint of {commitment[:16]}")
+            entries[commitment] = {"first": first.size, "second": second.size, "hashes": hashes}
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"the consistency proofs do not fit the checkpoints: {exc}") from exc
+    return {"proofs": entries}
+
+
+def _checkpoint_of(log: Mapping[str, Any], log_vkey: str) -> note.Checkpoint:
+    checkpoint = note.parse_checkpoint(note.open_note(log["checkpoint"], [log_vkey]))
+    if checkpoint.size != log["tree_size"]:
+        raise BundleError(f"a checkpoint of size {checkpoint.size} is given as tree_size {log['tree_size']!r}")
+    return checkpoint
+
+
 # --- verifying ------------------------------------------------------------------------------
 
 
@@ -243,6 +307,7 @@ class _State:
     """What earlier checks established, for the later ones."""
 
     files: dict[str, bytes]
+    format: str | None = None
     payload: bytes | None = None
     predicate: Mapping[str, Any] | None = None
     roots: list[x509.Certificate] = field(default_factory=list)
@@ -250,6 +315,7 @@ class _State:
     log_vkey: str | None = None
     log: Mapping[str, Any] | None = None
     checkpoint: note.Checkpoint | None = None
+    consistency: Mapping[str, Any] | None = None
 
 
 def verify_bundle(
@@ -270,7 +336,7 @@ def verify_bundle(
     if not archive.ok:
         return [archive]
     state = _State(files=files)
-    checks = [archive, _attempt("manifest", lambda: _check_manifest(files))]
+    checks = [archive, _attempt("manifest", lambda: _check_manifest(files, state))]
 
     keys, anchors = _verdict_anchors(verdict_keys, files)
     checks.append(anchors)
@@ -291,9 +357,15 @@ def verify_bundle(
 
     receipts: dict[str, Any] = {}
     checks.append(_attempt("claims", lambda: _check_claims(state, receipts)))
-    for name in sorted(n for n in files if n.startswith(RECEIPTS)):
+    receipt_names = sorted(n for n in files if n.startswith(RECEIPTS))
+    for name in receipt_names:
         label = f"receipt {name[len(RECEIPTS) : len(RECEIPTS) + 16]}"
         checks.append(_attempt(label, functools.partial(_check_receipt, name, state)))
+    checks.append(_consistency_checks(state))
+    if state.consistency is not None:
+        for name in receipt_names:
+            label = f"log consistency {name[len(RECEIPTS) : len(RECEIPTS) + 16]}"
+            checks.append(_attempt(label, functools.partial(_check_consistency, name, state)))
     checks.append(_attempt("timeline", lambda: _check_timeline(token, state, receipts)))
     return checks
 
@@ -383,14 +455,14 @@ def _check_entries(raw: bytes, infos: Sequence[zipfile.ZipInfo], central_directo
         raise _CheckError("something lies between the last entry and the central directory")
 
 
-def _check_manifest(files: Mapping[str, bytes]) -> str:
+def _check_manifest(files: Mapping[str, bytes], state: _State) -> str:
     if MANIFEST not in files:
         raise _CheckError(f"the bundle has no {MANIFEST}")
     manifest = _strict_json(files[MANIFEST], MANIFEST)
     if not isinstance(manifest, dict) or set(manifest) != {"format", "files"}:
         raise _CheckError(f"{MANIFEST} is an object with exactly format and files")
-    if manifest["format"] != BUNDLE_FORMAT:
-        raise _CheckError(f"format is {manifest['format']!r}, not {BUNDLE_FORMAT!r}")
+    if manifest["format"] not in BUNDLE_FORMATS:
+        raise _CheckError(f"format is {manifest['format']!r}, not one of {', '.join(BUNDLE_FORMATS)}")
     expected = attachment_digests({name: data for name, data in files.items() if name != MANIFEST})
     if manifest["files"] != expected:
         listed = manifest["files"] if isinstance(manifest["files"], dict) else {}
@@ -399,7 +471,8 @@ def _check_manifest(files: Mapping[str, bytes]) -> str:
         )
         raise _CheckError(f"{MANIFEST} does not match the entries: {', '.join(wrong) or 'files is not an object'}")
     _require_canonical(files[MANIFEST], manifest, MANIFEST)
-    return f"{BUNDLE_FORMAT}, {len(expected)} files listed"
+    state.format = manifest["format"]
+    return f"{manifest['format']}, {len(expected)} files listed"
 
 
 # --- the envelope and the statement ---------------------------------------------------------
@@ -699,6 +772,78 @@ def _check_inclusion(token: bytes | None, state: _State) -> str:
     if not merkle.verify_inclusion(index, size, merkle.leaf_hash(token), proof, state.checkpoint.root_hash):
         raise _CheckError(f"the verdict token is not entry {index} of the checkpointed log")
     return f"the verdict token is entry {index} of {size}"
+
+
+# --- log consistency ------------------------------------------------------------------------
+
+
+def _consistency_checks(state: _State) -> Check:
+    """consistency.json as a whole: present in a v2 bundle (absent from v1), one proof per receipt."""
+    name = "log consistency"
+    present = CONSISTENCY in state.files
+    if state.format == BUNDLE_FORMAT_V1 and not present:
+        detail = (
+            f"absent: a {BUNDLE_FORMAT_V1} bundle carries no consistency proofs, so nothing shows that the "
+            "receipts' checkpoints and the verdict's are of one log; download the bundle again for a v2 one"
+        )
+        return Check(name, True, detail, warning=True)
+    return _attempt(name, lambda: _check_consistency_file(state))
+
+
+def _check_consistency_file(state: _State) -> str:
+    if state.format not in (None, BUNDLE_FORMAT):
+        raise _CheckError(f"{CONSISTENCY} belongs to {BUNDLE_FORMAT} bundles, this one is {state.format!r}")
+    if CONSISTENCY not in state.files:
+        raise _CheckError(f"the bundle has no {CONSISTENCY}")
+    document = _strict_json(state.files[CONSISTENCY], CONSISTENCY)
+    if not isinstance(document, dict) or set(document) != {"proofs"} or not isinstance(document["proofs"], dict):
+        raise _CheckError(f"{CONSISTENCY} is an object with exactly proofs, an object")
+    _require_canonical(state.files[CONSISTENCY], document, CONSISTENCY)
+    proofs: dict[str, Any] = document["proofs"]
+    receipts = {name[len(RECEIPTS) : -len(".json")] for name in state.files if _RECEIPT_NAME.fullmatch(name)}
+    problems = [f"no consistency proof for the receipt of {c[:16]}" for c in sorted(receipts - set(proofs))]
+    problems += [f"a consistency proof for {c[:16]}, which has no receipt" for c in sorted(set(proofs) - receipts)]
+    if problems:
+        raise _CheckError("; ".join(problems))
+    state.consistency = proofs
+    return f"{len(proofs)} proof(s), one per receipt"
+
+
+def _check_consistency(name: str, state: _State) -> str:
+    """The receipt's checkpoint is a prefix of the bundle's checkpoint: same log, nothing rewritten."""
+    commitment = name[len(RECEIPTS) : -len(".json")]
+    if state.consistency is None or state.checkpoint is None or state.log_vkey is None:
+        raise _CheckError("no verified checkpoint")
+    entry = state.consistency.get(commitment)
+    if not isinstance(entry, dict) or set(entry) != set(PROOF_FIELDS):
+        raise _CheckError(f"the proof of {commitment[:16]} is an object with exactly {', '.join(PROOF_FIELDS)}")
+    receipt = _strict_json(state.files[name], name)
+    log = receipt.get("log") if isinstance(receipt, dict) else None
+    if not isinstance(log, dict) or not isinstance(log.get("checkpoint"), str):
+        raise _CheckError(f"{name} has no log checkpoint")
+    older = note.parse_checkpoint(note.open_note(log["checkpoint"], [state.log_vkey]))
+    newer = state.checkpoint
+    if older.origin != newer.origin:
+        raise _CheckError(f"the receipt's checkpoint is of log {older.origin!r}, the verdict's of {newer.origin!r}")
+    first, second, hashes = entry["first"], entry["second"], entry["hashes"]
+    if first != older.size or second != newer.size:
+        raise _CheckError(
+            f"the proof runs from {first!r} to {second!r}, the checkpoints are at {older.size} and {newer.size}"
+        )
+    if not 0 < older.size <= newer.size:
+        raise _CheckError(f"no proof runs from a checkpoint at {older.size} to one at {newer.size}")
+    if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes) or len(hashes) > MAX_PROOF_HASHES:
+        raise _CheckError("the consistency proof is not a list of base64 hashes")
+    try:
+        proof = [base64.b64decode(h, validate=True) for h in hashes]
+    except (binascii.Error, ValueError):
+        raise _CheckError("the consistency proof is not a list of base64 hashes") from None
+    if not merkle.verify_consistency(older.size, newer.size, older.root_hash, newer.root_hash, proof):
+        raise _CheckError(
+            f"the log at size {newer.size} does not extend the receipt's checkpoint at size {older.size}: "
+            "a fork or a rewrite"
+        )
+    return f"the log at size {newer.size} extends the receipt's checkpoint at size {older.size}"
 
 
 # --- the claims -----------------------------------------------------------------------------

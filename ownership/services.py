@@ -207,14 +207,13 @@ def escrow_rotate() -> int:
 
 
 def receipt_build(*, evidence_set: EvidenceSet) -> dict[str, Any]:
-    """The public receipt of a commitment: token, log index, inclusion proof and a signed checkpoint."""
+    """The public receipt of a commitment: token, log index, inclusion proof and the latest signed checkpoint."""
     from timestamps import keys as timestamp_keys
     from timestamps import selectors as timestamp_selectors
 
     token = evidence_set.timestamp_token
-    checkpoint = timestamp_services.checkpoint_publish()
     index = token.log_entry_id
-    proof = timestamp_selectors.log_inclusion_proof(index=index, size=checkpoint.size)
+    checkpoint = timestamp_services.checkpoint_covering(size=index + 1)
     certificates = [token.key.certificate_pem] + [
         record.certificate_pem for record in timestamp_selectors.signing_key_list().filter(purpose="tsa-ca")
     ]
@@ -232,11 +231,7 @@ def receipt_build(*, evidence_set: EvidenceSet) -> dict[str, Any]:
             "tsa_certificates_pem": certificates,
         },
         "log": {
-            "origin": settings.MODELCOURT_LOG_ORIGIN,
-            "index": index,
-            "tree_size": checkpoint.size,
-            "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
-            "checkpoint": checkpoint.note,
+            **timestamp_selectors.log_proof_get(index=index, checkpoint=checkpoint),
             "verifier_key": timestamp_keys.log_verifier_key(checkpoint.key),
         },
     }

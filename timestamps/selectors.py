@@ -1,7 +1,10 @@
 """Reads of the trust layer: log entries, proofs, checkpoints, public keys."""
 
+import base64
 from collections.abc import Sequence
+from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from timestamps import merkle
@@ -72,6 +75,28 @@ def checkpoint_get(*, size: int) -> Checkpoint:
     if checkpoint is None:
         raise LogNotFoundError(f"no checkpoint was signed at size {size}")
     return checkpoint
+
+
+def checkpoint_latest(*, size: int = 0) -> Checkpoint | None:
+    """The largest checkpoint of at least `size` entries signed by the current log key, if there is one."""
+    return (
+        Checkpoint.objects.select_related("key")
+        .filter(size__gte=size, key__purpose=SigningKey.Purpose.LOG, key__status=SigningKey.Status.CURRENT)
+        .order_by("-size", "-created_at")
+        .first()
+    )
+
+
+def log_proof_get(*, index: int, checkpoint: Checkpoint) -> dict[str, Any]:
+    """Where entry `index` sits under `checkpoint`: the `log` object of receipts and verdict bundles."""
+    proof = log_inclusion_proof(index=index, size=checkpoint.size)
+    return {
+        "origin": settings.MODELCOURT_LOG_ORIGIN,
+        "index": index,
+        "tree_size": checkpoint.size,
+        "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+        "checkpoint": checkpoint.note,
+    }
 
 
 def signing_key_list() -> QuerySet[SigningKey]:

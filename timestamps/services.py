@@ -8,9 +8,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from timestamps import keys, merkle, note, rfc3161
-from timestamps.exceptions import LogIntegrityError
+from timestamps.exceptions import LogIntegrityError, LogRangeError
 from timestamps.models import Checkpoint, LogEntry, LogHead, LogNode, SigningKey, TimestampToken
-from timestamps.selectors import log_read_nodes, node_key
+from timestamps.selectors import checkpoint_latest, log_read_nodes, node_key
 
 APPEND_BATCH = 500
 
@@ -84,6 +84,20 @@ def checkpoint_publish() -> Checkpoint:
     return Checkpoint.objects.create(
         size=head.size, root_hash=root, note=signed, key=log_key.record, created_at=timezone.now()
     )
+
+
+def checkpoint_covering(*, size: int) -> Checkpoint:
+    """The latest checkpoint of at least `size` entries; one is signed only when none covers them yet.
+
+    Readers (receipts, verdict bundles) take this rather than `checkpoint_publish`: the beat schedule
+    signs checkpoints as the log grows, so a download costs no signature and no head lock.
+    """
+    checkpoint = checkpoint_latest(size=size)
+    if checkpoint is None:
+        checkpoint = checkpoint_publish()
+    if checkpoint.size < size:
+        raise LogRangeError(f"size {size} exceeds the log size {checkpoint.size}")
+    return checkpoint
 
 
 def _issue(query_der: bytes) -> tuple[rfc3161.IssueResult, TimestampToken | None]:

@@ -1,6 +1,7 @@
 """Arbiter API: reference panels, disputes (file, follow, publish, withdraw, retry); public verdicts and bundles."""
 
 import base64
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -9,16 +10,17 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.urls import reverse
-from django.utils.cache import add_never_cache_headers
+from django.utils.cache import get_conditional_response, patch_cache_control
+from django.utils.http import quote_etag
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+from rest_framework.throttling import AnonRateThrottle, ScopedRateThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
 from ownership import selectors as ownership_selectors
@@ -627,18 +629,36 @@ class VerdictDetailApi(VerdictApiView):
 class VerdictBundleApi(VerdictApiView):
     """The verdict's evidence bundle (zip) that `modelcourt verify` and standard tools check offline."""
 
+    # the web route /verdicts/<id>/bundle.zip counts against the same scope and client
+    throttle_classes = [AnonRateThrottle, UserRateThrottle, ScopedRateThrottle]
+    throttle_scope = "verdict-bundle"
+    # the zip changes only when a newer checkpoint is signed (each minute at most, while the log grows)
+    max_age = 60
+
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # the zip is not rendered; errors fall back to JSON whatever the client accepts (no 406 for application/zip)
         return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(
         parameters=[_id_parameter("verdict_id", "verdict")],
-        responses={(200, "application/zip"): OpenApiTypes.BINARY},
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            304: OpenApiResponse(description="the bundle named by If-None-Match is still the current one"),
+            429: OpenApiResponse(description="too many downloads from this client; Retry-After gives the seconds"),
+        },
         summary="A verdict's evidence bundle",
+        description="Proofs run to the latest signed checkpoint. The ETag changes when a newer checkpoint is "
+        "signed; send it back in If-None-Match to get a 304 while it has not.",
     )
     def get(self, request: Request, verdict_id: str) -> HttpResponse:
         verdict = self.visible_verdict(request, verdict_id)
-        response = HttpResponse(services.verdict_bundle(verdict=verdict), content_type="application/zip")
+        data = services.verdict_bundle(verdict=verdict)
+        response = HttpResponse(data, content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="verdict-{verdict.public_id}.zip"'
-        add_never_cache_headers(response)  # each download carries a fresh checkpoint and inclusion proof
-        return response
+        response["ETag"] = quote_etag(hashlib.sha256(data).hexdigest())
+        if verdict.published_at is not None:
+            patch_cache_control(response, public=True, max_age=self.max_age)
+        else:  # the arbiter's preview: no shared cache may keep it
+            patch_cache_control(response, private=True, no_cache=True, max_age=0)
+        conditional = get_conditional_response(request._request, etag=response["ETag"], response=response)
+        return conditional if conditional is not None else response

@@ -159,8 +159,8 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         return run_sandboxed(
             run_methods,
             spec,
-            timeout_s=float(getattr(settings, "MODELCOURT_RUN_TIMEOUT_S", 1800)),
-            memory_bytes=int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30)),
+            timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
+            memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             gpu=_gpu_host(),
         )
     except SandboxError as exc:

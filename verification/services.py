@@ -20,6 +20,7 @@ from django.utils import timezone
 from ownership import artifacts
 from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
+from timestamps.exceptions import LogIntegrityError
 from verification import reference
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed
 from verification.models import Dispute, DisputeRequest, SuspectDescription, Verdict, VerificationRun
@@ -506,26 +507,48 @@ def verdict_record(
 
 
 def verdict_bundle(*, verdict: Verdict) -> bytes:
-    """The verdict's evidence bundle (zip): envelope, token, a fresh inclusion proof and checkpoint, keys, receipts."""
+    """The verdict's evidence bundle (zip): envelope, token, keys, receipts, and proofs under the latest checkpoint.
+
+    A checkpoint is signed only when none covers the verdict and its receipts yet (the beat schedule signs
+    them as the log grows). The zip depends on nothing else, so it is cached per verdict and checkpoint.
+    """
+    from django.core.cache import cache
+
     from modelcourt import bundle
     from timestamps import selectors as timestamp_selectors
     from timestamps import services as timestamp_services
 
     token = verdict.timestamp_token
-    checkpoint = timestamp_services.checkpoint_publish()
     index = token.log_entry_id
-    proof = timestamp_selectors.log_inclusion_proof(index=index, size=checkpoint.size)
-    log = {
-        "origin": settings.MODELCOURT_LOG_ORIGIN,
-        "index": index,
-        "tree_size": checkpoint.size,
-        "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
-        "checkpoint": checkpoint.note,
+    receipts = verdict.bundle_parts.get("receipts", [])
+    covered = max([index + 1, *(receipt["log"]["tree_size"] for receipt in receipts)])
+    checkpoint = timestamp_services.checkpoint_covering(size=covered)
+    key = f"verdict-bundle:{bundle.BUNDLE_FORMAT}:{verdict.pk}:{checkpoint.size}:{checkpoint.pk}"
+    data: bytes | None = cache.get(key)
+    if data is not None:
+        return data
+    proofs = {
+        receipt["commitment"]: [
+            base64.b64encode(h).decode()
+            for h in timestamp_selectors.log_consistency_proof(
+                first=receipt["log"]["tree_size"], second=checkpoint.size
+            )
+        ]
+        for receipt in receipts
     }
-    return bundle.build_bundle(
-        envelope_json=bytes(verdict.envelope),
-        token_der=bytes(token.token),
-        log=log,
-        attachments={k: base64.b64decode(v) for k, v in verdict.attachments.items()},
-        **verdict.bundle_parts,
-    )
+    try:
+        data = bundle.build_bundle(
+            envelope_json=bytes(verdict.envelope),
+            token_der=bytes(token.token),
+            log=timestamp_selectors.log_proof_get(index=index, checkpoint=checkpoint),
+            attachments={k: base64.b64decode(v) for k, v in verdict.attachments.items()},
+            consistency_proofs=proofs,
+            **verdict.bundle_parts,
+        )
+    except bundle.BundleError as exc:
+        # the stored parts were checked when the verdict was signed: failing now means the log itself is wrong
+        logger.error("verdict %s: its bundle no longer builds: %s", verdict.public_id, exc)
+        raise LogIntegrityError(f"the verdict's bundle cannot be built against the current log: {exc}") from exc
+    # a newer checkpoint makes a new key: entries for older ones are only left to expire
+    cache.set(key, data, timeout=24 * 3600)
+    return data

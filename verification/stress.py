@@ -273,8 +273,8 @@ def _run_in_sandbox(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 run_sandboxed,
                 run_stress_test_reporting,
                 spec,
-                timeout_s=float(getattr(settings, "MODELCOURT_STRESS_TIMEOUT_S", 3600)),
-                memory_bytes=int(getattr(settings, "MODELCOURT_RUN_MEMORY_BYTES", 6 << 30)),
+                timeout_s=settings.MODELCOURT_STRESS_TIMEOUT_S,
+                memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             )
             while True:
                 try:

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import uuid
@@ -15,9 +16,13 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import get_conditional_response, patch_cache_control
 from django.utils.decorators import method_decorator
+from django.utils.http import quote_etag
 from django.views import View
 from django.views.decorators.cache import never_cache
+from rest_framework.exceptions import Throttled
+from rest_framework.throttling import ScopedRateThrottle
 
 from ownership.exceptions import RegistryError
 from ownership.roles import Role, user_has_role
@@ -558,13 +563,27 @@ class VerdictReportView(View):
         return response
 
 
-@method_decorator(never_cache, name="dispatch")
 class VerdictBundleView(View):
     """The evidence bundle (zip) that `modelcourt verify` and standard tools check offline."""
 
+    # the same DRF throttle and scope as GET /api/v1/verdicts/{id}/bundle: one count per client for both routes
+    throttle_scope = "verdict-bundle"
+    max_age = 60
+
     def get(self, request: HttpRequest, verdict_id: uuid.UUID) -> HttpResponse:
+        throttle = ScopedRateThrottle()
+        if not throttle.allow_request(request, self):  # type: ignore[arg-type]
+            wait = math.ceil(throttle.wait() or 1)
+            refused = JsonResponse({"code": "throttled", "detail": str(Throttled(wait).detail)}, status=429)
+            refused["Retry-After"] = str(wait)
+            return refused
         verdict = _visible_verdict(request, verdict_id)
         data = services.verdict_bundle(verdict=verdict)
         response = HttpResponse(data, content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="{bundle_name(verdict)}"'
-        return response
+        response["ETag"] = quote_etag(hashlib.sha256(data).hexdigest())
+        if verdict.published_at is not None:
+            patch_cache_control(response, public=True, max_age=self.max_age)
+        else:  # the arbiter's preview: no shared cache may keep it
+            patch_cache_control(response, private=True, no_cache=True, max_age=0)
+        return get_conditional_response(request, etag=response["ETag"], response=response) or response

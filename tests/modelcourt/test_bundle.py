@@ -25,7 +25,8 @@ from modelcourt.cli import main as cli_main
 from modelcourt.receipts import Check, all_ok
 from ownership import commitments, services
 from tests.ownership.model_files import torchscript_file
-from timestamps import dsse, keys, selectors
+from tests.timestamps.gocheck import go_verify, require_go
+from timestamps import dsse, keys, merkle, note, selectors
 from timestamps import services as timestamp_services
 from timestamps.models import SigningKey, TimestampToken
 
@@ -101,10 +102,45 @@ def _receipt_of(token: TimestampToken, *, commitment: str, model_digest: str) ->
     }
 
 
-def publish(owner: Any, tmp_path: Path, *, late_claim: bool = False) -> Published:
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+def _forked(receipt: dict[str, Any]) -> dict[str, Any]:
+    """The receipt under a checkpoint of another history, signed with the log key: a split view of the log."""
+    index = receipt["log"]["index"]
+    token = base64.b64decode(receipt["timestamp"]["token_b64"])
+    # the same token at the same index, in a history that is not the log's
+    entries = [b"a rewritten entry %d" % i for i in range(index)] + [token]
+    if index == 0:
+        entries.append(b"a rewritten entry after")
+    store = merkle.MemoryHashStore()
+    store.append_many(entries)
+    origin = settings.MODELCOURT_LOG_ORIGIN
+    text = note.checkpoint_text(origin, store.size, merkle.tree_hash(store.size, store.read))
+    private = keys.key_current(SigningKey.Purpose.LOG).private_key
+    log = {
+        **receipt["log"],
+        "tree_size": store.size,
+        "inclusion_proof": _b64(merkle.inclusion_proof(index, store.size, store.read)),
+        "checkpoint": note.sign_note(text, name=origin, private_key=private),  # type: ignore[arg-type]
+    }
+    return {**receipt, "log": log}
+
+
+def _proofs(receipts: list[dict[str, Any]], size: int) -> dict[str, list[str]]:
+    """What the service proves for each receipt: the log's consistency from its tree size to `size`."""
+    return {
+        r["commitment"]: _b64(selectors.log_consistency_proof(first=r["log"]["tree_size"], second=size))
+        for r in receipts
+    }
+
+
+def publish(owner: Any, tmp_path: Path, *, late_claim: bool = False, forked: bool = False) -> Published:
     """Register a model, generate a watermark, and publish a verdict about it the way the service does.
 
     With `late_claim`, a second claimant commitment is time-stamped only after the verdict (a backdating claimant).
+    With `forked`, the claim's receipt sits under a checkpoint of another history than the verdict's log.
     """
     upload = SimpleUploadedFile("mlp.pt", torchscript_file(tmp_path / "mlp.pt").read_bytes())
     model = services.model_register(
@@ -112,6 +148,8 @@ def publish(owner: Any, tmp_path: Path, *, late_claim: bool = False) -> Publishe
     )
     evidence_set, _ = services.evidence_generate(model=model, count=5)
     receipts = [services.receipt_build(evidence_set=evidence_set)]
+    if forked:
+        receipts = [_forked(receipts[0])]
     claims = [{"commitment": evidence_set.commitment, "model_digest": model.model_digest, "kind": "watermark"}]
     late_commitment = commitments.commitment(
         model_digest=model.model_digest, evidence_digest="ee" * 32, kind="watermark", salt=secrets.token_hex(32)
@@ -175,15 +213,37 @@ def publish(owner: Any, tmp_path: Path, *, late_claim: bool = False) -> Publishe
         "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
         "checkpoint": checkpoint.note,
     }
-    if late_claim:
-        late_token = timestamp_services.timestamp_digest(digest=bytes.fromhex(late_commitment))
-        late_receipt = _receipt_of(late_token, commitment=late_commitment, model_digest=model.model_digest)
-        receipts = [*receipts, late_receipt]
-    data = bundle.build_bundle(
-        envelope_json=envelope_json, token_der=bytes(token.token), log=log, **parts(receipts_for_predicate)
-    )
-    if late_claim:
-        data = _rezip({**_members(data), f"receipts/{late_commitment}.json": bundle.json_file(receipts[-1])})
+    proofs = _proofs(receipts, checkpoint.size)
+    if late_claim or forked:
+        # parts the builder refuses to publish: assembled by hand, as a forger (or a forked log) would
+        members = {
+            **bundle.bundle_files(**parts(receipts_for_predicate)),
+            "envelope.json": envelope_json,
+            "verdict-token.der": bytes(token.token),
+            "log.json": bundle.json_file(log),
+            "consistency.json": bundle.json_file(
+                {
+                    "proofs": {
+                        c: {"first": r["log"]["tree_size"], "second": checkpoint.size, "hashes": proofs[c]}
+                        for c, r in ((r["commitment"], r) for r in receipts)
+                    }
+                }
+            ),
+        }
+        if late_claim:
+            late_token = timestamp_services.timestamp_digest(digest=bytes.fromhex(late_commitment))
+            late_receipt = _receipt_of(late_token, commitment=late_commitment, model_digest=model.model_digest)
+            receipts = [*receipts, late_receipt]
+            members[f"receipts/{late_commitment}.json"] = bundle.json_file(late_receipt)
+        data = _rezip(members)
+    else:
+        data = bundle.build_bundle(
+            envelope_json=envelope_json,
+            token_der=bytes(token.token),
+            log=log,
+            consistency_proofs=proofs,
+            **parts(receipts_for_predicate),
+        )
     return Published(
         data=data,
         ca_pems=[r.certificate_pem for r in selectors.signing_key_list().filter(purpose="tsa-ca")],
@@ -212,14 +272,12 @@ def _members(data: bytes) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-def _rezip(members: dict[str, bytes], *, fix_manifest: bool = True) -> bytes:
-    """Zip `members` again; with `fix_manifest`, as a forger would, with a manifest that matches them."""
+def _rezip(members: dict[str, bytes], *, fix_manifest: bool = True, fmt: str = bundle.BUNDLE_FORMAT) -> bytes:
+    """Zip `members` again; with `fix_manifest`, as a forger would, with a manifest (of format `fmt`) that matches."""
     members = dict(members)
     if fix_manifest:
         others = {name: data for name, data in members.items() if name != bundle.MANIFEST}
-        members[bundle.MANIFEST] = bundle.json_file(
-            {"format": bundle.BUNDLE_FORMAT, "files": bundle.attachment_digests(others)}
-        )
+        members[bundle.MANIFEST] = bundle.json_file({"format": fmt, "files": bundle.attachment_digests(others)})
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(members):
@@ -258,9 +316,11 @@ def test_a_genuine_bundle_passes_every_check(published: Published) -> None:
         "checkpoint signature",
         "log inclusion",
         "claims",
+        "log consistency",
         "timeline",
     } <= set(names)
     assert f"receipt {published.receipts[0]['commitment'][:16]}" in names
+    assert f"log consistency {published.receipts[0]['commitment'][:16]}" in names
 
 
 def test_without_anchors_it_verifies_against_its_own_keys_with_warnings(published: Published) -> None:
@@ -287,6 +347,7 @@ def test_the_layout_is_the_documented_one(published: Published) -> None:
         "envelope.json",
         "verdict-token.der",
         "log.json",
+        "consistency.json",
         "manifest.json",
         "keys/verdict.pem",
         "keys/tsa-chain.pem",
@@ -305,8 +366,18 @@ def test_the_layout_is_the_documented_one(published: Published) -> None:
         "envelope.json",
         "verdict-token.der",
         "log.json",
+        "consistency.json",
         "manifest.json",
     }
+    assert json.loads(members["manifest.json"])["format"] == "modelcourt-verdict-bundle-v2"
+    consistency = json.loads(members["consistency.json"])
+    receipt = published.receipts[0]
+    assert consistency["proofs"][receipt["commitment"]]["first"] == receipt["log"]["tree_size"]
+    assert consistency["proofs"][receipt["commitment"]]["second"] == json.loads(members["log.json"])["tree_size"]
+
+
+def _consistency_proofs(members: dict[str, bytes]) -> dict[str, list[str]]:
+    return {c: p["hashes"] for c, p in json.loads(members["consistency.json"])["proofs"].items()}
 
 
 def test_building_is_deterministic(published: Published) -> None:
@@ -321,6 +392,7 @@ def test_building_is_deterministic(published: Published) -> None:
         log_vkey=published.log_vkey,
         receipts=published.receipts,
         attachments={"report.html": members["report.html"], "plots/p-values.png": members["plots/p-values.png"]},
+        consistency_proofs=_consistency_proofs(members),
     )
 
     assert again == published.data
@@ -339,6 +411,7 @@ def test_building_refuses_parts_the_predicate_does_not_sign(published: Published
             log_vkey=published.log_vkey,
             receipts=published.receipts,
             attachments={"report.html": b"<p>another report</p>", "plots/p-values.png": members["plots/p-values.png"]},
+            consistency_proofs=_consistency_proofs(members),
         )
 
 
@@ -453,6 +526,142 @@ def test_a_claim_stamped_after_the_verdict_fails_the_timeline(owner: Any, tmp_pa
     assert "timeline" in failed
     timeline = next(check for check in checks if check.name == "timeline")
     assert "not before the verdict's" in timeline.detail or "after the verdict" in timeline.detail
+
+
+# --- log consistency ------------------------------------------------------------------------
+
+
+def _consistency_label(published: Published) -> str:
+    return f"log consistency {published.receipts[0]['commitment'][:16]}"
+
+
+def _with_proof(published: Published, **changes: Any) -> bytes:
+    """The bundle with its receipt's consistency proof changed, and a manifest to match."""
+    members = _members(published.data)
+    document = json.loads(members["consistency.json"])
+    commitment = published.receipts[0]["commitment"]
+    document["proofs"][commitment] = {**document["proofs"][commitment], **changes}
+    return _rezip({**members, "consistency.json": bundle.json_file(document)})
+
+
+def _tampered_hashes(hashes: list[str]) -> list[str]:
+    raw = bytearray(base64.b64decode(hashes[-1]))
+    raw[0] ^= 1
+    return [*hashes[:-1], base64.b64encode(raw).decode()]
+
+
+def test_a_tampered_consistency_proof_fails(published: Published) -> None:
+    hashes = _consistency_proofs(_members(published.data))[published.receipts[0]["commitment"]]
+
+    checks = published.verify(_with_proof(published, hashes=_tampered_hashes(hashes)))
+
+    assert _failed(checks) == {_consistency_label(published)}
+    assert "a fork or a rewrite" in next(c.detail for c in checks if not c.ok)
+
+
+def test_a_proof_between_other_sizes_fails(published: Published) -> None:
+    first = published.receipts[0]["log"]["tree_size"]
+
+    checks = published.verify(_with_proof(published, first=first + 1))
+
+    assert _failed(checks) == {_consistency_label(published)}
+    assert "the checkpoints are at" in next(c.detail for c in checks if not c.ok)
+
+
+def test_building_refuses_a_proof_that_does_not_hold(published: Published) -> None:
+    members = _members(published.data)
+    proofs = _consistency_proofs(members)
+    commitment = published.receipts[0]["commitment"]
+
+    with pytest.raises(bundle.BundleError, match="does not extend"):
+        bundle.build_bundle(
+            envelope_json=members["envelope.json"],
+            token_der=members["verdict-token.der"],
+            log=json.loads(members["log.json"]),
+            verdict_keys=[published.verdict_pem],
+            tsa_certificates=[members["keys/tsa-chain.pem"].decode()],
+            log_vkey=published.log_vkey,
+            receipts=published.receipts,
+            attachments={"report.html": members["report.html"], "plots/p-values.png": members["plots/p-values.png"]},
+            consistency_proofs={commitment: _tampered_hashes(proofs[commitment])},
+        )
+
+
+def test_a_v2_bundle_without_proofs_fails(published: Published) -> None:
+    members = {n: d for n, d in _members(published.data).items() if n != "consistency.json"}
+
+    checks = published.verify(_rezip(members))
+
+    assert _failed(checks) == {"log consistency"}
+    assert "has no consistency.json" in next(c.detail for c in checks if not c.ok)
+
+
+def test_a_v1_bundle_verifies_with_a_warning_that_proofs_are_absent(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = {n: d for n, d in _members(published.data).items() if n != "consistency.json"}
+    v1 = _rezip(members, fmt="modelcourt-verdict-bundle-v1")
+
+    checks = published.verify(v1)
+
+    assert all_ok(checks), [c for c in checks if not c.ok]
+    assert {c.name for c in checks if c.warning} == {"log consistency"}
+    (tmp_path / "v1.zip").write_bytes(v1)
+    assert cli_main(["verify", str(tmp_path / "v1.zip"), *_anchor_files(published, tmp_path)]) == 0
+    assert "WARN log consistency: absent: a modelcourt-verdict-bundle-v1 bundle" in capsys.readouterr().out
+
+
+def test_a_v1_bundle_does_not_carry_proofs(published: Published) -> None:
+    v1 = _rezip(_members(published.data), fmt="modelcourt-verdict-bundle-v1")
+
+    assert _failed(published.verify(v1)) == {"log consistency"}
+
+
+def test_a_receipt_under_a_forked_log_fails(owner: Any, tmp_path: Path) -> None:
+    # given a verdict whose claim's receipt is valid on its own, under a checkpoint of another history
+    forked = publish(owner, tmp_path, forked=True)
+
+    checks = forked.verify()
+
+    # then only the consistency of the two checkpoints gives it away
+    assert _failed(checks) == {_consistency_label(forked)}
+    assert "a fork or a rewrite" in next(c.detail for c in checks if not c.ok)
+
+
+def _go_document(published: Published, hashes: list[str] | None = None) -> dict[str, Any]:
+    """Both checkpoints, the verdict token's inclusion and the receipt's consistency proof, for tests/gocheck."""
+    members = _members(published.data)
+    log = json.loads(members["log.json"])
+    receipt = published.receipts[0]
+    proof = json.loads(members["consistency.json"])["proofs"][receipt["commitment"]]
+    leaf = _b64([merkle.leaf_hash(members["verdict-token.der"])])[0]
+    return {
+        "vkey": published.log_vkey,
+        "notes": [receipt["log"]["checkpoint"], log["checkpoint"]],
+        "inclusion": [
+            {"index": log["index"], "size": log["tree_size"], "leaf_b64": leaf, "hashes_b64": log["inclusion_proof"]}
+        ],
+        "consistency": [{"first": proof["first"], "second": proof["second"], "hashes_b64": hashes or proof["hashes"]}],
+    }
+
+
+def test_go_accepts_the_bundles_consistency_proof(published: Published) -> None:
+    require_go()
+
+    result = go_verify(_go_document(published))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok consistency") == 1
+
+
+def test_go_rejects_a_tampered_bundle_consistency_proof(published: Published) -> None:
+    require_go()
+    hashes = _go_document(published)["consistency"][0]["hashes_b64"]
+
+    result = go_verify(_go_document(published, _tampered_hashes(hashes)))
+
+    assert result.returncode == 1
+    assert "FAIL consistency" in result.stdout
 
 
 # --- hostile archives -----------------------------------------------------------------------
@@ -651,6 +860,41 @@ lines = log["checkpoint"].split("\n")
 assert sn == 0 and base64.b64encode(r).decode() == lines[2] and int(lines[1]) == log["tree_size"], "not included"
 print("inclusion OK")
 EOF
+
+# 6. The checkpointed log extends each receipt's checkpoint (RFC 9162 consistency, section 2.1.4.2).
+python3 - <<'EOF'
+import base64, hashlib, json
+node = lambda l, r: hashlib.sha256(b"\1" + l + r).digest()
+head = lambda note: (int(note.split("\n")[1]), base64.b64decode(note.split("\n")[2]))
+
+def consistent(m, n, old_root, new_root, hashes):
+    path = [base64.b64decode(x, validate=True) for x in hashes]
+    if m & (m - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = m - 1, n - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and (fr, sr) == (old_root, new_root)
+
+n, new_root = head(json.load(open("log.json"))["checkpoint"])
+for commitment, p in json.load(open("consistency.json"))["proofs"].items():
+    m, old_root = head(json.load(open(f"receipts/{commitment}.json"))["log"]["checkpoint"])
+    try:
+        ok = (p["first"], p["second"]) == (m, n) and consistent(m, n, old_root, new_root, p["hashes"])
+    except (ValueError, IndexError):  # unreadable hashes, or too few of them
+        ok = False
+    assert ok, f"not consistent: {commitment}"
+print("consistency OK")
+EOF
 """
 
 
@@ -671,6 +915,7 @@ def test_standard_tools_alone_verify_the_bundle(published: Published, tmp_path: 
     assert result.stdout.count("Verified OK") == 1  # openssl dgst
     assert "Signature Verified Successfully" in result.stdout  # openssl pkeyutl
     assert "inclusion OK" in result.stdout
+    assert "consistency OK" in result.stdout
 
 
 @needs_shell_tools
@@ -680,6 +925,7 @@ def test_standard_tools_alone_verify_the_bundle(published: Published, tmp_path: 
         ("envelope.json", b'"payload": "', "message imprint mismatch"),  # openssl ts
         ("report.html", b"<h1>", "report.html: FAILED"),  # sha256sum -c
         ("log.json", b'"checkpoint": "', "Signature Verification Failure"),  # openssl pkeyutl
+        ("consistency.json", b'"hashes": [\n        "', "not consistent"),  # the consistency step
     ],
 )
 def test_standard_tools_reject_a_flipped_byte(

@@ -1,5 +1,7 @@
 """Log appends, checkpoints and append-only storage."""
 
+import base64
+
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -70,6 +72,44 @@ def test_checkpoint_is_reused_until_the_log_grows() -> None:
     second = services.checkpoint_publish()
     assert second.size == 2
     assert Checkpoint.objects.count() == 2
+
+
+def test_a_covering_checkpoint_is_reused_and_one_is_signed_only_when_none_covers() -> None:
+    services.log_append_many(entries=[b"a", b"b"])
+    signed = services.checkpoint_publish()
+    services.log_append(data=b"c")
+
+    # entries 0 and 1 are under the checkpoint at 2, though the log has grown since
+    assert services.checkpoint_covering(size=2).pk == signed.pk
+    assert Checkpoint.objects.count() == 1
+    # entry 2 is under none yet
+    covering = services.checkpoint_covering(size=3)
+    assert covering.size == 3
+    assert Checkpoint.objects.count() == 2
+    with pytest.raises(LogRangeError):
+        services.checkpoint_covering(size=4)
+
+
+def test_a_checkpoint_by_a_retired_log_key_covers_nothing() -> None:
+    services.log_append(data=b"a")
+    old = services.checkpoint_publish()
+
+    keys.key_rotate(purpose=SigningKey.Purpose.LOG)
+
+    assert selectors.checkpoint_latest(size=1) is None
+    assert services.checkpoint_covering(size=1).key_id != old.key_id
+
+
+def test_the_log_proof_of_an_entry_under_a_checkpoint() -> None:
+    services.log_append_many(entries=[f"e{i}".encode() for i in range(5)])
+    checkpoint = services.checkpoint_publish()
+
+    log = selectors.log_proof_get(index=3, checkpoint=checkpoint)
+
+    assert set(log) == {"origin", "index", "tree_size", "inclusion_proof", "checkpoint"}
+    assert (log["index"], log["tree_size"], log["checkpoint"]) == (3, 5, checkpoint.note)
+    proof = [base64.b64decode(h) for h in log["inclusion_proof"]]
+    assert merkle.verify_inclusion(3, 5, merkle.leaf_hash(b"e3"), proof, bytes(checkpoint.root_hash))
 
 
 def test_checkpoint_refuses_a_log_inconsistent_with_the_previous_checkpoint() -> None:
