@@ -11,7 +11,7 @@ import io
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,28 +91,33 @@ def _open_claims(dispute: Dispute) -> _Opened:
         except EvidenceRejected as exc:
             problems.append(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}")
             continue
-        name = f"{evidence_set.kind}-{evidence_set.commitment[:12]}"
+        spec = evidence_spec(evidence_set, arrays)
         if evidence_set.kind == EvidenceSet.Kind.DATASET:
-            dataset = {
-                "name": name,
-                "members": arrays["members"],
-                "nonmembers": arrays["nonmembers"],
-                "claimant_path": model.artifact.path,
-                # the split is fixed by the commitment, before anyone saw the suspect's answers
-                "split_seed": int(evidence_set.commitment[:8], 16),
-            }
+            dataset = {**spec, "claimant_path": model.artifact.path}
         else:
-            claims.append(
-                {
-                    "name": name,
-                    "kind": evidence_set.kind,
-                    "inputs": arrays["inputs"],
-                    "labels": arrays["labels"],
-                    "verifiable": evidence_set.verifiable,
-                }
-            )
+            claims.append(spec)
     opened.dataset = dataset
     return opened
+
+
+def evidence_spec(evidence_set: EvidenceSet, arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """One opened evidence set as the methods take it, named after its commitment: a claim, or dataset samples."""
+    name = f"{evidence_set.kind}-{evidence_set.commitment[:12]}"
+    if evidence_set.kind == EvidenceSet.Kind.DATASET:
+        return {
+            "name": name,
+            "members": arrays["members"],
+            "nonmembers": arrays["nonmembers"],
+            # the split is fixed by the commitment, before anyone saw the suspect's answers
+            "split_seed": int(evidence_set.commitment[:8], 16),
+        }
+    return {
+        "name": name,
+        "kind": evidence_set.kind,
+        "inputs": arrays["inputs"],
+        "labels": arrays["labels"],
+        "verifiable": evidence_set.verifiable,
+    }
 
 
 def _precedence(dispute: Dispute, records: list[dict[str, Any]]) -> tuple[bool, str]:

@@ -203,6 +203,8 @@ def _fail(stress_test: StressTest, reason: str, timings: dict[str, float]) -> No
 
 def _open_evidence(stress_test: StressTest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """The owner's evidence revealed from escrow: agreement claims, dataset samples, and each one's record."""
+    from verification import runs  # plots and signing stay out of web processes
+
     model = stress_test.model
     claims: list[dict[str, Any]] = []
     datasets: list[dict[str, Any]] = []
@@ -218,33 +220,14 @@ def _open_evidence(stress_test: StressTest) -> tuple[list[dict[str, Any]], list[
             )
         except EvidenceRejected as exc:
             raise StressTestFailed(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}") from exc
-        name = f"{evidence_set.kind}-{evidence_set.commitment[:12]}"
-        records[name] = {
+        spec = runs.evidence_spec(evidence_set, arrays)
+        records[spec["name"]] = {
             "evidence_set": str(evidence_set.public_id),
             "commitment": evidence_set.commitment,
             "kind": evidence_set.kind,
             "verifiable": evidence_set.verifiable,
         }
-        if evidence_set.kind == EvidenceSet.Kind.DATASET:
-            datasets.append(
-                {
-                    "name": name,
-                    "members": arrays["members"],
-                    "nonmembers": arrays["nonmembers"],
-                    # as in a dispute: the split is fixed by the commitment
-                    "split_seed": int(evidence_set.commitment[:8], 16),
-                }
-            )
-        else:
-            claims.append(
-                {
-                    "name": name,
-                    "kind": evidence_set.kind,
-                    "inputs": arrays["inputs"],
-                    "labels": arrays["labels"],
-                    "verifiable": evidence_set.verifiable,
-                }
-            )
+        (datasets if evidence_set.kind == EvidenceSet.Kind.DATASET else claims).append(spec)
     return claims, datasets, records
 
 
