@@ -7,7 +7,7 @@ Run a worker with `celery -A workers.celery worker -Q gpu --concurrency=1
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -48,7 +48,20 @@ app.autodiscover_tasks()
 
 @worker_process_init.connect
 def _configure_child(**_: object) -> None:
-    """Per child process: one torch thread (2-core hosts thrash with more), device picked lazily."""
+    """Per child process: one torch thread (2-core hosts thrash with more), lazy device, a warm sandbox spare."""
     from workers.device import configure_torch
+    from workers.sandbox import warm_spare
 
     configure_torch()
+    # a sandbox child that has imported torch already, so the first dispute does not wait for it; its
+    # GPU flag must match what verification.runs asks for, or the first run starts cold
+    devices = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+    warm_spare(gpu=devices and os.environ.get("MODELCOURT_DEVICE", "").strip().lower() != "cpu")
+
+
+@worker_process_shutdown.connect
+def _discard_spares(**_: object) -> None:
+    """A pool process may leave without running atexit handlers: its spare goes with it."""
+    from workers.sandbox import discard_spares
+
+    discard_spares()
