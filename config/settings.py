@@ -242,6 +242,7 @@ else:
 MODELCOURT_RUN_TIMEOUT_S = float(os.environ.get("MODELCOURT_RUN_TIMEOUT_S", "1800"))
 MODELCOURT_STRESS_TIMEOUT_S = float(os.environ.get("MODELCOURT_STRESS_TIMEOUT_S", "3600"))
 MODELCOURT_RUN_MEMORY_BYTES = int(os.environ.get("MODELCOURT_RUN_MEMORY_BYTES", str(6 << 30)))
+MODELCOURT_STRESS_MAX_ACTIVE = int(os.environ.get("MODELCOURT_STRESS_MAX_ACTIVE", "2"))
 
 # --- uploads ---------------------------------------------------------------
 MODELCOURT_MAX_ARTIFACT_BYTES = int(os.environ.get("MODELCOURT_MAX_ARTIFACT_BYTES", str(256 * 1024 * 1024)))

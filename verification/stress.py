@@ -11,6 +11,9 @@ import base64
 import concurrent.futures
 import json
 import logging
+import math
+import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +42,8 @@ MAX_ALPHA = 0.1
 MAX_SEED = 2**31 - 1
 # a test whose worker died this many times while running it is given up, not run again
 MAX_ATTEMPTS = 3
+PROGRESS_NOTE_BYTES = 2000
+MAX_RESULTS_CHARS = 2_000_000  # a table of 6 thefts by tens of evidence sets is a few tens of kB
 POLL_S = 1.0
 # the child's own work is shown between these percentages; opening the escrow and the panel come before
 CHILD_FROM, CHILD_TO = 15, 98
@@ -125,6 +130,13 @@ def stress_test_start(
     if panel not in reference.panel_list():
         raise StressTestError(
             f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
+        )
+    # stress tests share the gpu queue with disputes: one owner must not fill it
+    limit = settings.MODELCOURT_STRESS_MAX_ACTIVE
+    active = StressTest.objects.filter(owner=owner, state__in=[StressTest.State.QUEUED, StressTest.State.RUNNING])
+    if active.count() >= limit:
+        raise StressTestError(
+            f"you have {limit} stress test(s) queued or running; start another when one has finished", code="busy"
         )
     now = timezone.now()
     stress_test = StressTest(
@@ -232,13 +244,67 @@ def _open_evidence(stress_test: StressTest) -> tuple[list[dict[str, Any]], list[
 
 
 def _read_progress(path: Path) -> tuple[int, str] | None:
-    """The child's last progress note; the child ran untrusted code, so anything odd is ignored."""
+    """The child's last progress note; the child ran untrusted code, so anything odd is ignored.
+
+    The child can write to the folder: a FIFO, a link to /dev/zero or a huge file must not block or
+    flood the worker, hence a non-blocking, no-follow open of a regular file and a bounded read.
+    """
     try:
-        raw = json.loads(path.read_text(encoding="utf-8")[:2000])
-        percent, phase = int(raw["percent"]), str(raw["phase"])
-    except (OSError, ValueError, KeyError, TypeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = json.loads(os.read(fd, PROGRESS_NOTE_BYTES).decode("utf-8"))
+        percent, phase = int(raw["percent"]), str(raw["phase"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
     return max(0, min(100, percent)), phase[:180]
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is JSON-like data only (str, finite numbers, bools, None, lists, str-keyed dicts)."""
+    if depth > 12:
+        return False
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _checked_outcome(outcome: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """The child's results and timings, or StressTestFailed: the child ran the owner's (untrusted) model."""
+    bad = "the stress test's child returned malformed results"
+    if not isinstance(outcome, dict) or not isinstance(outcome.get("results"), dict):
+        raise StressTestFailed(bad)
+    results, timings = outcome["results"], outcome.get("timings", {})
+    if not _plain(results) or not isinstance(timings, dict):
+        raise StressTestFailed(bad)
+    if len(json.dumps(results)) > MAX_RESULTS_CHARS:
+        raise StressTestFailed(f"{bad}: larger than {MAX_RESULTS_CHARS} characters")
+    rows, evidence = results.get("rows", []), results.get("evidence", [])
+    if not isinstance(rows, list) or not isinstance(evidence, list):
+        raise StressTestFailed(bad)
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("cells", []), list):
+            raise StressTestFailed(bad)
+        if not all(isinstance(cell, dict) for cell in row.get("cells", [])):
+            raise StressTestFailed(bad)
+    if not all(isinstance(entry, dict) for entry in evidence):
+        raise StressTestFailed(bad)
+    checked: dict[str, float] = {}
+    for key, value in list(timings.items())[:100]:
+        if isinstance(key, str) and isinstance(value, int | float) and math.isfinite(value):
+            checked[key[:100]] = float(value)
+    return results, checked
 
 
 def _run_in_sandbox(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -273,14 +339,15 @@ def _run_in_sandbox(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
     if not isinstance(result, dict) or ("failure" not in result and "results" not in result):
         raise StressTestFailed("the stress test returned no results")
     if "failure" in result:
-        raise StressTestFailed(str(result["failure"]))
+        raise StressTestFailed(str(result["failure"])[:1000])
     return result
 
 
 def _label_evidence(results: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
     """Say which commitment each evidence row is."""
     for entry in results.get("evidence", []):
-        entry.update(records.get(entry.get("name"), {}))
+        name = entry.get("name")
+        entry.update(records.get(name, {}) if isinstance(name, str) else {})
     return results
 
 
@@ -318,6 +385,8 @@ def stress_test_execute(*, stress_test_id: int, task_id: str = "") -> StressTest
         mark = timezone.now()
         outcome = _run_in_sandbox(spec, progress)
         timings["sandbox_s"] = (timezone.now() - mark).total_seconds()
+        results, child_timings = _checked_outcome(outcome)
+        results = _label_evidence(results, records)
     except StressTestFailed as exc:
         timings["total_s"] = (timezone.now() - started).total_seconds()
         _fail(stress_test, str(exc), timings)
@@ -326,15 +395,15 @@ def stress_test_execute(*, stress_test_id: int, task_id: str = "") -> StressTest
         logger.exception("stress test %s stopped on an internal error", stress_test.pk)
         _fail(stress_test, "an internal error stopped the stress test; the operators have been told", timings)
         return None
-    for key, value in outcome.get("timings", {}).items():
-        timings[f"child_{key}"] = float(value)
+    for key, value in child_timings.items():
+        timings[f"child_{key}"] = value
     timings["total_s"] = (timezone.now() - started).total_seconds()
     now = timezone.now()
     StressTest.objects.filter(pk=stress_test.pk, state=StressTest.State.RUNNING, attempts=stress_test.attempts).update(
         state=StressTest.State.DONE,
         progress=100,
         phase="done",
-        results=_label_evidence(outcome["results"], records),
+        results=results,
         timings=timings,
         finished_at=now,
         updated_at=now,

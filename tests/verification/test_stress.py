@@ -326,3 +326,52 @@ def test_the_model_page_and_the_navigation_link_to_stress_tests(owner, data_dir)
 def test_a_missing_test_is_not_found(owner) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(StressTestNotFoundError):
         stress.stress_test_get(owner=owner, public_id=uuid.uuid4())
+
+
+def test_an_owner_cannot_fill_the_queue(owner, data_dir, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.MODELCOURT_STRESS_MAX_ACTIVE = 1
+    model = bare_model(owner, "digits-busy")
+    ownership_services.evidence_generate(model=model, count=10)
+    stress.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+
+    with pytest.raises(StressTestError, match="queued or running") as refused:
+        stress.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+
+    assert refused.value.code == "busy"
+    assert StressTest.objects.count() == 1
+
+
+def test_malformed_results_from_the_child_fail_the_test_with_a_reason(owner, registered, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model, _ = registered
+    started = stress.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    garbage = {"results": {"rows": [{"cells": ["not a cell"]}], "evidence": []}, "timings": {"x": "a"}}
+    monkeypatch.setattr(stress, "_run_in_sandbox", lambda spec, progress: garbage)
+
+    stress.stress_test_execute(stress_test_id=started.pk)
+
+    failed = StressTest.objects.get(pk=started.pk)
+    assert failed.state == "failed"
+    assert "malformed results" in failed.failure_reason
+    assert failed.results == {}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "not json"])
+def test_a_hostile_progress_note_is_ignored_without_blocking(tmp_path, kind) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    note = tmp_path / "progress.json"
+    if kind == "fifo":
+        os.mkfifo(note)
+    elif kind == "link to /dev/zero":
+        note.symlink_to("/dev/zero")
+    else:
+        note.write_bytes(b"\xff" * 10_000)
+
+    assert stress._read_progress(note) is None
+
+
+def test_a_progress_note_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    note = tmp_path / "progress.json"
+    note.write_text('{"percent": 140, "phase": "distilling"}')
+
+    assert stress._read_progress(note) == (100, "distilling")
