@@ -257,6 +257,11 @@ class DisputeRequestForm(SuspectForm):
         claimant = self.fields["claimant"]
         assert isinstance(claimant, RegistrationChoiceField)  # noqa: S101 (declared just above)
         claimant.queryset = selectors.registration_list(owner=owner)
+        # owners do not browse the registry: a registered suspect is named by its public id
+        suspect = self.fields["suspect_registration"]
+        suspect.widget = forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. 3f2b…, a UUID"})
+        suspect.label = "Suspect registration (public id)"
+        suspect.help_text = "The id of a model registered here, as its public receipts show it."
 
     def service_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `services.dispute_request_create` (without the owner)."""

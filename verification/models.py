@@ -166,7 +166,12 @@ class DisputeRequest(SuspectDescription):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="dispute_requests")
     title = models.CharField(max_length=200)
     statement = models.TextField(blank=True, help_text="why the owner suspects this model, for the arbiter")
-    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="dispute_requests")
+    # a request holds nothing up: deleting the claimant's model deletes its requests (an accepted one's dispute
+    # still protects it), and deleting a suspect's registration leaves its digest in the request
+    claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="dispute_requests")
+    suspect_registration = models.ForeignKey(
+        RegisteredModel, on_delete=models.SET_NULL, null=True, blank=True, related_name="suspected_in_requests"
+    )
     evidence_sets = models.ManyToManyField(EvidenceSet, related_name="dispute_requests")
     methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)

@@ -181,3 +181,44 @@ def test_request_pages_need_their_role_and_hide_others_requests(
     assert _signed_in(stranger).post(f"/owner/requests/{made.public_id}/withdraw").status_code == 404
     assert Client().get("/owner/requests/").status_code == 302
     assert DisputeRequest.objects.get().state == "open"
+
+
+def test_the_owner_names_a_registered_suspect_by_id_without_browsing_the_registry(
+    owner: Any, bare_claimant: Claimant
+) -> None:
+    from .conftest import bare_model
+
+    stranger = _user("mallory", "owner")
+    theirs = bare_model(stranger, "mallorys-secret-model")
+    client = _signed_in(owner)
+
+    page = client.get("/owner/requests/new").content.decode()
+    response = client.post(
+        "/owner/requests/new",
+        _request_form(bare_claimant, suspect_source="registered", suspect_registration=str(theirs.public_id)),
+    )
+
+    assert "mallorys-secret-model" not in page
+    assert str(theirs.public_id) not in page
+    assert response.status_code == 302
+    assert DisputeRequest.objects.get().suspect_registration == theirs
+
+
+def test_requests_do_not_keep_models_from_being_deleted(owner: Any, bare_claimant: Claimant) -> None:
+    from ownership import services as ownership_services
+
+    from .conftest import bare_model
+
+    suspect = bare_model(_user("mallory", "owner"), "theirs")
+    named = services.dispute_request_create(
+        owner=owner, title="t", claimant_model=bare_claimant.model, methods=["watermark"],
+        suspect_registration=suspect,
+    )  # fmt: skip
+    services.dispute_request_withdraw(request=named)
+
+    ownership_services.model_delete(model=suspect)
+    named.refresh_from_db()
+    assert named.suspect_registration is None
+    assert named.suspect_digest == suspect.model_digest
+    ownership_services.model_delete(model=bare_claimant.model)
+    assert not DisputeRequest.objects.exists()
