@@ -42,9 +42,10 @@ The statement's subjects are the suspect's digest (name "suspect") and each clai
 
 The receipts are built when the verdict is, so their checkpoints are signed by the log key in keys/log.vkey.
 
-Format v1 is v2 without consistency.json. Such bundles still verify, with a warning check "log consistency"
-saying that nothing in them shows the receipts' checkpoints and the verdict's checkpoint to be of one log;
-downloading the bundle again gives a v2 one.
+Format v1 is v2 without consistency.json. Such bundles fail the check "log consistency", as does any bundle
+without consistency.json whatever its manifest says: nothing in them shows the receipts' checkpoints and the
+verdict's checkpoint to be of one log, and a relayed bundle could have had its proofs stripped. Bundles are
+built at download time, so downloading the bundle again gives a v2 one.
 """
 
 import base64
@@ -778,19 +779,22 @@ def _check_inclusion(token: bytes | None, state: _State) -> str:
 
 
 def _consistency_checks(state: _State) -> Check:
-    """consistency.json as a whole: present in a v2 bundle (absent from v1), one proof per receipt."""
-    name = "log consistency"
-    present = CONSISTENCY in state.files
-    if state.format == BUNDLE_FORMAT_V1 and not present:
-        detail = (
-            f"absent: a {BUNDLE_FORMAT_V1} bundle carries no consistency proofs, so nothing shows that the "
-            "receipts' checkpoints and the verdict's are of one log; download the bundle again for a v2 one"
-        )
-        return Check(name, True, detail, warning=True)
-    return _attempt(name, lambda: _check_consistency_file(state))
+    """consistency.json as a whole: present, whatever the manifest says, with one proof per receipt."""
+    return _attempt("log consistency", lambda: _check_consistency_file(state))
 
 
 def _check_consistency_file(state: _State) -> str:
+    # Stripping the proofs and relabelling the manifest v1 must not pass: without them nothing shows that the
+    # receipts' checkpoints and the verdict's are of one log. Bundles are built at download time, so any
+    # verdict's bundle can be fetched again as v2.
+    if state.format == BUNDLE_FORMAT_V1:
+        if CONSISTENCY not in state.files:
+            raise _CheckError(
+                f"the bundle has no {CONSISTENCY}: {BUNDLE_FORMAT_V1} bundles carry no consistency proofs, so "
+                "nothing shows that the receipts' checkpoints and the verdict's are of one log; download the "
+                f"bundle again for a {BUNDLE_FORMAT} one"
+            )
+        raise _CheckError(f"{CONSISTENCY} belongs to {BUNDLE_FORMAT} bundles, this one is {state.format!r}")
     if state.format not in (None, BUNDLE_FORMAT):
         raise _CheckError(f"{CONSISTENCY} belongs to {BUNDLE_FORMAT} bundles, this one is {state.format!r}")
     if CONSISTENCY not in state.files:

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from timestamps import merkle
+from timestamps import keys, merkle, note
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.models import Checkpoint, LogEntry, LogHead, LogNode, SigningKey
 
@@ -77,14 +77,28 @@ def checkpoint_get(*, size: int) -> Checkpoint:
     return checkpoint
 
 
-def checkpoint_latest(*, size: int = 0) -> Checkpoint | None:
-    """The largest checkpoint of at least `size` entries signed by the current log key, if there is one."""
-    return (
-        Checkpoint.objects.select_related("key")
-        .filter(size__gte=size, key__purpose=SigningKey.Purpose.LOG, key__status=SigningKey.Status.CURRENT)
-        .order_by("-size", "-created_at")
-        .first()
-    )
+def checkpoint_latest(*, size: int = 0, key: SigningKey | None = None) -> Checkpoint | None:
+    """The largest checkpoint of at least `size` entries signed by `key`, if there is one.
+
+    Without `key`, by the current log key. With it, by that log key whether current or retired: a verdict's
+    bundle carries the log key of its signing time, so only that key's checkpoints open with it.
+    """
+    checkpoints = Checkpoint.objects.select_related("key").filter(size__gte=size, key__purpose=SigningKey.Purpose.LOG)
+    if key is None:
+        checkpoints = checkpoints.filter(key__status=SigningKey.Status.CURRENT)
+    else:
+        checkpoints = checkpoints.filter(key=key)
+    return checkpoints.order_by("-size", "-created_at").first()
+
+
+def log_key_of(*, verifier_key: str) -> SigningKey | None:
+    """The log key, current or retired, whose note verifier key (`name+hash+base64`) this is, if it is one."""
+    try:
+        _, _, public = note.parse_verifier_key(verifier_key)
+    except note.NoteError:
+        return None
+    kid = keys.key_id(public)
+    return SigningKey.objects.filter(kid=kid, purpose=SigningKey.Purpose.LOG).first()
 
 
 def log_proof_get(*, index: int, checkpoint: Checkpoint) -> dict[str, Any]:

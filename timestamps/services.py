@@ -86,15 +86,27 @@ def checkpoint_publish() -> Checkpoint:
     )
 
 
-def checkpoint_covering(*, size: int) -> Checkpoint:
+def checkpoint_covering(*, size: int, key: SigningKey | None = None) -> Checkpoint:
     """The latest checkpoint of at least `size` entries; one is signed only when none covers them yet.
 
     Readers (receipts, verdict bundles) take this rather than `checkpoint_publish`: the beat schedule
-    signs checkpoints as the log grows, so a download costs no signature and no head lock.
+    signs checkpoints as the log grows, so a download costs no signature and no head lock. With `key`
+    (a log key, current or retired) only that key's checkpoints count: a retired key signs nothing more,
+    so when none of its checkpoints covers `size` entries, LogIntegrityError says so.
     """
-    checkpoint = checkpoint_latest(size=size)
+    checkpoint = checkpoint_latest(size=size, key=key)
     if checkpoint is None:
+        if key is not None and key.status != SigningKey.Status.CURRENT:
+            raise LogIntegrityError(
+                f"no checkpoint signed by the retired log key {key.kid[:16]} covers the first {size} entries, "
+                "and a retired key signs no more checkpoints"
+            )
         checkpoint = checkpoint_publish()
+        if key is not None and checkpoint.key_id != key.pk:
+            raise LogIntegrityError(
+                f"the log key {key.kid[:16]} was retired meanwhile: no checkpoint it signed covers the first "
+                f"{size} entries"
+            )
     if checkpoint.size < size:
         raise LogRangeError(f"size {size} exceeds the log size {checkpoint.size}")
     return checkpoint

@@ -596,19 +596,26 @@ def test_a_v2_bundle_without_proofs_fails(published: Published) -> None:
     assert "has no consistency.json" in next(c.detail for c in checks if not c.ok)
 
 
-def test_a_v1_bundle_verifies_with_a_warning_that_proofs_are_absent(
+def test_a_bundle_stripped_of_its_proofs_and_relabelled_v1_fails(
     published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # given a v2 bundle whose relay deleted consistency.json and relabelled the manifest v1
     members = {n: d for n, d in _members(published.data).items() if n != "consistency.json"}
     v1 = _rezip(members, fmt="modelcourt-verdict-bundle-v1")
 
     checks = published.verify(v1)
 
-    assert all_ok(checks), [c for c in checks if not c.ok]
-    assert {c.name for c in checks if c.warning} == {"log consistency"}
+    # then the consistency check fails (not a warning), saying to download the bundle again
+    assert _failed(checks) == {"log consistency"}
+    assert not any(c.warning for c in checks)
+    detail = next(c.detail for c in checks if not c.ok)
+    assert "modelcourt-verdict-bundle-v1 bundles carry no consistency proofs" in detail
+    assert "download the bundle again" in detail
     (tmp_path / "v1.zip").write_bytes(v1)
-    assert cli_main(["verify", str(tmp_path / "v1.zip"), *_anchor_files(published, tmp_path)]) == 0
-    assert "WARN log consistency: absent: a modelcourt-verdict-bundle-v1 bundle" in capsys.readouterr().out
+    assert cli_main(["verify", str(tmp_path / "v1.zip"), *_anchor_files(published, tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL log consistency: the bundle has no consistency.json" in out
+    assert "WARN" not in out
 
 
 def test_a_v1_bundle_does_not_carry_proofs(published: Published) -> None:

@@ -10,13 +10,15 @@ import zipfile
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 from rest_framework.throttling import ScopedRateThrottle
 
 from modelcourt import bundle
 from modelcourt.bundle import all_ok, verify_bundle
+from timestamps import keys
 from timestamps import services as timestamp_services
-from timestamps.models import Checkpoint
+from timestamps.models import Checkpoint, SigningKey
 from verification import services
 from verification.models import Dispute, Verdict
 
@@ -151,6 +153,61 @@ def test_the_bundle_proves_the_log_extends_each_receipts_checkpoint(published: V
         assert proofs[receipt["commitment"]]["first"] == receipt["log"]["tree_size"]
         assert proofs[receipt["commitment"]]["second"] == tree_size
         assert any(c.name == f"log consistency {receipt['commitment'][:16]}" and c.ok for c in checks)
+
+
+def test_a_log_key_rotation_keeps_the_bundle_under_the_verdicts_own_key(published: Verdict) -> None:
+    api, web = _urls(published)
+    first = Client().get(api)
+    assert first.status_code == 200
+    old_key = published.bundle_parts["log_vkey"]
+
+    # when the log key is rotated and the log grows, with checkpoints signed by the new key
+    keys.key_rotate(purpose=SigningKey.Purpose.LOG)
+    for n in range(3):
+        timestamp_services.timestamp_digest(digest=hashlib.sha256(f"after the rotation {n}".encode()).digest())
+    newer = timestamp_services.checkpoint_publish()  # what the beat schedule does
+    assert keys.log_verifier_key(newer.key) != old_key
+
+    # then the bundle is still served, under the latest checkpoint of the verdict's own (now retired) key
+    again = [Client().get(url) for url in (api, web)]
+    assert [response.status_code for response in again] == [200, 200]
+    for response in again:
+        data = response.content
+        assert _member(data, "keys/log.vkey").decode() == old_key + "\n"
+        assert json.loads(_member(data, "log.json"))["tree_size"] < newer.size
+        checks = verify_bundle(data)  # with the keys the bundle carries
+        assert all_ok(checks), [c for c in checks if not c.ok]
+        anchored = verify_bundle(data, log_vkey=old_key, verdict_keys=published.bundle_parts["verdict_keys"])
+        assert all_ok(anchored), [c for c in anchored if not c.ok]
+    assert again[0].content == first.content
+
+
+def test_no_checkpoint_by_a_retired_log_key_covering_the_verdict_is_a_503(published: Verdict) -> None:
+    # given a verdict no checkpoint covers yet (its first download would sign one), and then a rotation
+    checkpoints = Checkpoint.objects.count()
+    keys.key_rotate(purpose=SigningKey.Purpose.LOG)
+
+    response = Client().get(_urls(published)[0])
+
+    # then nothing is signed with the retired key nor the new one, and the reason is given
+    assert response.status_code == 503
+    assert response.json()["code"] == "log_integrity"
+    assert "retired log key" in response.json()["detail"]
+    assert Checkpoint.objects.count() == checkpoints
+
+
+def test_the_cache_holds_one_zip_per_verdict_replaced_with_the_checkpoint(published: Verdict) -> None:
+    key = f"verdict-bundle:{bundle.BUNDLE_FORMAT}:{published.pk}"
+    first = services.verdict_bundle(verdict=published)
+    cached = cache.get(key)
+    assert cached[2] == first
+
+    timestamp_services.timestamp_digest(digest=hashlib.sha256(b"another commitment").digest())
+    newer = timestamp_services.checkpoint_publish()
+    second = services.verdict_bundle(verdict=published)
+
+    assert second != first
+    assert cache.get(key) == (newer.pk, newer.size, second)
 
 
 def _member(data: bytes, name: str) -> bytes:
