@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import socket
 import tempfile
@@ -40,6 +41,28 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
             f"methods must be a non-empty list of {', '.join(METHOD_EVIDENCE)}; got {list(methods)}", code="methods"
         )
     return chosen
+
+
+def _check_public_endpoint(url: str) -> None:
+    """Refuse an owner's endpoint that names this service's own network (loopback, private, link-local...).
+
+    Owners are not trusted with the worker's network position; arbiters, who file and accept disputes,
+    are. A name that does not resolve here is let through: the arbiter reviews the request, and the run
+    reports an endpoint it cannot reach.
+    """
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not address.is_global:
+            raise DisputeError(
+                f"the endpoint's host {host} is not a public address ({address}); "
+                "name a publicly reachable prediction endpoint",
+                code="suspect_url",
+            )
 
 
 def _check_url(url: str) -> str:
@@ -220,6 +243,8 @@ def dispute_request_create(
     if len(statement) > MAX_STATEMENT:
         raise DisputeError(f"the statement is limited to {MAX_STATEMENT} characters", code="statement")
     chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
+    if suspect_url:
+        _check_public_endpoint(_check_url(suspect_url))
     now = timezone.now()
     request = DisputeRequest(
         owner=owner,
@@ -509,8 +534,11 @@ def verdict_record(
 def verdict_bundle(*, verdict: Verdict) -> bytes:
     """The verdict's evidence bundle (zip): envelope, token, keys, receipts, and proofs under the latest checkpoint.
 
-    A checkpoint is signed only when none covers the verdict and its receipts yet (the beat schedule signs
-    them as the log grows). The zip depends on nothing else, so it is cached per verdict and checkpoint.
+    The checkpoint is the latest one signed by the log key the verdict carries (signed into its predicate),
+    current or retired since, that covers the verdict and its receipts. While that key is current, one is
+    signed only when none covers them yet (the beat schedule signs them as the log grows); a retired key
+    signs nothing more, so if none of its checkpoints covers them the bundle cannot be built (503). The zip
+    depends on nothing but the checkpoint, so one cache entry per verdict holds the latest one's zip.
     """
     from django.core.cache import cache
 
@@ -522,11 +550,16 @@ def verdict_bundle(*, verdict: Verdict) -> bytes:
     index = token.log_entry_id
     receipts = verdict.bundle_parts.get("receipts", [])
     covered = max([index + 1, *(receipt["log"]["tree_size"] for receipt in receipts)])
-    checkpoint = timestamp_services.checkpoint_covering(size=covered)
-    key = f"verdict-bundle:{bundle.BUNDLE_FORMAT}:{verdict.pk}:{checkpoint.size}:{checkpoint.pk}"
-    data: bytes | None = cache.get(key)
-    if data is not None:
-        return data
+    log_key = timestamp_selectors.log_key_of(verifier_key=str(verdict.bundle_parts.get("log_vkey", "")))
+    if log_key is None:
+        logger.error("verdict %s: its log verifier key is not one of the log's keys", verdict.public_id)
+        raise LogIntegrityError("the verdict's log key is not one of the log's published keys")
+    checkpoint = timestamp_services.checkpoint_covering(size=covered, key=log_key)
+    # One entry per verdict, overwritten when the checkpoint changes: older zips do not pile up in the cache.
+    key = f"verdict-bundle:{bundle.BUNDLE_FORMAT}:{verdict.pk}"
+    cached = cache.get(key)
+    if isinstance(cached, tuple) and len(cached) == 3 and cached[:2] == (checkpoint.pk, checkpoint.size):
+        return bytes(cached[2])
     proofs = {
         receipt["commitment"]: [
             base64.b64encode(h).decode()
@@ -549,6 +582,5 @@ def verdict_bundle(*, verdict: Verdict) -> bytes:
         # the stored parts were checked when the verdict was signed: failing now means the log itself is wrong
         logger.error("verdict %s: its bundle no longer builds: %s", verdict.public_id, exc)
         raise LogIntegrityError(f"the verdict's bundle cannot be built against the current log: {exc}") from exc
-    # a newer checkpoint makes a new key: entries for older ones are only left to expire
-    cache.set(key, data, timeout=24 * 3600)
+    cache.set(key, (checkpoint.pk, checkpoint.size, data), timeout=24 * 3600)
     return data

@@ -296,3 +296,21 @@ def test_a_registered_suspect_can_be_requested(owner: Any, arbiter: Any, bare_cl
     assert made.status_code == 201, made.content
     assert made.json()["suspect"]["registered_model"] == str(suspect.public_id)
     assert made.json()["suspect"]["digest"] == suspect.model_digest
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/predict",
+        "http://localhost:6379/",
+        "http://10.1.2.3/v2/models/m/infer",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:5432/",
+    ],
+)
+def test_an_owner_cannot_point_the_worker_at_its_own_network(owner: Any, bare_claimant: Claimant, url: str) -> None:
+    response = _client(owner).post(REQUESTS, _request_form(bare_claimant, suspect_url=url), format="json")
+
+    body = _error(response, 400, "suspect_url")
+    assert "not a public address" in body["detail"]
+    assert not DisputeRequest.objects.exists()
