@@ -25,6 +25,7 @@ rebuild dataclasses defined in the called function's own module.
 
 import atexit
 import contextlib
+import ctypes
 import dataclasses
 import importlib
 import io
@@ -54,6 +55,7 @@ MAX_OUTPUT_BYTES = 64 << 20  # what the child may print; Python ignores SIGXFSZ,
 ALLOWED_PACKAGES = ("verification.", "ownership.", "workers.", "tests.")
 PRELOADED = ("numpy", "torch", "onnx", "onnxruntime", "verification.methods.runner", "verification.methods.stress")
 SPARE_MAX_AGE_S = 1800.0
+_PR_SET_DUMPABLE = 4  # linux/prctl.h
 # A spare already holds the preloaded modules' address space; a job whose limit leaves it less than
 # this on top starts cold, where its limit counts only what the job itself imports.
 SPARE_HEADROOM_BYTES = 1 << 30
@@ -804,6 +806,7 @@ def _tail(log: IO[bytes]) -> str:
 def _child_main(result_fd: int, *, warm: bool, gpu: bool) -> None:
     """Entry point of the child: preload (a spare), wait for the job, apply its limits, run it, answer, exit."""
     _limit(resource.RLIMIT_CORE, 0)
+    _not_dumpable()
     stdin = sys.stdin.buffer
     if warm:
         signal.alarm(int(SPARE_MAX_AGE_S) + 60)  # a spare nobody takes ends itself
@@ -846,6 +849,13 @@ def _child_main(result_fd: int, *, warm: bool, gpu: bool) -> None:
         _write(result_fd, chunks)
     finally:
         os._exit(0)  # skip interpreter teardown: slow with torch loaded, and nothing is left to do
+
+
+def _not_dumpable() -> None:
+    """Make /proc/<pid> of this child root's: a job in a sibling (same user) cannot reach a spare's pipes or memory."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _read_frame(stream: IO[bytes]) -> bytes:

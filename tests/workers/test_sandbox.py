@@ -673,3 +673,16 @@ def test_the_child_refuses_a_disallowed_function_it_is_sent(monkeypatch: pytest.
 
     assert caught.value.kind == "error"
     assert "subprocess:getoutput is not allowed to run in the sandbox" in caught.value.reason
+
+
+def _dumpable() -> int:
+    """The calling process's PR_GET_DUMPABLE (a sandboxed helper: read in the child)."""
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))
+
+
+def test_children_are_not_dumpable_so_siblings_cannot_reach_them() -> None:
+    assert _dumpable() == 1  # this process is
+
+    assert run_sandboxed(_dumpable, timeout_s=60, memory_bytes=1 << 30, prewarm=False) == 0
