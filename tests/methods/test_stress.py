@@ -19,7 +19,7 @@ from verification.methods.datasets import TaskData
 from verification.methods.panels import ReferencePanel
 from verification.methods.stress import (
     CONTROL,
-    StressTestError,
+    StressSpecError,
     prune_weights_by_name,
     run_stress_test,
     theft_seed,
@@ -147,7 +147,7 @@ def test_pruning_works_on_a_loaded_torchscript_model(files, digits: TaskData) ->
 
 def test_an_onnx_model_supports_the_black_box_thefts_only(files, watermark) -> None:  # type: ignore[no-untyped-def]
     onnx = {"kind": "onnx", "path": str(files["onnx"])}
-    with pytest.raises(StressTestError, match="need a TorchScript model"):
+    with pytest.raises(StressSpecError, match="need a TorchScript model"):
         run_stress_test(_spec(files, watermark, model=onnx, thefts=["copy", "prune"]))
 
     results = run_stress_test(_spec(files, watermark, model=onnx, thefts=["copy", "extract"]))["results"]
@@ -174,12 +174,12 @@ class _NaNAnswers(nn.Module):
 def test_a_model_answering_garbage_is_refused_with_a_reason(files, watermark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "nan.pt"
     torch.jit.save(torch.jit.script(_NaNAnswers()), str(path))
-    with pytest.raises(StressTestError, match=r"does not answer like a 10-class classifier.*NaN"):
+    with pytest.raises(StressSpecError, match=r"does not answer like a 10-class classifier.*NaN"):
         run_stress_test(_spec(files, watermark, model={"kind": "torchscript", "path": str(path)}))
 
 
 def test_unknown_thefts_and_settings_are_refused(files, watermark) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(StressTestError, match="thefts must be"):
+    with pytest.raises(StressSpecError, match="thefts must be"):
         run_stress_test(_spec(files, watermark, thefts=["photocopy"]))
-    with pytest.raises(StressTestError, match="unknown stress-test settings: epochs"):
+    with pytest.raises(StressSpecError, match="unknown stress-test settings: epochs"):
         run_stress_test(_spec(files, watermark, settings={"epochs": 3}))

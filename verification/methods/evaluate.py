@@ -7,9 +7,10 @@ it never raises out of here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,22 @@ class AgreementClaim:
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.labels) or len(self.labels) == 0:
             raise ValueError(f"claim {self.name!r} needs as many labels as inputs, and at least one")
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> AgreementClaim:
+        """A claim from plain data, as a sandbox child receives it: ``{name, kind, inputs, labels, verifiable}``."""
+        return cls(
+            name=str(raw["name"]),
+            kind=raw["kind"],
+            inputs=np.asarray(raw["inputs"], dtype=np.float32),
+            labels=np.asarray(raw["labels"], dtype=np.int64),
+            verifiable=bool(raw.get("verifiable", False)),
+        )
+
+    @property
+    def tie_break(self) -> float:
+        """The rank p-value's tie-break, drawn from the claim's name (its commitment): fixed before any query."""
+        return int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "big") / 2**64
 
 
 def agreement_claim_test(

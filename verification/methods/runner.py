@@ -9,7 +9,6 @@ Nothing here touches a database or a key.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -102,19 +101,11 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     mark = time.perf_counter()
     for raw in spec.get("claims", []):
-        claim = AgreementClaim(
-            name=str(raw["name"]),
-            kind=raw["kind"],
-            inputs=np.asarray(raw["inputs"], dtype=np.float32),
-            labels=np.asarray(raw["labels"], dtype=np.int64),
-            verifiable=bool(raw.get("verifiable", False)),
-        )
+        claim = AgreementClaim.from_spec(raw)
         if suspect is None:
             tests.append(TestResult(claim.name, claim.kind, 1.0, {"K": len(claim.labels)}, False, failure))
             continue
-        # the rank p-value's tie-break is drawn from the claim's name (its commitment), fixed before any query
-        tie_break = int.from_bytes(hashlib.sha256(claim.name.encode()).digest()[:8], "big") / 2**64
-        test, screen = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=tie_break)
+        test, screen = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=claim.tie_break)
         tests.append(test)
         screens.append(screen)
         panel_rates = (panel.labels(claim.inputs) == claim.labels[None, :]).mean(axis=1)

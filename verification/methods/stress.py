@@ -48,7 +48,7 @@ __all__ = [
     "CONTROL",
     "RESULTS_FORMAT",
     "WHITE_BOX_THEFTS",
-    "StressTestError",
+    "StressSpecError",
     "prune_weights_by_name",
     "run_stress_test",
     "run_stress_test_reporting",
@@ -73,7 +73,7 @@ FloatArray = npt.NDArray[np.float32]
 LabelArray = npt.NDArray[np.int64]
 
 
-class StressTestError(Exception):
+class StressSpecError(Exception):
     """A stress test that cannot run on this model, evidence or panel; the message is a sentence for the owner."""
 
 
@@ -93,14 +93,14 @@ class _Settings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise StressTestError(f"unknown stress-test settings: {', '.join(unknown)}")
+            raise StressSpecError(f"unknown stress-test settings: {', '.join(unknown)}")
         made = cls(**dict(raw))
         if min(made.fine_tune_epochs, made.student_epochs, made.control_epochs, made.extract_budget) < 1:
-            raise StressTestError("epochs and the extraction budget must be at least 1")
+            raise StressSpecError("epochs and the extraction budget must be at least 1")
         if not 0 < made.prune_amount < 1:
-            raise StressTestError(f"the pruned fraction must lie in (0, 1), got {made.prune_amount}")
+            raise StressSpecError(f"the pruned fraction must lie in (0, 1), got {made.prune_amount}")
         if made.student_arch not in ARCHITECTURES:
-            raise StressTestError(f"unknown student architecture {made.student_arch!r}")
+            raise StressSpecError(f"unknown student architecture {made.student_arch!r}")
         return made
 
 
@@ -118,18 +118,13 @@ def theft_seed(seed: int, theft: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{theft}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def _tie_break(name: str) -> float:
-    # as in a dispute: drawn from the evidence's name (its commitment), fixed before any query
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
-
-
 def _load_script(path: str) -> nn.Module:
     try:
         module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
-        raise StressTestError(f"your model could not be loaded as TorchScript: {exc}") from exc
+        raise StressSpecError(f"your model could not be loaded as TorchScript: {exc}") from exc
     if not isinstance(module, nn.Module):
-        raise StressTestError("your model did not load as a TorchScript module")
+        raise StressSpecError("your model did not load as a TorchScript module")
     return module.eval()
 
 
@@ -141,7 +136,7 @@ def _owner_suspect(kind: ModelKind, path: str, task: TaskData) -> Suspect:
             return TorchScriptSuspect(path, num_classes=classes, input_shape=shape, device="cpu")
         return OnnxSuspect(path, num_classes=classes, input_shape=shape, device="cpu", threads=1)
     except SuspectError as exc:
-        raise StressTestError(f"your model could not be loaded: {exc}") from exc
+        raise StressSpecError(f"your model could not be loaded: {exc}") from exc
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -170,7 +165,7 @@ def prune_weights_by_name(
     """
     weights = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "weight" and p.dim() >= 2]
     if not weights:
-        raise StressTestError("your model has no weight matrices to prune")
+        raise StressSpecError("your model has no weight matrices to prune")
     magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
     count = round(amount * magnitudes.numel())
     flat_mask = torch.ones_like(magnitudes)
@@ -204,7 +199,7 @@ def _steal(theft: str, *, kind: ModelKind, path: str, task: TaskData, settings: 
         return _Stolen(TorchModuleSuspect(model, num_classes=classes, input_shape=shape, device="cpu"), 0, detail)
     if theft in WHITE_BOX_THEFTS:
         if kind != "torchscript":
-            raise StressTestError(f"the {theft} theft trains your weights: it needs a TorchScript model")
+            raise StressSpecError(f"the {theft} theft trains your weights: it needs a TorchScript model")
         # a fresh load, not a deep copy: copied ScriptModules hold non-leaf parameters that cannot be trained
         module = _load_script(path)
         epochs = settings.fine_tune_epochs
@@ -234,7 +229,7 @@ def _steal(theft: str, *, kind: ModelKind, path: str, task: TaskData, settings: 
         )
         detail = f"a {arch} trained {settings.student_epochs} epochs on your labels for mixup queries"
     else:
-        raise StressTestError(f"unknown theft {theft!r}; expected one of {', '.join(thefts.THEFT_KINDS)}")
+        raise StressSpecError(f"unknown theft {theft!r}; expected one of {', '.join(thefts.THEFT_KINDS)}")
     suspect = TorchModuleSuspect(student, num_classes=classes, input_shape=shape, device="cpu")
     return _Stolen(suspect, int(victim.queries), detail)
 
@@ -244,27 +239,16 @@ def _task_for(panel: ReferencePanel, name: str | None) -> TaskData:
     try:
         task = task_by_name(name or panel.task)
     except ValueError as exc:
-        raise StressTestError(f"the panel's task {panel.task!r} has no public data to simulate a thief with") from exc
+        raise StressSpecError(f"the panel's task {panel.task!r} has no public data to simulate a thief with") from exc
     if panel.params.get("task_digest") not in (None, task.digest):
-        raise StressTestError(f"the panel was trained on other {task.name} data than the thief would hold")
+        raise StressSpecError(f"the panel was trained on other {task.name} data than the thief would hold")
     if (panel.num_classes, panel.input_shape) != (task.num_classes, task.input_shape):
-        raise StressTestError("the panel does not match its task's interface")
+        raise StressSpecError("the panel does not match its task's interface")
     return task
 
 
 def _claims(spec: Mapping[str, Any]) -> list[AgreementClaim]:
-    claims = []
-    for raw in spec.get("claims", []):
-        claims.append(
-            AgreementClaim(
-                name=str(raw["name"]),
-                kind=raw["kind"],
-                inputs=np.asarray(raw["inputs"], dtype=np.float32),
-                labels=np.asarray(raw["labels"], dtype=np.int64),
-                verifiable=bool(raw.get("verifiable", False)),
-            )
-        )
-    return claims
+    return [AgreementClaim.from_spec(raw) for raw in spec.get("claims", [])]
 
 
 def _cell(test: TestResult, *, alpha: float, screened_out: bool) -> dict[str, Any]:
@@ -298,7 +282,7 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     ``student_arch``, ``control_epochs``). Returns ``{"results", "timings"}``: ``results["rows"]`` has one
     row per theft and a last one for the control, each with the stolen model's holdout accuracy, its
     agreement with the owner's model and one cell per evidence set; ``results`` depends only on the spec
-    (seconds are in ``timings``). Raises :class:`StressTestError`.
+    (seconds are in ``timings``). Raises :class:`StressSpecError`.
     """
     report = progress or (lambda percent, phase: None)
     timings: dict[str, float] = {}
@@ -308,26 +292,26 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     kind: ModelKind = spec["model"]["kind"]
     path = str(spec["model"]["path"])
     if kind not in ("torchscript", "onnx"):
-        raise StressTestError(f"unknown model format {kind!r}")
+        raise StressSpecError(f"unknown model format {kind!r}")
     asked = list(dict.fromkeys(str(t) for t in spec.get("thefts", [])))
     unknown = [t for t in asked if t not in thefts.THEFT_KINDS]
     if not asked or unknown:
-        raise StressTestError(f"thefts must be a non-empty list of {', '.join(thefts.THEFT_KINDS)}")
+        raise StressSpecError(f"thefts must be a non-empty list of {', '.join(thefts.THEFT_KINDS)}")
     if kind != "torchscript" and WHITE_BOX_THEFTS & set(asked):
-        raise StressTestError("fine-tuning and pruning train your weights: they need a TorchScript model")
+        raise StressSpecError("fine-tuning and pruning train your weights: they need a TorchScript model")
     settings = _Settings.from_spec(spec.get("settings", {}))
     claims = _claims(spec)
     datasets = list(spec.get("datasets", []))
     if not claims and not datasets:
-        raise StressTestError("no evidence to test")
+        raise StressSpecError("no evidence to test")
     if datasets and kind != "torchscript":
-        raise StressTestError("dataset inference needs your model's gradients: it needs a TorchScript model")
+        raise StressSpecError("dataset inference needs your model's gradients: it needs a TorchScript model")
 
     report(0, "loading the reference panel")
     panel = ReferencePanel.load(Path(spec["panel_dir"]))
     task = _task_for(panel, spec.get("task"))
     if (int(spec["num_classes"]), tuple(int(d) for d in spec["input_shape"])) != (task.num_classes, task.input_shape):
-        raise StressTestError(
+        raise StressSpecError(
             f"your model has {spec['num_classes']} classes and inputs {list(spec['input_shape'])}, but the panel's "
             f"task {task.name} has {task.num_classes} classes and inputs {list(task.input_shape)}"
         )
@@ -339,13 +323,13 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     try:
         owner_holdout = owner.labels(task.holdout_x)
     except (SuspectError, ValueError) as exc:
-        raise StressTestError(f"your model does not answer like a {task.num_classes}-class classifier: {exc}") from exc
+        raise StressSpecError(f"your model does not answer like a {task.num_classes}-class classifier: {exc}") from exc
     owner_accuracy = float((owner_holdout == task.holdout_y).mean())
     owner_module = _load_script(path) if datasets else None
     screens: dict[str, dict[str, Any]] = {}
     evidence: list[dict[str, Any]] = []
     for claim in claims:
-        _, screen = agreement_claim_test(claim, owner, panel, alpha=alpha, tie_break=_tie_break(claim.name))
+        _, screen = agreement_claim_test(claim, owner, panel, alpha=alpha, tie_break=claim.tie_break)
         screens[claim.name] = {"rejected": bool(screen.rejected), "p_value": float(screen.p_value)}
         evidence.append(
             {
@@ -372,7 +356,7 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
         try:
             stolen = _steal(theft, kind=kind, path=path, task=task, settings=settings, seed=theft_seed(seed, theft))
         except (SuspectError, QueryBudgetExceeded, ValueError) as exc:
-            raise StressTestError(f"the {label} theft failed on your model: {exc}") from exc
+            raise StressSpecError(f"the {label} theft failed on your model: {exc}") from exc
         timings[f"{theft}_simulate_s"] = time.perf_counter() - mark
 
         report(share + 95 // (2 * len(columns)), f"testing your evidence against the {label} model")
@@ -382,10 +366,10 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
             accuracy = float((suspect.labels(task.holdout_x) == task.holdout_y).mean())
             agreement = _agreement(suspect, owner_holdout, task.holdout_x)
         except SuspectError as exc:
-            raise StressTestError(f"the {label} model does not answer: {exc}") from exc
+            raise StressSpecError(f"the {label} model does not answer: {exc}") from exc
         cells = []
         for claim in claims:
-            test, _ = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=_tie_break(claim.name))
+            test, _ = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=claim.tie_break)
             cells.append(_cell(test, alpha=alpha, screened_out=screens[claim.name]["rejected"]))
         for raw in datasets:
             assert owner_module is not None  # noqa: S101 (loaded above whenever datasets are given)
@@ -455,5 +439,5 @@ def run_stress_test_reporting(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     try:
         return run_stress_test(spec, write)
-    except StressTestError as exc:
+    except StressSpecError as exc:
         return {"failure": str(exc)}
