@@ -8,12 +8,10 @@ child process; this process opens the escrow, checks commitments and proofs, and
 import base64
 import html
 import io
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -158,6 +156,7 @@ def _suspect_spec(dispute: Dispute) -> dict[str, Any]:
 
 def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
     from verification.methods.runner import run_methods
+    from workers.device import sandbox_gpu
     from workers.sandbox import SandboxError, run_sandboxed
 
     try:
@@ -166,20 +165,10 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
             spec,
             timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
             memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
-            gpu=_gpu_host(),
+            gpu=sandbox_gpu(),
         )
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
-
-
-def _gpu_host() -> bool:
-    """Whether the sandbox child may use GPUs: MODELCOURT_DEVICE=cpu says no; else when the host has any.
-
-    Looks for the NVIDIA device files rather than asking torch, so this process never touches CUDA.
-    """
-    if os.environ.get("MODELCOURT_DEVICE", "").strip().lower() == "cpu":
-        return False
-    return Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
 
 
 def _plots(result: dict[str, Any]) -> dict[str, bytes]:

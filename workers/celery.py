@@ -49,14 +49,13 @@ app.autodiscover_tasks()
 @worker_process_init.connect
 def _configure_child(**_: object) -> None:
     """Per child process: one torch thread (2-core hosts thrash with more), lazy device, a warm sandbox spare."""
-    from workers.device import configure_torch
+    from workers.device import configure_torch, sandbox_gpu
     from workers.sandbox import warm_spare
 
     configure_torch()
     # a sandbox child that has imported torch already, so the first dispute does not wait for it; its
-    # GPU flag must match what verification.runs asks for, or the first run starts cold
-    devices = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
-    warm_spare(gpu=devices and os.environ.get("MODELCOURT_DEVICE", "").strip().lower() != "cpu")
+    # GPU flag is the one verification runs ask for, or the first run starts cold
+    warm_spare(gpu=sandbox_gpu())
 
 
 @worker_process_shutdown.connect

@@ -28,3 +28,13 @@ def select_device() -> str:
             raise RuntimeError(f"MODELCOURT_DEVICE={wanted} but CUDA is not available on this host")
         return wanted
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sandbox_gpu() -> bool:
+    """Whether sandbox children may use GPUs: MODELCOURT_DEVICE=cpu says no; else when the host has any.
+
+    Looks for the NVIDIA device files rather than asking torch, so the calling process never touches CUDA.
+    """
+    if os.environ.get("MODELCOURT_DEVICE", "").strip().lower() == "cpu":
+        return False
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
