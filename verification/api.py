@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from ownership import selectors as ownership_selectors
 from ownership.api import refuse_oversized
 from ownership.exceptions import RegistryNotFoundError
-from ownership.models import RegisteredModel
+from ownership.models import EvidenceSet, RegisteredModel
 from ownership.roles import IsArbiter, IsOwner, Role, user_has_role
 from verification import reference, selectors, services
 from verification.exceptions import DisputeNotFoundError
@@ -162,6 +162,16 @@ def _with_relations(disputes: QuerySet[Dispute]) -> QuerySet[Dispute]:
 # --- input ---------------------------------------------------------------------------------------
 
 
+def evidence_sets_of(model: RegisteredModel, public_ids: list[uuid.UUID], whose: str) -> list[EvidenceSet]:
+    """The model's evidence sets by public id (each once), or a validation error on the evidence_sets field."""
+    try:
+        return [ownership_selectors.evidence_get(model=model, public_id=pid) for pid in dict.fromkeys(public_ids)]
+    except RegistryNotFoundError:
+        raise serializers.ValidationError(
+            {"evidence_sets": f"every evidence set must be one of the {whose}'s"}
+        ) from None
+
+
 class ClaimAndSuspectInput(serializers.Serializer):
     """The claimant's registration, methods, evidence sets and exactly one suspect (filing and requests)."""
 
@@ -214,16 +224,7 @@ class ClaimAndSuspectInput(serializers.Serializer):
         if endpoint_only and given != ["suspect_url"]:
             raise serializers.ValidationError(f"{', '.join(endpoint_only)} only go with suspect_url")
         if "evidence_sets" in attrs:
-            model = attrs["claimant_model"]
-            try:
-                attrs["evidence_sets"] = [
-                    ownership_selectors.evidence_get(model=model, public_id=public_id)
-                    for public_id in dict.fromkeys(attrs["evidence_sets"])
-                ]
-            except RegistryNotFoundError:
-                raise serializers.ValidationError(
-                    {"evidence_sets": "every evidence set must be one of the claimant model's"}
-                ) from None
+            attrs["evidence_sets"] = evidence_sets_of(attrs["claimant_model"], attrs["evidence_sets"], "claimant model")
         return attrs
 
 

@@ -76,7 +76,7 @@ class RegistrationChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
         return model
 
 
-def _panel_choices() -> list[tuple[str, str]]:
+def panel_choices() -> list[tuple[str, str]]:
     return [(name, f"{name} — {description}") for name, description in reference.panel_list().items()]
 
 
@@ -184,7 +184,7 @@ class RunSettingsForm(forms.Form):
         initial=100_000, label="Query budget", help_text="The most queries the suspect may be sent."
     )
     panel = forms.ChoiceField(
-        choices=_panel_choices,
+        choices=panel_choices,
         label="Reference panel",
         help_text="Independent models of the same task: they calibrate p0 and screen for false claims.",
     )

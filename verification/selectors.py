@@ -1,7 +1,7 @@
-"""Reads of disputes, dispute requests and verdicts.
+"""Reads of disputes, dispute requests, stress tests and verdicts.
 
-Arbiters see their own disputes and every open request; owners see their own requests; anyone sees
-published verdicts.
+Arbiters see their own disputes and every open request; owners see their own requests and stress tests;
+anyone sees published verdicts.
 """
 
 import uuid
@@ -10,8 +10,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Case, Q, QuerySet, When
 
 from ownership.models import RegisteredModel
-from verification.exceptions import DisputeNotFoundError
-from verification.models import Dispute, DisputeRequest, Verdict
+from verification.exceptions import DisputeNotFoundError, StressTestNotFoundError
+from verification.models import Dispute, DisputeRequest, StressTest, Verdict
 
 
 def dispute_list(*, arbiter: AbstractBaseUser) -> QuerySet[Dispute]:
@@ -81,4 +81,17 @@ def dispute_request_for_arbiter(*, arbiter: AbstractBaseUser, public_id: uuid.UU
     found = dispute_request_inbox(arbiter=arbiter).filter(public_id=public_id).first()
     if found is None:
         raise DisputeNotFoundError("no such open dispute request")
+    return found
+
+
+def stress_test_list(*, owner: AbstractBaseUser) -> QuerySet[StressTest]:
+    """The owner's stress tests, newest first."""
+    return StressTest.objects.filter(owner=owner).select_related("model")
+
+
+def stress_test_get(*, owner: AbstractBaseUser, public_id: uuid.UUID | str) -> StressTest:
+    """One of the owner's stress tests; anyone else's is not found."""
+    found = stress_test_list(owner=owner).filter(public_id=public_id).first()
+    if found is None:
+        raise StressTestNotFoundError("no such stress test among yours")
     return found

@@ -16,8 +16,8 @@ from ownership import selectors as ownership_selectors
 from ownership.exceptions import RegistryNotFoundError
 from ownership.models import RegisteredModel
 from ownership.roles import IsOwner
-from verification import stress
-from verification.api import CommaListField
+from verification import selectors, services
+from verification.api import CommaListField, evidence_sets_of
 from verification.exceptions import StressTestNotFoundError
 from verification.models import StressTest
 
@@ -92,7 +92,7 @@ class StressTestListApi(APIView):
             help_text="public ids of the model's evidence sets to test (default: all of them)",
         )
         thefts = CommaListField(
-            child=serializers.ChoiceField(choices=list(stress.THEFT_KINDS)),
+            child=serializers.ChoiceField(choices=list(services.THEFT_KINDS)),
             allow_empty=False,
             help_text="a list, or comma-separated: copy, fine_tune, prune, distill, extract "
             "(fine_tune and prune need a TorchScript model)",
@@ -105,7 +105,7 @@ class StressTestListApi(APIView):
         )
         alpha = serializers.FloatField(required=False, default=1e-3, help_text="significance level in (0, 0.1]")
         seed = serializers.IntegerField(
-            required=False, default=0, min_value=0, max_value=stress.MAX_SEED, help_text="seeds every theft"
+            required=False, default=0, min_value=0, max_value=services.MAX_SEED, help_text="seeds every theft"
         )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -115,20 +115,12 @@ class StressTestListApi(APIView):
             except RegistryNotFoundError:
                 raise serializers.ValidationError({"model": "no such registered model among yours"}) from None
             if "evidence_sets" in attrs:
-                try:
-                    attrs["evidence_sets"] = [
-                        ownership_selectors.evidence_get(model=attrs["model"], public_id=public_id)
-                        for public_id in dict.fromkeys(attrs["evidence_sets"])
-                    ]
-                except RegistryNotFoundError:
-                    raise serializers.ValidationError(
-                        {"evidence_sets": "every evidence set must be one of the model's"}
-                    ) from None
+                attrs["evidence_sets"] = evidence_sets_of(attrs["model"], attrs["evidence_sets"], "model")
             return attrs
 
     @extend_schema(responses=StressTestOutputSerializer(many=True), summary="Your stress tests")
     def get(self, request: Request) -> Response:
-        found = stress.stress_test_list(owner=request.user).prefetch_related("evidence_sets")
+        found = selectors.stress_test_list(owner=request.user).prefetch_related("evidence_sets")
         return Response(StressTestOutputSerializer(found, many=True).data)
 
     @extend_schema(
@@ -140,7 +132,7 @@ class StressTestListApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
-        started = stress.stress_test_start(owner=request.user, **serializer.validated_data)
+        started = services.stress_test_start(owner=request.user, **serializer.validated_data)
         return _response(started, status.HTTP_202_ACCEPTED)
 
 
@@ -161,4 +153,4 @@ class StressTestDetailApi(APIView):
             public_id = uuid.UUID(stress_test_id)
         except ValueError:
             raise StressTestNotFoundError(f"no such stress test: {stress_test_id[:64]!r} is not a UUID") from None
-        return _response(stress.stress_test_get(owner=request.user, public_id=public_id))
+        return _response(selectors.stress_test_get(owner=request.user, public_id=public_id))

@@ -1,4 +1,4 @@
-"""The owner's stress-test form; field names follow `verification.stress.stress_test_start`."""
+"""The owner's stress-test form; field names follow `verification.services.stress_test_start`."""
 
 from typing import Any
 
@@ -6,9 +6,9 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from ownership.models import EvidenceSet, RegisteredModel
-from verification import reference, selectors, stress
+from verification import reference, selectors, services
 from verification.exceptions import StressTestError
-from verification.forms import RegistrationChoiceField, as_sentence
+from verification.forms import RegistrationChoiceField, as_sentence, panel_choices
 
 THEFT_CHOICES = [
     ("copy", "Exact copy"),
@@ -41,10 +41,6 @@ class EvidenceChoiceField(forms.ModelMultipleChoiceField):  # type: ignore[type-
         return f"{obj.model.name} · {obj.kind} · {obj.size} · {obj.commitment[:12]}"
 
 
-def _panel_choices() -> list[tuple[str, str]]:
-    return [(name, f"{name} — {description}") for name, description in reference.panel_list().items()]
-
-
 class StressTestForm(forms.Form):
     """One of the owner's models, some of its evidence, the thefts, the panel, alpha and the seed."""
 
@@ -69,7 +65,7 @@ class StressTestForm(forms.Form):
         error_messages={"required": "Choose at least one theft."},
     )
     panel = forms.ChoiceField(
-        choices=_panel_choices,
+        choices=panel_choices,
         label="Reference panel",
         help_text="Independent models of your task: they calibrate the p-values; the thief holds their public data.",
     )
@@ -80,7 +76,7 @@ class StressTestForm(forms.Form):
         widget=forms.NumberInput(attrs={"step": "any"}),
     )
     seed = forms.IntegerField(
-        initial=0, min_value=0, max_value=stress.MAX_SEED, help_text="The same seed gives the same table."
+        initial=0, min_value=0, max_value=services.MAX_SEED, help_text="The same seed gives the same table."
     )
 
     def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
@@ -105,7 +101,7 @@ class StressTestForm(forms.Form):
             self.fields["panel"].initial = "digits" if "digits" in names else names[0]
 
     def service_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `stress.stress_test_start` (without the owner)."""
+        """Keyword arguments of `services.stress_test_start` (without the owner)."""
         data = self.cleaned_data
         return {
             "model": data["model"],

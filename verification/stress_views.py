@@ -5,35 +5,27 @@ import uuid
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import never_cache
 
-from verification import stress
+from verification import selectors, services
 from verification.exceptions import StressTestError, StressTestNotFoundError
 from verification.models import StressTest
 from verification.stress_forms import THEFT_HELP, StressTestForm
-from verification.views import OwnerRequiredMixin
+from verification.views import OwnerRequiredMixin, progress_payload, request_user
 
 SETTLED = frozenset({StressTest.State.DONE, StressTest.State.FAILED})
 STATE_TONE = {"queued": "info", "running": "info", "done": "good", "failed": "bad"}
 
 
-def _user(request: HttpRequest) -> AbstractBaseUser:
-    user = request.user
-    if not isinstance(user, AbstractBaseUser):  # the mixin let only signed-in users through
-        raise PermissionDenied("sign in first")
-    return user
-
-
 def _own_test(request: HttpRequest, stress_test_id: uuid.UUID) -> StressTest:
     """One of the caller's stress tests; anyone else's is a 404, as in the API."""
     try:
-        return stress.stress_test_get(owner=_user(request), public_id=stress_test_id)
+        return selectors.stress_test_get(owner=request_user(request), public_id=stress_test_id)
     except StressTestNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
@@ -115,26 +107,13 @@ def table_context(results: dict[str, Any], timings: dict[str, Any]) -> dict[str,
     }
 
 
-def progress_payload(found: StressTest) -> dict[str, Any]:
-    return {
-        "id": str(found.public_id),
-        "state": found.state,
-        "state_label": found.get_state_display(),
-        "progress": found.progress,
-        "phase": found.phase,
-        "failure_reason": found.failure_reason,
-        "settled": found.state in SETTLED,
-        "updated_at": found.updated_at.isoformat(),
-    }
-
-
 class StressTestListView(OwnerRequiredMixin, View):
     """The owner's stress tests, newest first."""
 
     def get(self, request: HttpRequest) -> HttpResponse:
         rows = [
             {"test": found, "tone": STATE_TONE.get(found.state, "neutral"), "thefts": found.thefts}
-            for found in stress.stress_test_list(owner=_user(request))
+            for found in selectors.stress_test_list(owner=request_user(request))
         ]
         return render(request, "verification/stress_test_list.html", {"rows": rows})
 
@@ -150,13 +129,13 @@ class StressTestNewView(OwnerRequiredMixin, View):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         initial = {"model": request.GET["model"]} if request.GET.get("model") else {}
-        return self._render(request, StressTestForm(owner=_user(request), initial=initial))
+        return self._render(request, StressTestForm(owner=request_user(request), initial=initial))
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        form = StressTestForm(request.POST, owner=_user(request))
+        form = StressTestForm(request.POST, owner=request_user(request))
         if form.is_valid():
             try:
-                started = stress.stress_test_start(owner=_user(request), **form.service_kwargs())
+                started = services.stress_test_start(owner=request_user(request), **form.service_kwargs())
             except (StressTestError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:
@@ -187,4 +166,4 @@ class StressTestProgressView(OwnerRequiredMixin, View):
     """State, percent and phase of a stress test, for the page's poller."""
 
     def get(self, request: HttpRequest, stress_test_id: uuid.UUID) -> JsonResponse:
-        return JsonResponse(progress_payload(_own_test(request, stress_test_id)))
+        return JsonResponse(progress_payload(_own_test(request, stress_test_id), settled=SETTLED))

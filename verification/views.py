@@ -37,7 +37,7 @@ from verification.forms import (
     RequestDeclineForm,
     as_sentence,
 )
-from verification.models import Dispute, DisputeRequest, Verdict
+from verification.models import Dispute, DisputeRequest, StressTest, Verdict
 
 # The states after which a dispute's page stops polling for progress.
 SETTLED = frozenset({Dispute.State.DECIDED, Dispute.State.PUBLISHED, Dispute.State.FAILED, Dispute.State.WITHDRAWN})
@@ -82,7 +82,7 @@ class OwnerRequiredMixin(RoleRequiredMixin):
     role = Role.OWNER
 
 
-def _user(request: HttpRequest) -> AbstractBaseUser:
+def request_user(request: HttpRequest) -> AbstractBaseUser:
     user = request.user
     if not isinstance(user, AbstractBaseUser):  # the mixin let only signed-in users through
         raise PermissionDenied("sign in first")
@@ -92,7 +92,7 @@ def _user(request: HttpRequest) -> AbstractBaseUser:
 def _held_dispute(request: HttpRequest, dispute_id: uuid.UUID) -> Dispute:
     """One of the caller's disputes; another arbiter's is a 404, as in the API."""
     try:
-        return selectors.dispute_get(arbiter=_user(request), public_id=dispute_id)
+        return selectors.dispute_get(arbiter=request_user(request), public_id=dispute_id)
     except DisputeNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
@@ -213,16 +213,17 @@ def _suspect_label(dispute: Dispute) -> str:
     return PurePosixPath(dispute.suspect_artifact.name or "").name or "uploaded file"
 
 
-def _progress(dispute: Dispute) -> dict[str, Any]:
+def progress_payload(work: Dispute | StressTest, *, settled: frozenset[str]) -> dict[str, Any]:
+    """What a page's progress poller reads: state, percent, phase, and whether to stop polling."""
     return {
-        "id": str(dispute.public_id),
-        "state": dispute.state,
-        "state_label": dispute.get_state_display(),
-        "progress": dispute.progress,
-        "phase": dispute.phase,
-        "failure_reason": dispute.failure_reason,
-        "settled": dispute.state in SETTLED,
-        "updated_at": dispute.updated_at.isoformat(),
+        "id": str(work.public_id),
+        "state": work.state,
+        "state_label": work.get_state_display(),
+        "progress": work.progress,
+        "phase": work.phase,
+        "failure_reason": work.failure_reason,
+        "settled": work.state in settled,
+        "updated_at": work.updated_at.isoformat(),
     }
 
 
@@ -233,7 +234,7 @@ class DisputeListView(ArbiterRequiredMixin, View):
     """The arbiter's disputes, newest first."""
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        disputes = selectors.dispute_list(arbiter=_user(request)).select_related(
+        disputes = selectors.dispute_list(arbiter=request_user(request)).select_related(
             "suspect_registration", "claimant_model__owner"
         )
         rows = []
@@ -249,7 +250,7 @@ class DisputeListView(ArbiterRequiredMixin, View):
                 }
             )
         inbox = _request_rows(
-            selectors.dispute_request_inbox(arbiter=_user(request))
+            selectors.dispute_request_inbox(arbiter=request_user(request))
             .filter(state=DisputeRequest.State.OPEN)
             .select_related("suspect_registration", "claimant_model__owner")
         )
@@ -273,7 +274,7 @@ class DisputeFileView(ArbiterRequiredMixin, View):
         form = DisputeFileForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                dispute = services.dispute_file(arbiter=_user(request), **form.service_kwargs())
+                dispute = services.dispute_file(arbiter=request_user(request), **form.service_kwargs())
             except (DisputeError, RegistryError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:
@@ -315,7 +316,7 @@ class DisputeProgressView(ArbiterRequiredMixin, View):
     """State, percent and phase of a dispute, for the page's poller."""
 
     def get(self, request: HttpRequest, dispute_id: uuid.UUID) -> JsonResponse:
-        return JsonResponse(_progress(_held_dispute(request, dispute_id)))
+        return JsonResponse(progress_payload(_held_dispute(request, dispute_id), settled=SETTLED))
 
 
 class _DisputeActionView(ArbiterRequiredMixin, View):
@@ -403,7 +404,7 @@ class RequestListView(OwnerRequiredMixin, View):
     """The owner's dispute requests and what became of them."""
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        found = selectors.dispute_request_list(owner=_user(request)).select_related("suspect_registration")
+        found = selectors.dispute_request_list(owner=request_user(request)).select_related("suspect_registration")
         return render(request, "verification/request_list.html", {"rows": _request_rows(found)})
 
 
@@ -415,13 +416,13 @@ class RequestNewView(_RequestFormView):
         model = request.GET.get("model", "")
         if model:
             initial["claimant"] = model
-        return self._render(request, DisputeRequestForm(owner=_user(request), initial=initial))
+        return self._render(request, DisputeRequestForm(owner=request_user(request), initial=initial))
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        form = DisputeRequestForm(request.POST, request.FILES, owner=_user(request))
+        form = DisputeRequestForm(request.POST, request.FILES, owner=request_user(request))
         if form.is_valid():
             try:
-                made = services.dispute_request_create(owner=_user(request), **form.service_kwargs())
+                made = services.dispute_request_create(owner=request_user(request), **form.service_kwargs())
             except (DisputeError, RegistryError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:
@@ -435,7 +436,7 @@ class RequestDetailView(OwnerRequiredMixin, View):
 
     def get(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
         try:
-            found = selectors.dispute_request_get(owner=_user(request), public_id=request_id)
+            found = selectors.dispute_request_get(owner=request_user(request), public_id=request_id)
         except DisputeNotFoundError as exc:
             raise Http404(str(exc)) from exc
         [row] = _request_rows([found])
@@ -446,7 +447,7 @@ class RequestDetailView(OwnerRequiredMixin, View):
 class RequestWithdrawView(OwnerRequiredMixin, View):
     def post(self, request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
         try:
-            found = selectors.dispute_request_get(owner=_user(request), public_id=request_id)
+            found = selectors.dispute_request_get(owner=request_user(request), public_id=request_id)
             services.dispute_request_withdraw(request=found)
         except DisputeNotFoundError as exc:
             raise Http404(str(exc)) from exc
@@ -459,7 +460,7 @@ class RequestWithdrawView(OwnerRequiredMixin, View):
 
 def _inbox_request(request: HttpRequest, request_id: uuid.UUID) -> DisputeRequest:
     try:
-        return selectors.dispute_request_for_arbiter(arbiter=_user(request), public_id=request_id)
+        return selectors.dispute_request_for_arbiter(arbiter=request_user(request), public_id=request_id)
     except DisputeNotFoundError as exc:
         raise Http404(str(exc)) from exc
 
@@ -495,7 +496,7 @@ class InboxRequestView(ArbiterRequiredMixin, View):
             if decline.is_valid():
                 try:
                     services.dispute_request_decline(
-                        request=found, arbiter=_user(request), reason=decline.cleaned_data["reason"]
+                        request=found, arbiter=request_user(request), reason=decline.cleaned_data["reason"]
                     )
                 except DisputeError as exc:
                     decline.add_error("reason" if exc.code == "reason" else None, as_sentence(str(exc)))
@@ -507,7 +508,10 @@ class InboxRequestView(ArbiterRequiredMixin, View):
         if accept.is_valid():
             try:
                 dispute = services.dispute_request_accept(
-                    request=found, arbiter=_user(request), note=accept.cleaned_data["note"], **accept.run_kwargs()
+                    request=found,
+                    arbiter=request_user(request),
+                    note=accept.cleaned_data["note"],
+                    **accept.run_kwargs(),
                 )
             except (DisputeError, RegistryError, ValidationError) as exc:
                 field = exc.code if isinstance(exc, DisputeError) and exc.code in accept.fields else None
