@@ -10,10 +10,8 @@ $MODELCOURT_SCREENSHOTS (default: the test's tmp_path); their paths are printed.
 from __future__ import annotations
 
 import io
-import os
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,66 +19,12 @@ import pytest
 
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
-from tests.verification import conftest as verification_fixtures
 from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
 from verification import services
 
+from .conftest import PASSWORD, UUID, assert_fits
+
 pytestmark = pytest.mark.browser
-# the dispute fixtures of tests/verification (a trained digits model, the installed test panel)
-digits_models = verification_fixtures.digits_models
-panel_root = verification_fixtures.panel_root
-data_dir = verification_fixtures.data_dir
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "correct horse battery"  # tests/conftest.py gives every user this one
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-def _browser_required() -> bool:
-    return os.environ.get("MODELCOURT_REQUIRE_BROWSER", "") not in ("", "0")
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Debian's headless Chromium through Playwright; skipped without it unless MODELCOURT_REQUIRE_BROWSER is set.
-
-    Playwright's sync API keeps an event loop on this thread, which Django takes for an async context. This test
-    thread also writes to the database (the setup, the run) while no coroutine of ours runs: allow it.
-    """
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = missing or "the playwright package is not installed (pip install playwright; no browser download)"
-    if missing:
-        if _browser_required():
-            pytest.fail(f"MODELCOURT_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(f"browser test: {missing}; set MODELCOURT_REQUIRE_BROWSER=1 to make this a failure")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("MODELCOURT_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture
@@ -99,47 +43,6 @@ def stolen_model(owner: Any, digits_models: Models, data_dir: Path, tmp_path: Pa
     path = tmp_path / "acme-classifier.pt"
     path.write_bytes(stolen)
     return model, path
-
-
-@pytest.fixture
-def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Catch the filing's task message (no broker, no worker here): the ids of the disputes it would run."""
-    from verification import tasks
-
-    ids: list[int] = []
-
-    class CaughtTask:
-        @staticmethod
-        def delay(dispute_id: int) -> None:
-            ids.append(dispute_id)
-
-    monkeypatch.setattr(tasks, "verification_run_task", CaughtTask)
-    return ids
-
-
-OVERFLOW_JS = """() => {
-  const width = document.documentElement.clientWidth;
-  const clipped = e => {
-    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
-      if (["auto", "scroll", "hidden"].includes(getComputedStyle(a).overflowX)) return true;
-    }
-    return false;
-  };
-  const wide = [...document.querySelectorAll("body *")]
-    .filter(e => e.getBoundingClientRect().right > width + 0.5 && !clipped(e));
-  const leaves = wide.filter(e => !wide.some(other => other !== e && e.contains(other)));
-  return {
-    overflow: document.documentElement.scrollWidth - width,
-    culprits: leaves.slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
-      (e.className && typeof e.className === "string" ? "." + e.className.trim().replace(/ +/g, ".") : "")),
-  };
-}"""
-
-
-def _assert_fits(page: Any, what: str) -> None:
-    """Nothing sticks out sideways on a phone; the message names the widest offenders."""
-    found = page.evaluate(OVERFLOW_JS)
-    assert found["overflow"] <= 0, f"{what} is {found['overflow']}px wider than a phone screen: {found['culprits']}"
 
 
 def test_an_arbiter_files_follows_and_publishes_a_dispute(
@@ -250,10 +153,10 @@ def test_an_arbiter_files_follows_and_publishes_a_dispute(
     # narrow screens: the dispute page reflows
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(detail_url)
-    _assert_fits(page, "the dispute page")
+    assert_fits(page, "the dispute page")
     shot("08-dispute-phone")
     page.goto(f"{url}/disputes/new")
-    _assert_fits(page, "the filing form")
+    assert_fits(page, "the filing form")
     shot("09-file-form-phone")
     page.goto(f"{url}/disputes/")
     assert page.locator("tbody tr").count() == 1
@@ -286,7 +189,7 @@ def test_an_arbiter_files_follows_and_publishes_a_dispute(
 
     public.set_viewport_size({"width": 390, "height": 844})
     public.goto(public_url)
-    _assert_fits(public, "the public verdict page")
+    assert_fits(public, "the public verdict page")
     shot("12-public-phone", on=public)
     anonymous.close()
 

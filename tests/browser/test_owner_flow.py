@@ -6,10 +6,8 @@ Full-page screenshots of each main page go to $MODELCOURT_SCREENSHOTS (default: 
 
 import io
 import json
-import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +16,11 @@ import pytest
 
 from tests.ownership.model_files import fifty_megabyte_torchscript_file
 
+from .conftest import UUID
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "a long passphrase 42"
-UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-def _browser_required() -> bool:
-    return os.environ.get("MODELCOURT_REQUIRE_BROWSER", "") not in ("", "0")
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Debian's headless Chromium through Playwright; skipped without it unless MODELCOURT_REQUIRE_BROWSER is set."""
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = missing or "the playwright package is not installed (pip install playwright; no browser download)"
-    if missing:
-        if _browser_required():
-            pytest.fail(f"MODELCOURT_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(f"browser test: {missing}; set MODELCOURT_REQUIRE_BROWSER=1 to make this a failure")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("MODELCOURT_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture

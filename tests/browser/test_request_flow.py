@@ -15,10 +15,9 @@ from ownership import services as ownership_services
 from tests.verification.conftest import PANEL, bare_model
 from verification.models import Dispute, DisputeRequest
 
-from .test_arbiter_flow import PASSWORD, UUID, _assert_fits, browser, data_dir, panel_root, queued, shots
+from .conftest import PASSWORD, UUID, assert_fits
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "data_dir", "panel_root", "queued", "shots"]  # fixtures, used by name
 ENDPOINT = "https://models.example.org/v2/models/clf/infer"
 
 
@@ -97,9 +96,9 @@ def test_an_owner_requests_a_dispute_and_an_arbiter_accepts_it(
     assert page.locator("#dispute-state").inner_text() == "Queued"
     shot(page, "05-accepted")
     page.set_viewport_size({"width": 390, "height": 844})
-    _assert_fits(page, "the request page")
+    assert_fits(page, "the request page")
     page.goto(f"{url}/owner/requests/new")
-    _assert_fits(page, "the request form")
+    assert_fits(page, "the request form")
     owner_context.close()
 
     print("\nscreenshots:\n" + "\n".join(f"  {path}" for path in taken))

@@ -13,12 +13,11 @@ import pytest
 
 from ownership import services as ownership_services
 from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
-from verification import stress, tasks
+from verification import services, tasks
 
-from .test_arbiter_flow import PASSWORD, UUID, _assert_fits, browser, data_dir, digits_models, panel_root, shots
+from .conftest import PASSWORD, UUID, assert_fits
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "data_dir", "digits_models", "panel_root", "shots"]  # fixtures, used by name
 
 
 def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
@@ -73,7 +72,7 @@ def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
     assert page.locator("#dispute-state").inner_text() == "Queued"
     assert len(queued) == 1
 
-    done = stress.stress_test_execute(stress_test_id=queued[0])
+    done = services.stress_test_execute(stress_test_id=queued[0])
     assert done is not None
     assert done.state == "done", done.failure_reason
 
@@ -83,7 +82,7 @@ def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
     assert "not confirmed" in table  # the independent control
     shot(page, "02-results")
     page.set_viewport_size({"width": 390, "height": 844})
-    _assert_fits(page, "the stress-test page")
+    assert_fits(page, "the stress-test page")
     shot(page, "03-results-phone")
     context.close()
     print("\nscreenshots:\n" + "\n".join(f"  {path}" for path in taken))
