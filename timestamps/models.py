@@ -134,3 +134,21 @@ class TimestampToken(models.Model):
 
     def __str__(self) -> str:
         return f"timestamp token {self.serial}"
+
+
+class LogAlarm(models.Model):
+    """Raised by `log_fsck` when the stored log disagrees with itself; no checkpoint is signed while it exists.
+
+    An operator clears it (`manage.py log_fsck --clear`) once a check comes back clean.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    problems = models.TextField()
+    raised_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="logalarm_single_row")]
+
+    def __str__(self) -> str:
+        return f"log alarm raised at {self.raised_at:%Y-%m-%d %H:%M}"
