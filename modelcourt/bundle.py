@@ -70,7 +70,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
-from modelcourt.receipts import Check, all_ok, verify_receipt
+from modelcourt.receipts import HOW_TO_PIN, NO_TRUSTED_CA, NO_TRUSTED_LOG_KEY, Check, all_ok, verify_receipt
 from timestamps import dsse, merkle, note, rfc3161
 
 __all__ = [
@@ -120,6 +120,12 @@ _RECEIPT_NAME = re.compile(r"receipts/([0-9a-f]{64})\.json")
 _PEM_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\r?\n.*?-----END PUBLIC KEY-----", re.DOTALL)
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
+
+
+NO_TRUSTED_VERDICT_KEY = (
+    f"no trusted verdict key: the bundle's own {VERDICT_KEYS} proves nothing, a forger brings their own; "
+    f"{HOW_TO_PIN} or pass --verdict-key"
+)
 
 
 class BundleError(ValueError):
@@ -313,7 +319,7 @@ class _State:
     predicate: Mapping[str, Any] | None = None
     roots: list[x509.Certificate] = field(default_factory=list)
     root_pems: list[str] = field(default_factory=list)
-    log_vkey: str | None = None
+    log_vkeys: list[str] = field(default_factory=list)
     log: Mapping[str, Any] | None = None
     checkpoint: note.Checkpoint | None = None
     consistency: Mapping[str, Any] | None = None
@@ -323,14 +329,16 @@ def verify_bundle(
     data: bytes | str | os.PathLike[str],
     *,
     ca_pems: Sequence[str] | None = None,
-    log_vkey: str | None = None,
+    log_vkey: str | Sequence[str] | None = None,
     verdict_keys: Sequence[str] | None = None,
+    trust_embedded_keys: bool = True,
 ) -> list[Check]:
     """Every check of a verdict bundle (zip bytes or a path); never raises on bad input.
 
-    `ca_pems` are trusted TSA root certificates, `log_vkey` the log's note verifier key and `verdict_keys`
-    the service's verdict public keys (PEM). Without them the bundle's own are used and a warning check says
-    so: a forger would bring their own.
+    `ca_pems` are trusted TSA root certificates, `log_vkey` the log's note verifier key(s) and `verdict_keys`
+    the service's verdict public keys (PEM); any of them may have signed (keys rotate). Without them the
+    bundle's own are used and a warning check says so, or, with `trust_embedded_keys=False`, the anchor's
+    check fails: a forger would bring their own keys.
     """
     files: dict[str, bytes] = {}
     archive = _attempt("bundle archive", lambda: _read_archive(data, files))
@@ -339,19 +347,19 @@ def verify_bundle(
     state = _State(files=files)
     checks = [archive, _attempt("manifest", lambda: _check_manifest(files, state))]
 
-    keys, anchors = _verdict_anchors(verdict_keys, files)
+    keys, anchors = _verdict_anchors(verdict_keys, files, trust_embedded=trust_embedded_keys)
     checks.append(anchors)
     checks.append(_attempt("envelope signature", lambda: _check_envelope(files, keys, state)))
     checks.append(_attempt("statement", lambda: _check_statement(state)))
     checks.append(_attempt("subjects", lambda: _check_subjects(state)))
     checks.append(_attempt("attachments", lambda: _check_attachments(state)))
 
-    checks.append(_tsa_anchors(ca_pems, files, state))
+    checks.append(_tsa_anchors(ca_pems, files, state, trust_embedded=trust_embedded_keys))
     token = files.get(STAMP)
     checks.append(_attempt("verdict token signature", lambda: _check_token_signature(token, state)))
     checks.append(_attempt("verdict token imprint", lambda: _check_token_imprint(token, files.get(ENVELOPE))))
 
-    checks.append(_log_anchor(log_vkey, files, state))
+    checks.append(_log_anchor(log_vkey, files, state, trust_embedded=trust_embedded_keys))
     checks.append(_attempt("checkpoint signature", lambda: _check_checkpoint(state)))
     checks.append(_attempt("checkpoint size", lambda: _check_checkpoint_size(state)))
     checks.append(_attempt("log inclusion", lambda: _check_inclusion(token, state)))
@@ -480,9 +488,11 @@ def _check_manifest(files: Mapping[str, bytes], state: _State) -> str:
 
 
 def _verdict_anchors(
-    given: Sequence[str] | None, files: Mapping[str, bytes]
+    given: Sequence[str] | None, files: Mapping[str, bytes], *, trust_embedded: bool
 ) -> tuple[dict[str, ec.EllipticCurvePublicKey], Check]:
     name = "verdict keys"
+    if given is None and not trust_embedded:
+        return {}, Check(name, False, NO_TRUSTED_VERDICT_KEY)
     try:
         if given is not None:
             keys = {dsse.key_id(key): key for pem in given for key in _public_keys(pem)}
@@ -652,8 +662,12 @@ def _check_attachments(state: _State) -> str:
 # --- the verdict token and the log ----------------------------------------------------------
 
 
-def _tsa_anchors(given: Sequence[str] | None, files: Mapping[str, bytes], state: _State) -> Check:
+def _tsa_anchors(
+    given: Sequence[str] | None, files: Mapping[str, bytes], state: _State, *, trust_embedded: bool
+) -> Check:
     name = "trust anchors"
+    if given is None and not trust_embedded:
+        return Check(name, False, NO_TRUSTED_CA)
     try:
         if given is not None:
             roots = [cert for pem in given for cert in _certificates(pem)]
@@ -704,12 +718,20 @@ def _check_token_imprint(token: bytes | None, envelope: bytes | None) -> str:
     return f"the token stamps SHA-256({ENVELOPE}) = {digest.hex()}"
 
 
-def _log_anchor(given: str | None, files: Mapping[str, bytes], state: _State) -> Check:
+def _log_anchor(
+    given: str | Sequence[str] | None, files: Mapping[str, bytes], state: _State, *, trust_embedded: bool
+) -> Check:
     name = "log key"
+    if given is None and not trust_embedded:
+        return Check(name, False, NO_TRUSTED_LOG_KEY)
     if given is not None:
-        if not isinstance(given, str):
+        if isinstance(given, str):
+            candidates: list[Any] = [given]
+        else:
+            candidates = list(given) if isinstance(given, Sequence) else []
+        vkeys = [vkey.strip() for vkey in candidates if isinstance(vkey, str)]
+        if not vkeys or len(vkeys) != len(candidates):
             return Check(name, False, "the given log verifier key is not text")
-        vkey = given.strip()
     else:
         raw = files.get(LOG_KEY)
         if raw is None:
@@ -718,15 +740,17 @@ def _log_anchor(given: str | None, files: Mapping[str, bytes], state: _State) ->
         vkey = text[:-1] if text.endswith("\n") else ""
         if not vkey or "\n" in vkey:
             return Check(name, False, f"{LOG_KEY} is not one verifier key on one line")
+        vkeys = [vkey]
     try:
-        key_name, _, _ = note.parse_verifier_key(vkey)
+        names = sorted({note.parse_verifier_key(vkey)[0] for vkey in vkeys})
     except note.NoteError as exc:
         return Check(name, False, str(exc))
-    state.log_vkey = vkey
+    state.log_vkeys = vkeys
     if given is None:
-        detail = f"{key_name} taken from the bundle itself: it proves nothing unless you trust it (pass --log-key)"
+        detail = f"{names[0]} taken from the bundle itself: it proves nothing unless you trust it (pass --log-key)"
         return Check(name, True, detail, warning=True)
-    return Check(name, True, key_name)
+    count = f" ({len(vkeys)} keys)" if len(vkeys) > 1 else ""
+    return Check(name, True, ", ".join(names) + count)
 
 
 def _check_checkpoint(state: _State) -> str:
@@ -737,11 +761,11 @@ def _check_checkpoint(state: _State) -> str:
         raise _CheckError(f"{LOG} is an object with exactly {', '.join(LOG_FIELDS)}")
     _require_canonical(state.files[LOG], log, LOG)
     state.log = log
-    if state.log_vkey is None:
+    if not state.log_vkeys:
         raise _CheckError("no usable log verifier key")
     if not isinstance(log["checkpoint"], str):
         raise _CheckError(f"{LOG} has no checkpoint note")
-    checkpoint = note.parse_checkpoint(note.open_note(log["checkpoint"], [state.log_vkey]))
+    checkpoint = note.parse_checkpoint(note.open_note(log["checkpoint"], state.log_vkeys))
     if checkpoint.origin != log["origin"]:
         raise _CheckError(f"the checkpoint is of log {checkpoint.origin!r}, not {log['origin']!r}")
     state.checkpoint = checkpoint
@@ -816,7 +840,7 @@ def _check_consistency_file(state: _State) -> str:
 def _check_consistency(name: str, state: _State) -> str:
     """The receipt's checkpoint is a prefix of the bundle's checkpoint: same log, nothing rewritten."""
     commitment = name[len(RECEIPTS) : -len(".json")]
-    if state.consistency is None or state.checkpoint is None or state.log_vkey is None:
+    if state.consistency is None or state.checkpoint is None or not state.log_vkeys:
         raise _CheckError("no verified checkpoint")
     entry = state.consistency.get(commitment)
     if not isinstance(entry, dict) or set(entry) != set(PROOF_FIELDS):
@@ -825,7 +849,7 @@ def _check_consistency(name: str, state: _State) -> str:
     log = receipt.get("log") if isinstance(receipt, dict) else None
     if not isinstance(log, dict) or not isinstance(log.get("checkpoint"), str):
         raise _CheckError(f"{name} has no log checkpoint")
-    older = note.parse_checkpoint(note.open_note(log["checkpoint"], [state.log_vkey]))
+    older = note.parse_checkpoint(note.open_note(log["checkpoint"], state.log_vkeys))
     newer = state.checkpoint
     if older.origin != newer.origin:
         raise _CheckError(f"the receipt's checkpoint is of log {older.origin!r}, the verdict's of {newer.origin!r}")
@@ -891,9 +915,9 @@ def _check_receipt(name: str, state: _State) -> str:
     receipt = _strict_json(state.files[name], name)
     if not isinstance(receipt, dict):
         raise _CheckError(f"{name} is not a JSON object")
-    if not state.root_pems or state.log_vkey is None:
+    if not state.root_pems or not state.log_vkeys:
         raise _CheckError("no trust anchors or log key to verify it with")
-    checks = verify_receipt(receipt, ca_pems=state.root_pems, log_vkey=state.log_vkey)
+    checks = verify_receipt(receipt, ca_pems=state.root_pems, log_vkey=state.log_vkeys)
     if not all_ok(checks):
         raise _CheckError("; ".join(f"{check.name}: {check.detail}" for check in checks if not check.ok))
     if receipt.get("commitment") != name[len(RECEIPTS) : -len(".json")]:

@@ -21,6 +21,15 @@ from timestamps import merkle, note, rfc3161
 
 RECEIPT_FORMAT = "modelcourt-receipt-v1"
 OPENING_FORMAT = "modelcourt-opening-v1"
+HOW_TO_PIN = "pin the service's keys once with `modelcourt trust pin URL`"
+NO_TRUSTED_CA = (
+    "no trusted TSA CA certificate: the certificates in the file itself prove nothing, a forger brings their own; "
+    f"{HOW_TO_PIN} or pass --ca"
+)
+NO_TRUSTED_LOG_KEY = (
+    f"no trusted log verifier key: the key in the file itself proves nothing, a forger brings their own; "
+    f"{HOW_TO_PIN} or pass --log-key"
+)
 
 
 @dataclass(frozen=True)
@@ -46,16 +55,19 @@ def verify_receipt(
     receipt: Mapping[str, Any],
     *,
     ca_pems: Sequence[str] | None,
-    log_vkey: str | None,
+    log_vkey: str | Sequence[str] | None,
     opening: Mapping[str, Any] | None = None,
     evidence_npz: bytes | None = None,
     salt: str | None = None,
     seed: str | None = None,
+    trust_embedded_keys: bool = True,
 ) -> list[Check]:
     """Every check of a receipt (and of an opening or evidence + salt, when given); never raises on bad input.
 
-    `ca_pems` are trusted TSA root certificates and `log_vkey` the log's signed-note verifier key; without
-    them the receipt's own are used, and a warning check says so (a forger would bring their own).
+    `ca_pems` are trusted TSA root certificates and `log_vkey` the log's signed-note verifier key(s): a
+    checkpoint signed by any of them passes (keys rotate). Without them the receipt's own are used and a
+    warning check says so, or, with `trust_embedded_keys=False`, the anchor's check fails: a forger would
+    bring their own keys.
     """
     receipt = receipt if isinstance(receipt, Mapping) else {}
     checks = [_attempt("receipt format", lambda: _check_format(receipt))]
@@ -63,16 +75,16 @@ def verify_receipt(
     log = _mapping(receipt.get("log"))
     token = _token_bytes(stamp)
 
-    roots, anchors = _trust_anchors(ca_pems, stamp)
+    roots, anchors = _trust_anchors(ca_pems, stamp, trust_embedded=trust_embedded_keys)
     checks.append(anchors)
     checks.append(_attempt("token signature", lambda: _check_token_signature(token, roots)))
     checks.append(_attempt("token imprint", lambda: _check_token_imprint(token, receipt.get("commitment"))))
     checks.append(_attempt("token metadata", lambda: _check_token_metadata(token, stamp)))
 
-    vkey, log_key = _log_key(log_vkey, log)
+    vkeys, log_key = _log_keys(log_vkey, log, trust_embedded=trust_embedded_keys)
     checks.append(log_key)
     checkpoint: list[note.Checkpoint] = []
-    checks.append(_attempt("checkpoint signature", lambda: _check_checkpoint(log, vkey, checkpoint)))
+    checks.append(_attempt("checkpoint signature", lambda: _check_checkpoint(log, vkeys, checkpoint)))
     checks.append(_attempt("checkpoint size", lambda: _check_checkpoint_size(log, checkpoint)))
     checks.append(_attempt("log inclusion", lambda: _check_inclusion(token, log, checkpoint)))
 
@@ -119,8 +131,12 @@ def _token_bytes(stamp: Mapping[str, Any]) -> bytes | None:
         return None
 
 
-def _trust_anchors(ca_pems: Sequence[str] | None, stamp: Mapping[str, Any]) -> tuple[list[x509.Certificate], Check]:
+def _trust_anchors(
+    ca_pems: Sequence[str] | None, stamp: Mapping[str, Any], *, trust_embedded: bool
+) -> tuple[list[x509.Certificate], Check]:
     name = "trust anchors"
+    if ca_pems is None and not trust_embedded:
+        return [], Check(name, False, NO_TRUSTED_CA)
     source = "given" if ca_pems is not None else "from the receipt"
     try:
         certificates = [cert for pem in (ca_pems or stamp.get("tsa_certificates_pem") or []) for cert in _load_pem(pem)]
@@ -189,28 +205,36 @@ def _check_token_metadata(token: bytes | None, stamp: Mapping[str, Any]) -> str:
 # --- the log --------------------------------------------------------------------------------
 
 
-def _log_key(log_vkey: str | None, log: Mapping[str, Any]) -> tuple[str | None, Check]:
+def _log_keys(
+    log_vkey: str | Sequence[str] | None, log: Mapping[str, Any], *, trust_embedded: bool
+) -> tuple[list[str], Check]:
     name = "log key"
-    vkey = log_vkey if log_vkey is not None else log.get("verifier_key")
-    if not isinstance(vkey, str):
-        return None, Check(name, False, "no log verifier key given or in the receipt")
+    if log_vkey is None and not trust_embedded:
+        return [], Check(name, False, NO_TRUSTED_LOG_KEY)
+    given: Any = log_vkey if log_vkey is not None else log.get("verifier_key")
+    candidates: list[Any] = [given] if isinstance(given, str) else list(given) if isinstance(given, Sequence) else []
+    vkeys = [vkey.strip() for vkey in candidates if isinstance(vkey, str)]
+    if not vkeys or len(vkeys) != len(candidates):
+        source = "given" if log_vkey is not None else "in the receipt"
+        return [], Check(name, False, f"no log verifier key {source}, or one that is not text")
     try:
-        key_name, _, _ = note.parse_verifier_key(vkey.strip())
+        names = sorted({note.parse_verifier_key(vkey)[0] for vkey in vkeys})
     except note.NoteError as exc:
-        return None, Check(name, False, str(exc))
+        return [], Check(name, False, str(exc))
     if log_vkey is None:
-        detail = f"{key_name} taken from the receipt itself: it proves nothing unless you trust it (pass --log-key)"
-        return vkey.strip(), Check(name, True, detail, warning=True)
-    return vkey.strip(), Check(name, True, key_name)
+        detail = f"{names[0]} taken from the receipt itself: it proves nothing unless you trust it (pass --log-key)"
+        return vkeys, Check(name, True, detail, warning=True)
+    count = f" ({len(vkeys)} keys)" if len(vkeys) > 1 else ""
+    return vkeys, Check(name, True, ", ".join(names) + count)
 
 
-def _check_checkpoint(log: Mapping[str, Any], vkey: str | None, out: list[note.Checkpoint]) -> str:
-    if vkey is None:
+def _check_checkpoint(log: Mapping[str, Any], vkeys: Sequence[str], out: list[note.Checkpoint]) -> str:
+    if not vkeys:
         raise _CheckError("no usable log verifier key")
     signed = log.get("checkpoint")
     if not isinstance(signed, str):
         raise _CheckError("the receipt has no checkpoint")
-    checkpoint = note.parse_checkpoint(note.open_note(signed, [vkey]))
+    checkpoint = note.parse_checkpoint(note.open_note(signed, vkeys))
     if checkpoint.origin != log.get("origin"):
         raise _CheckError(f"the checkpoint is of log {checkpoint.origin!r}, not {log.get('origin')!r}")
     out.append(checkpoint)
