@@ -78,7 +78,7 @@ class Service:
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
-        process = subprocess.Popen(  # noqa: S603 (our own commands)
+        process = subprocess.Popen(
             list(argv), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
@@ -110,7 +110,7 @@ class Service:
 
     def manage(self, *args: str) -> str:
         """An operator's `manage.py` command (the documented way to grant roles)."""
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(VENV_BIN / "python"), "manage.py", *args],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
@@ -193,7 +193,7 @@ class Service:
         env = {**self.env, "MODELCOURT_URL": self.base_url}
         if token:
             env["MODELCOURT_TOKEN"] = token
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(VENV_BIN / "modelcourt"), *args],
             cwd=self.workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
