@@ -17,3 +17,9 @@ class LogNotFoundError(LookupError):
     """No log entry or checkpoint at that position."""
 
     code = "not_found"
+
+
+class LogHaltedError(LogIntegrityError):
+    """Checkpoint signing is halted: log_fsck found the stored log inconsistent and no operator cleared it."""
+
+    code = "log_halted"

@@ -1,5 +1,6 @@
 """Writes of the trust layer: log appends, checkpoints, time-stamp tokens."""
 
+import logging
 import secrets
 from collections.abc import Sequence
 
@@ -7,12 +8,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from timestamps import keys, merkle, note, rfc3161
-from timestamps.exceptions import LogIntegrityError, LogRangeError
-from timestamps.models import Checkpoint, LogEntry, LogHead, LogNode, SigningKey, TimestampToken
+from timestamps import fsck, keys, merkle, note, rfc3161
+from timestamps.exceptions import LogHaltedError, LogIntegrityError, LogRangeError
+from timestamps.models import Checkpoint, LogAlarm, LogEntry, LogHead, LogNode, SigningKey, TimestampToken
 from timestamps.selectors import checkpoint_latest, log_read_nodes, node_key
 
 APPEND_BATCH = 500
+
+logger = logging.getLogger(__name__)
 
 
 def _lock_head() -> LogHead:
@@ -68,6 +71,12 @@ def checkpoint_publish() -> Checkpoint:
     under the head lock, so checkpoints are made in log order and never race each other.
     """
     head = _lock_head()
+    alarm = LogAlarm.objects.filter(id=1).first()
+    if alarm is not None:
+        logger.error(
+            "checkpoint signing refused: log_fsck raised an alarm at %s that no operator cleared", alarm.raised_at
+        )
+        raise LogHaltedError("checkpoint signing is halted: the log failed an integrity check and awaits an operator")
     log_key = keys.key_current(SigningKey.Purpose.LOG)
     latest = Checkpoint.objects.order_by("-size", "-created_at").first()
     if latest is not None and latest.size == head.size and latest.key_id == log_key.record.pk:
@@ -84,6 +93,26 @@ def checkpoint_publish() -> Checkpoint:
     return Checkpoint.objects.create(
         size=head.size, root_hash=root, note=signed, key=log_key.record, created_at=timezone.now()
     )
+
+
+def log_fsck(*, clear: bool = False) -> fsck.FsckReport:
+    """Check the whole stored log (fsck.log_check); problems raise the alarm that halts checkpoint signing.
+
+    With `clear`, a clean check also lowers a raised alarm; a check with problems never does.
+    """
+    report = fsck.log_check()
+    if not report.clean:
+        LogAlarm.objects.update_or_create(id=1, defaults={"problems": report.summary(), "raised_at": timezone.now()})
+        logger.error(
+            "log_fsck found %d problem(s) in the log of %d entries; checkpoint signing is halted until an "
+            "operator runs `manage.py log_fsck --clear` after a clean check. First: %s",
+            len(report.problems) + report.omitted,
+            report.size,
+            report.problems[0],
+        )
+    elif clear:
+        LogAlarm.objects.filter(id=1).delete()
+    return report
 
 
 def checkpoint_covering(*, size: int, key: SigningKey | None = None) -> Checkpoint:
