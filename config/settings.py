@@ -258,6 +258,16 @@ FILE_UPLOAD_HANDLERS = [
 ]
 FILE_UPLOAD_PERMISSIONS = 0o640
 
+# --- model validation (a worker on the cpu queue checks each upload in the sandbox) ---
+# Uploads spool under the data folder, not /tmp, so that the validation sweep can remove what a
+# killed web worker left behind (files older than an hour).
+FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp" / "uploads"
+FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+MODELCOURT_VALIDATION_TIMEOUT_S = float(os.environ.get("MODELCOURT_VALIDATION_TIMEOUT_S", "60"))
+MODELCOURT_VALIDATION_MEMORY_BYTES = int(os.environ.get("MODELCOURT_VALIDATION_MEMORY_BYTES", str(4 << 30)))
+# a registration still `validating` this long after its task was published is published again
+MODELCOURT_VALIDATION_RESEND_MINUTES = int(os.environ.get("MODELCOURT_VALIDATION_RESEND_MINUTES", "15"))
+
 # --- the trust layer --------------------------------------------------------
 MODELCOURT_KEY_DIR = Path(os.environ.get("MODELCOURT_KEY_DIR", DATA_DIR / "keys")).resolve()
 MODELCOURT_LOG_ORIGIN = os.environ.get("MODELCOURT_LOG_ORIGIN", "modelcourt.local/log")

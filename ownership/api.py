@@ -105,9 +105,15 @@ class EvidenceOutputSerializer(serializers.ModelSerializer):
 
 class ModelOutputSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="public_id")
-    format = serializers.CharField(source="artifact_format")
+    state = serializers.ChoiceField(
+        choices=RegisteredModel.State.choices,
+        help_text="validating (the sandbox check is queued or running), then active or rejected",
+    )
+    rejection_reason = serializers.CharField(help_text="why the sandbox refused the artifact; empty otherwise")
+    format = serializers.SerializerMethodField(help_text="onnx or torchscript, once the sandbox has checked it")
     size = serializers.IntegerField(source="artifact_size")
     digest = serializers.SerializerMethodField()
+    status_url = serializers.SerializerMethodField(help_text="poll this until state is no longer validating")
     evidence = EvidenceOutputSerializer(source="evidence_sets", many=True, read_only=True)
 
     class Meta:
@@ -119,12 +125,23 @@ class ModelOutputSerializer(serializers.ModelSerializer):
             "task",
             "input_shape",
             "num_classes",
+            "state",
+            "rejection_reason",
             "format",
             "size",
             "digest",
             "created_at",
+            "validated_at",
+            "status_url",
             "evidence",
         ]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_format(self, obj: RegisteredModel) -> str | None:
+        return obj.artifact_format if obj.is_active else None
+
+    def get_status_url(self, obj: RegisteredModel) -> str:
+        return reverse("model-detail", kwargs={"model_id": obj.public_id})
 
     def get_digest(self, obj: RegisteredModel) -> dict[str, Any]:
         files = [{"name": name, "sha256": digest} for name, digest in sorted(obj.file_digests.items())]
@@ -157,13 +174,21 @@ class ModelListApi(OwnerApiView):
         models = selectors.model_list(owner=request.user).prefetch_related("evidence_sets__timestamp_token")
         return Response(ModelOutputSerializer(models, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer}, summary="Register a model")
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: ModelOutputSerializer},
+        summary="Register a model",
+        description="Stores and digests the artifact and answers at once with state `validating`; a worker checks "
+        "it in the sandbox. Poll `status_url` until the state is `active` (or `rejected`, with a reason).",
+    )
     def post(self, request: Request) -> Response:
         refuse_oversized(request, settings.MODELCOURT_MAX_ARTIFACT_BYTES)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        model = services.model_register(owner=request.user, **serializer.validated_data)
-        return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
+        # the sandbox never runs in a web request: it may take longer than the web worker may live
+        model = services.model_register(owner=request.user, validate="async", **serializer.validated_data)
+        data = ModelOutputSerializer(model).data
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["status_url"]})
 
 
 class ModelDetailApi(OwnerApiView):

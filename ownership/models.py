@@ -15,11 +15,20 @@ def artifact_upload_path(instance: "RegisteredModel", filename: str) -> str:
 
 
 class RegisteredModel(models.Model):
-    """A model an owner registered: its artifact, digest and interface."""
+    """A model an owner registered: its artifact, digest and interface.
+
+    An upload is stored and digested in the web request, then checked in the sandbox by a worker
+    (`ownership.tasks.model_validate_task`): `validating` until then, `active` or `rejected` after.
+    """
 
     class Format(models.TextChoices):
         ONNX = "onnx", "ONNX"
         TORCHSCRIPT = "torchscript", "TorchScript"
+
+    class State(models.TextChoices):
+        VALIDATING = "validating", "Validating"
+        ACTIVE = "active", "Active"
+        REJECTED = "rejected", "Rejected"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="registered_models")
@@ -32,6 +41,13 @@ class RegisteredModel(models.Model):
     artifact_size = models.BigIntegerField()
     file_digests = models.JSONField(help_text="file name -> hex SHA-256 (OpenSSF model-signing)")
     model_digest = models.CharField(max_length=64, db_index=True)
+    # Rows made directly (fixtures, the admin) are taken as checked; uploads start out `validating`.
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    rejection_reason = models.TextField(blank=True, help_text="our sentence on why the sandbox refused the artifact")
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the validation task was last published; unset if publishing failed"
+    )
+    validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
 
     class Meta:
@@ -40,10 +56,20 @@ class RegisteredModel(models.Model):
             models.UniqueConstraint(fields=["owner", "name"], name="registeredmodel_unique_name_per_owner"),
             models.CheckConstraint(condition=Q(num_classes__gte=2), name="registeredmodel_at_least_two_classes"),
             models.CheckConstraint(condition=Q(artifact_size__gt=0), name="registeredmodel_artifact_not_empty"),
+            models.CheckConstraint(
+                condition=~Q(state="rejected") | ~Q(rejection_reason=""),
+                name="registeredmodel_rejection_has_reason",
+            ),
         ]
+        indexes = [models.Index(fields=["state", "dispatched_at"], name="registeredmodel_state_dispatch")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.model_digest[:12]})"
+
+    @property
+    def is_active(self) -> bool:
+        """Checked in the sandbox: evidence, disputes and stress tests may refer to it."""
+        return self.state == self.State.ACTIVE
 
 
 class EvidenceSet(models.Model):

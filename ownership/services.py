@@ -2,22 +2,21 @@
 
 import base64
 import json
+import re
 import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from ownership import artifacts, commitments, escrow, evidence, watermarks
+from ownership import artifacts, commitments, escrow, evidence, tasks, watermarks
 from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import services as timestamp_services
@@ -33,6 +32,32 @@ def _validated_shape(input_shape: Sequence[Any]) -> list[int]:
     return [int(d) for d in input_shape]
 
 
+ValidationMode = Literal["sync", "async"]
+
+# The first bytes of a Python pickle (protocols 2 to 5) and of a zip archive (TorchScript is a zip).
+_PICKLE_HEADS = tuple(bytes([0x80, protocol]) for protocol in (2, 3, 4, 5))
+_ZIP_HEADS = (b"PK\x03\x04", b"PK\x05\x06")
+_PICKLE_SENTENCE = (
+    "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
+    "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
+)
+
+
+def artifact_sniff(head: bytes) -> str:
+    """The format an artifact's first bytes claim, without parsing it; ArtifactRejected for empty files and pickles.
+
+    Only a cheap first look for the web process: the sandbox decides later whether the file really is
+    a TorchScript zip or an ONNX graph.
+    """
+    if not head:
+        raise artifacts.ArtifactRejected("the file is empty")
+    if head[:2] in _PICKLE_HEADS:
+        raise artifacts.ArtifactRejected(_PICKLE_SENTENCE)
+    if head[:4] in _ZIP_HEADS:
+        return RegisteredModel.Format.TORCHSCRIPT
+    return RegisteredModel.Format.ONNX
+
+
 def model_register(
     *,
     owner: AbstractBaseUser,
@@ -41,8 +66,14 @@ def model_register(
     input_shape: Sequence[Any],
     num_classes: int,
     artifact: UploadedFile,
+    validate: ValidationMode = "sync",
 ) -> RegisteredModel:
-    """Validate an uploaded artifact in the sandbox, digest it and register it."""
+    """Store and digest an uploaded artifact and register it; the sandbox checks it now or in a worker.
+
+    ``validate="async"`` (the web's path) answers at once with a `validating` registration and queues
+    `model_validate_task` after commit; ``"sync"`` (internal callers, fixtures) checks it here and
+    raises RegistryError, registering nothing, when the sandbox refuses it.
+    """
     shape = _validated_shape(input_shape)
     if not 2 <= num_classes <= 100_000:
         raise RegistryError("num_classes must be between 2 and 100000", code="num_classes")
@@ -58,38 +89,150 @@ def model_register(
             f"the artifact is {artifact.size} bytes; the limit is {settings.MODELCOURT_MAX_ARTIFACT_BYTES}"
         )
     filename = Path(artifact.name or "model").name or "model"
-
-    with tempfile.TemporaryDirectory(prefix="modelcourt-upload-") as workdir:
-        path = Path(workdir) / filename
-        with path.open("wb") as handle:
-            for chunk in artifact.chunks():
-                handle.write(chunk)
-        file_digests = {filename: artifacts.file_digest(path)}
-        try:
-            report = artifacts.inspect_artifact(str(path), input_shape=shape, num_classes=num_classes)
-        except artifacts.ArtifactRejected as exc:
-            raise RegistryError(str(exc), code="artifact_rejected") from exc
-        model = RegisteredModel(
-            owner=owner,
-            name=name,
-            task=task.strip(),
-            input_shape=shape,
-            num_classes=num_classes,
-            artifact_format=report.format,
-            artifact_size=artifact.size,
-            file_digests=file_digests,
-            model_digest=artifacts.model_digest(file_digests),
-            created_at=timezone.now(),
-        )
-        with path.open("rb") as handle:
-            model.artifact.save(filename, File(handle), save=False)
+    artifact.seek(0)
+    head = artifact.read(8)
+    artifact.seek(0)
     try:
+        claimed_format = artifact_sniff(head)
+    except artifacts.ArtifactRejected as exc:
+        raise RegistryError(exc.reason, code="artifact_rejected") from None
+
+    model = RegisteredModel(
+        owner=owner,
+        name=name,
+        task=task.strip(),
+        input_shape=shape,
+        num_classes=num_classes,
+        artifact_format=claimed_format,
+        artifact_size=artifact.size,
+        file_digests={},
+        model_digest="",
+        state=RegisteredModel.State.VALIDATING,
+        created_at=timezone.now(),
+    )
+    # the storage moves a spooled upload into place (no copy); only its bytes are hashed here
+    model.artifact.save(filename, artifact, save=False)
+    try:
+        model.file_digests = {filename: artifacts.file_digest(model.artifact.path)}
+        model.model_digest = artifacts.model_digest(model.file_digests)
         model.full_clean(exclude=["artifact"])
-        model.save()
+        with transaction.atomic():
+            model.save()
+            if validate == "async":
+                pk = model.pk
+                transaction.on_commit(lambda: tasks.model_validation_enqueue(pk))
     except Exception:
         model.artifact.delete(save=False)
         raise
-    return model
+    if validate == "async":
+        return model
+    checked = model_validate(model_id=model.pk)
+    if checked is None or checked.state != RegisteredModel.State.ACTIVE:
+        reason = checked.rejection_reason if checked is not None else "the registration was removed during its check"
+        model.delete()
+        model.artifact.delete(save=False)
+        raise RegistryError(reason, code="artifact_rejected")
+    return checked
+
+
+def _rejection_sentence(reason: str, *, input_shape: Sequence[int], num_classes: int) -> str:
+    """Our own sentence for a sandbox refusal: nothing the model's runtime said is passed on verbatim.
+
+    The artifact checks quote parsers and the model's own error messages (a TorchScript model can
+    raise any text it likes), and name its inputs; a reason is kept only when it is entirely ours
+    and its variable parts are numbers, else it is replaced by a fixed sentence of the same meaning.
+    """
+    shape = list(input_shape)
+    kept = (
+        r"the file is empty",
+        r"the model expects input shape \[[0-9?, ]*\] but the registration says \[[0-9, ]*\]",
+        r"the model outputs shape \[[0-9, ]*\] but the registration says [0-9]+ classes",
+        r"the model outputs shape \[[0-9, ]*\] for a batch of [0-9]+; expected \[[0-9]+, [0-9]+\] \(batch, classes\)",
+        r"the model outputs (torch\.)?[a-z0-9]+ values; it must output floating-point class scores",
+        r"the model outputs NaN or infinite scores on a batch of zeros",
+        r"the model took longer than [0-9.]+ s to load and run on a test batch",
+        r"the model used more than [0-9]+ s of CPU time to load and run on a test batch",
+        r"the model needed more than [0-9.e+]+ ([KMG]iB|bytes) of memory to load and run on a test batch",
+        r"the model process crashed \(signal [0-9]+: ([A-Z0-9]+|unknown)\) while loading or running the model",
+        r"the model process exited unexpectedly \(exit code -?[0-9]+\) while loading or running the model",
+    )
+    if any(re.fullmatch(pattern, reason) for pattern in kept):
+        return reason
+    replaced = (
+        ("the file is a Python pickle", _PICKLE_SENTENCE),
+        ("the file is a damaged or truncated zip archive", "the file is a damaged or truncated zip archive"),
+        (
+            "the file is a zip archive but not a TorchScript model",
+            "the file is a zip archive but not a TorchScript model (no code/ and constants.pkl entries)",
+        ),
+        ("the file is not an ONNX or TorchScript model", "the file is not an ONNX or TorchScript model"),
+        (
+            "the ONNX model keeps its weights in external data files",
+            "the ONNX model keeps its weights in external data files; upload one self-contained .onnx file",
+        ),
+        ("onnxruntime cannot load the model", "onnxruntime cannot load the model"),
+        ("the model takes ", "the model must take exactly one input, a batch of inputs"),
+        ("the model's input is ", "the model's input must be float32 (tensor(float))"),
+        (
+            "the model's batch dimension is fixed",
+            "the model's batch dimension is fixed; export it with a dynamic batch axis",
+        ),
+        (
+            "the model failed on a batch",
+            f"the model failed on a batch of {artifacts.TEST_BATCH} inputs of shape {shape}",
+        ),
+        ("the model has ", f"the model must have one output, the class scores [batch, {num_classes}]"),
+        ("the file is not a valid TorchScript model", "the file is not a valid TorchScript model"),
+        ("the TorchScript model has no forward method", "the TorchScript model has no forward method"),
+        ("the model's forward takes", "the model's forward must take exactly one Tensor, a batch of inputs"),
+        ("the model returns a ", "the model must return one tensor of class scores"),
+    )
+    for prefix, sentence in replaced:
+        if reason.startswith(prefix):
+            return sentence
+    return f"the model could not be loaded and run on a batch of {artifacts.TEST_BATCH} inputs of shape {shape}"
+
+
+def model_validate(*, model_id: int) -> RegisteredModel | None:
+    """Check a `validating` registration in the sandbox and make it `active` or `rejected`.
+
+    Idempotent: a redelivered or re-sent task finds the row settled (or gone) and does nothing; of two
+    runs at once, the first to finish decides.
+    """
+    model = RegisteredModel.objects.filter(pk=model_id).first()
+    if model is None or model.state != RegisteredModel.State.VALIDATING:
+        return model
+    fields: dict[str, Any]
+    try:
+        report = artifacts.inspect_artifact(
+            model.artifact.path,
+            input_shape=model.input_shape,
+            num_classes=model.num_classes,
+            timeout_s=settings.MODELCOURT_VALIDATION_TIMEOUT_S,
+            memory_bytes=settings.MODELCOURT_VALIDATION_MEMORY_BYTES,
+        )
+    except artifacts.ArtifactRejected as exc:
+        sentence = _rejection_sentence(exc.reason, input_shape=model.input_shape, num_classes=model.num_classes)
+        fields = {"state": RegisteredModel.State.REJECTED, "rejection_reason": sentence}
+    else:
+        fields = {"state": RegisteredModel.State.ACTIVE, "artifact_format": report.format, "rejection_reason": ""}
+    # one conditional UPDATE: a second run that finishes later changes nothing
+    RegisteredModel.objects.filter(pk=model.pk, state=RegisteredModel.State.VALIDATING).update(
+        validated_at=timezone.now(), **fields
+    )
+    return RegisteredModel.objects.filter(pk=model.pk).first()
+
+
+def model_require_active(*, model: RegisteredModel) -> None:
+    """Refuse work on a registration the sandbox has not accepted (yet): evidence, disputes, stress tests."""
+    state = RegisteredModel.objects.filter(pk=model.pk).values_list("state", flat=True).first()
+    if state == RegisteredModel.State.ACTIVE:
+        return
+    if state == RegisteredModel.State.VALIDATING:
+        raise RegistryError(
+            f"the model {model.name!r} is still being validated; try again when it is active", code="model_validating"
+        )
+    raise RegistryError(f"the model {model.name!r} was rejected and cannot be used", code="model_rejected")
 
 
 @transaction.atomic
@@ -102,6 +245,7 @@ def evidence_commit(
     generator: Mapping[str, Any] | None = None,
 ) -> EvidenceSet:
     """Escrow evidence and publish its salted commitment: time-stamped and appended to the log."""
+    model_require_active(model=model)
     salt = secrets.token_bytes(commitments.SALT_BYTES).hex()
     evidence_digest = commitments.evidence_digest(arrays)
     commitment = commitments.commitment(
@@ -130,6 +274,7 @@ def evidence_commit(
 
 def evidence_upload(*, model: RegisteredModel, kind: str, data: bytes) -> EvidenceSet:
     """Validate an owner's .npz and commit to it."""
+    model_require_active(model=model)
     if kind not in EvidenceSet.Kind.values:
         raise RegistryError(f"kind must be one of {', '.join(EvidenceSet.Kind.values)}", code="kind")
     if len(data) > settings.MODELCOURT_MAX_EVIDENCE_BYTES:
@@ -153,6 +298,7 @@ def evidence_generate(
     *, model: RegisteredModel, count: int, low: float = 0.0, high: float = 1.0
 ) -> tuple[EvidenceSet, dict[str, np.ndarray]]:
     """Draw a fresh seed, derive a watermark set from it and commit to both (a verifiable watermark)."""
+    model_require_active(model=model)
     seed = secrets.token_bytes(32)
     try:
         arrays = watermarks.generate_watermark(
