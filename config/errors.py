@@ -5,7 +5,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -81,3 +82,42 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         body["fields"] = exc.detail
     response.data = body
     return response
+
+
+# Django's own error views (handler400/403/404/500 in config/urls.py): the API answers JSON there too,
+# never an HTML page or a traceback; the web pages keep Django's templates.
+API_PREFIX = "/api/"
+
+
+def _api_error(request: HttpRequest, code: str, detail: str, http_status: int) -> HttpResponse | None:
+    if not request.path.startswith(API_PREFIX):
+        return None
+    return JsonResponse({"code": code, "detail": detail}, status=http_status)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """400 outside DRF (e.g. a disallowed Host header)."""
+    return _api_error(request, "bad_request", "the request is malformed", 400) or defaults.bad_request(
+        request, exception
+    )
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """403 outside DRF."""
+    return _api_error(
+        request, "permission_denied", "you do not have permission to perform this action", 403
+    ) or defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404 for an address no route matches; the sentence does not echo the address."""
+    return _api_error(request, "not_found", "no API endpoint at this address", 404) or defaults.page_not_found(
+        request, exception
+    )
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500 for an unhandled exception: Django has logged it (django.request); the caller learns nothing of it."""
+    return _api_error(
+        request, "server_error", "the server failed to answer this request; its operators have been told", 500
+    ) or defaults.server_error(request)
