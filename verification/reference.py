@@ -3,14 +3,35 @@
 A built-in panel is trained from public data the first time it is needed and cached under the data
 folder; an operator installs another by saving a panel (``ReferencePanel.save``) into
 ``<data>/panels/installed/<name>/``. Every load checks each member file against the manifest.
+What a panel serves (:func:`panel_info`) is read without training or loading it: the built-in ones
+declare it here, an installed one in its manifest (the native input shape only, unless it lists more).
 """
 
+import json
+import logging
 from pathlib import Path
 
 from django.conf import settings
 
+from verification.methods.panel_shapes import PanelInterface, interface_from_manifest
+
 BUILTIN = {"digits": "scikit-learn digits (8x8, 10 classes, 64 features in [0, 1]): 20 mixed models"}
 BUILTIN_SIZE = 20
+# the digits panel's members take 64 flat features; an 8x8 image (one channel or none) is the same row-major data
+BUILTIN_INTERFACES = {
+    "digits": PanelInterface(
+        name="digits",
+        task="digits",
+        num_classes=10,
+        input_shape=(64,),
+        accepted_shapes=((64,), (8, 8), (1, 8, 8)),
+        size=BUILTIN_SIZE,
+    ),
+}
+# an installed manifest lists every member: far below this, yet a bound on what the web process parses
+MAX_MANIFEST_BYTES = 1 << 20
+
+logger = logging.getLogger(__name__)
 
 
 class PanelUnavailable(Exception):  # noqa: N818 (a condition the caller reports, like DoesNotExist)
@@ -31,6 +52,40 @@ def panel_list() -> dict[str, str]:
     return found
 
 
+def _installed_info(name: str) -> PanelInterface | None:
+    """What installed panel ``name`` serves, from its manifest; None when the manifest does not say it plainly."""
+    path = _root() / "installed" / name / "manifest.json"
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError("the manifest is too large")
+        return interface_from_manifest(name, json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError) as exc:
+        # the operator's file, not a caller's: logged for them, never shown to callers
+        logger.warning("installed reference panel %s has no readable interface: %s", name, type(exc).__name__)
+        return None
+
+
+def panel_info(name: str) -> PanelInterface:
+    """What panel ``name`` serves (task, classes, native and accepted input shapes, size), without loading it."""
+    if name in BUILTIN_INTERFACES:
+        return BUILTIN_INTERFACES[name]
+    info = _installed_info(name) if name in panel_list() else None
+    if info is None:
+        raise PanelUnavailable(f"no reference panel named {name!r}; available: {', '.join(panel_list())}")
+    return info
+
+
+def panel_infos() -> list[PanelInterface]:
+    """Every usable panel's interface, built-in first (an installed panel with an unreadable manifest is left out)."""
+    found = []
+    for name in panel_list():
+        try:
+            found.append(panel_info(name))
+        except PanelUnavailable:
+            continue
+    return found
+
+
 def panel_directory(name: str) -> Path:
     """The folder of panel ``name``, training a built-in one on first use (tens of seconds)."""
     if name in BUILTIN:
@@ -39,7 +94,8 @@ def panel_directory(name: str) -> Path:
         from verification.methods.panels import panel_directory as cached
 
         task = digits_task(0)
-        load_or_train_panel(task, _root() / "builtin", size=BUILTIN_SIZE, seed=0)
+        accepted = BUILTIN_INTERFACES[name].accepted_shapes
+        load_or_train_panel(task, _root() / "builtin", size=BUILTIN_SIZE, seed=0, accepted_shapes=accepted)
         return cached(task, _root() / "builtin", size=BUILTIN_SIZE, seed=0)
     directory = _root() / "installed" / name
     if "/" in name or name.startswith(".") or not (directory / "manifest.json").is_file():

@@ -5,6 +5,10 @@ owner's data. Their agreement with a claimed label set gives p0 for the agreemen
 the false-claim screen. A panel is cached as TorchScript files plus a JSON manifest; its hash
 (SHA-256 over the canonical manifest, which lists every member's file digest) goes into verdicts.
 Loading checks every file against the manifest before TorchScript's own loader opens it.
+
+Members take inputs in the panel's native shape; a panel may also declare other layouts of the same
+elements that it accepts (``accepted_input_shapes`` in the manifest, e.g. ``[8, 8]`` and ``[1, 8, 8]``
+for 64 digit features), and :meth:`ReferencePanel.labels` reshapes such queries to the native shape.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from verification.methods.datasets import TaskData
+from verification.methods.panel_shapes import ACCEPTED_KEY, PanelInterface, parse_shapes
 from verification.methods.training import ARCHITECTURES, Architecture, accuracy, build_model, train_classifier
 
 __all__ = [
@@ -66,22 +71,49 @@ class ReferencePanel:
     params: dict[str, Any]
     members: list[PanelMember]
     modules: list[nn.Module]
+    # other layouts of the native shape's elements that the panel serves (the native shape always is)
+    accepted_shapes: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            self.input_shape, self.accepted_shapes = parse_shapes(list(self.input_shape), self.accepted_shapes)
+        except ValueError as exc:
+            raise PanelError(str(exc)) from exc
 
     def __len__(self) -> int:
         return len(self.modules)
 
+    def interface(self, name: str | None = None) -> PanelInterface:
+        """What the panel serves, under ``name`` (default: its task's name)."""
+        return PanelInterface(
+            name=name or self.task,
+            task=self.task,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            accepted_shapes=self.accepted_shapes,
+            size=len(self),
+        )
+
     def labels(self, x: npt.ArrayLike | torch.Tensor) -> npt.NDArray[np.int64]:
-        """Every member's labels for ``x``: an array ``[members, N]``."""
-        inputs = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
-        out = np.empty((len(self.modules), len(inputs)), dtype=np.int64)
+        """Every member's labels for ``x`` (in any accepted layout): an array ``[members, N]``."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        array = np.asarray(x, dtype=np.float32)
+        out = np.empty((len(self.modules), len(array)), dtype=np.int64)
+        if not len(array):
+            return out
+        try:
+            inputs = torch.as_tensor(self.interface().to_native(array))
+        except ValueError as exc:
+            raise PanelError(str(exc)) from exc
         with torch.inference_mode():
             for i, module in enumerate(self.modules):
-                out[i] = module(inputs).argmax(dim=1).cpu().numpy() if len(inputs) else []
+                out[i] = module(inputs).argmax(dim=1).cpu().numpy()
         return out
 
     def manifest(self) -> dict[str, Any]:
         """The JSON-safe description of the panel that its hash covers."""
-        return {
+        manifest = {
             "format": PANEL_FORMAT,
             "task": self.task,
             "num_classes": self.num_classes,
@@ -89,6 +121,10 @@ class ReferencePanel:
             "params": self.params,
             "members": [asdict(m) for m in self.members],
         }
+        # only a panel that serves other layouts says so: the hash of a native-only panel stays what it was
+        if len(self.accepted_shapes) > 1:
+            manifest[ACCEPTED_KEY] = [list(s) for s in self.accepted_shapes[1:]]
+        return manifest
 
     @property
     def hash(self) -> str:
@@ -112,9 +148,12 @@ class ReferencePanel:
             os.replace(tmp, path)
             members.append(PanelMember(**{**asdict(member), "sha256": _file_sha256(path)}))
         self.members = members
+        # the manifest goes last: a crash half-way leaves no manifest that points at missing files
+        return self._write_manifest(target)
+
+    def _write_manifest(self, target: Path) -> str:
         manifest_tmp = target / "manifest.json.tmp"
         manifest_tmp.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True))
-        # the manifest goes last: a crash half-way leaves no manifest that points at missing files
         os.replace(manifest_tmp, target / "manifest.json")
         return self.hash
 
@@ -128,7 +167,13 @@ class ReferencePanel:
             raise PanelError(f"no readable panel manifest in {source}: {exc}") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != PANEL_FORMAT:
             raise PanelError(f"{source} holds no {PANEL_FORMAT} manifest")
-        members = [PanelMember(**m) for m in manifest["members"]]
+        try:
+            members = [PanelMember(**m) for m in manifest["members"]]
+            accepted = manifest.get(ACCEPTED_KEY) or []
+        except (KeyError, TypeError) as exc:
+            raise PanelError(f"the panel manifest in {source} does not list its members plainly") from exc
+        if not isinstance(accepted, list):
+            raise PanelError(f"the panel manifest in {source} lists no accepted input shapes")
         modules = []
         for member in members:
             path = source / f"{member.name}.pt"
@@ -142,6 +187,7 @@ class ReferencePanel:
             params=manifest["params"],
             members=members,
             modules=modules,
+            accepted_shapes=tuple(tuple(s) if isinstance(s, list) else s for s in accepted),
         )
 
 
@@ -162,12 +208,14 @@ def train_panel(
     subset_fraction: float = 0.6,
     epochs: int = 60,
     name_prefix: str = "ref",
+    accepted_shapes: Sequence[tuple[int, ...]] = (),
 ) -> ReferencePanel:
     """Train ``size`` independent models on random subsets of the public split (never the owner's data).
 
     Member i has architecture ``architectures[i % len]``, its own weight seed and its own subset of
     ``subset_fraction`` of the public split, with light input noise. Models made with the same
     recipe and other seeds are exchangeable with the panel: that is what the rank p-value needs.
+    ``accepted_shapes`` are the other layouts of the task's features that the panel serves.
     """
     if size < 1:
         raise ValueError(f"a panel needs at least one member, got {size}")
@@ -213,6 +261,7 @@ def train_panel(
         params=params,
         members=members,
         modules=modules,
+        accepted_shapes=tuple(accepted_shapes),
     )
 
 
@@ -221,8 +270,19 @@ def panel_directory(task: TaskData, cache_dir: str | Path, *, size: int = 20, se
     return Path(cache_dir) / f"{task.name}-{task.digest[:12]}-n{size}-s{seed}"
 
 
-def load_or_train_panel(task: TaskData, cache_dir: str | Path, *, size: int = 20, seed: int = 0) -> ReferencePanel:
-    """The cached panel for (task, size, seed) when it is intact, else a freshly trained and saved one."""
+def load_or_train_panel(
+    task: TaskData,
+    cache_dir: str | Path,
+    *,
+    size: int = 20,
+    seed: int = 0,
+    accepted_shapes: Sequence[tuple[int, ...]] = (),
+) -> ReferencePanel:
+    """The cached panel for (task, size, seed) when it is intact, else a freshly trained and saved one.
+
+    A cached panel that declares other ``accepted_shapes`` than asked (one saved before its task's layouts
+    were declared) keeps its members and gets a new manifest: what it serves is not a reason to retrain.
+    """
     directory = panel_directory(task, cache_dir, size=size, seed=seed)
     if (directory / "manifest.json").exists():
         try:
@@ -235,7 +295,11 @@ def load_or_train_panel(task: TaskData, cache_dir: str | Path, *, size: int = 20
                 seed,
                 task.digest,
             ):
+                wanted = parse_shapes(list(panel.input_shape), accepted_shapes)[1]
+                if panel.accepted_shapes != wanted:
+                    panel.accepted_shapes = wanted
+                    panel._write_manifest(directory)
                 return panel
-    panel = train_panel(task, size=size, seed=seed)
+    panel = train_panel(task, size=size, seed=seed, accepted_shapes=accepted_shapes)
     panel.save(directory)
     return panel

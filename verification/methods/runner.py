@@ -30,10 +30,14 @@ from verification.methods.suspects import (
     TorchScriptSuspect,
 )
 
-__all__ = ["METHODS", "load_suspect", "run_methods"]
+__all__ = ["METHODS", "PanelMismatchError", "load_suspect", "run_methods"]
 
 METHODS = ("watermark", "fingerprint", "dataset_inference")
 Progress = Callable[[str, int], None]
+
+
+class PanelMismatchError(ValueError):
+    """The reference panel does not serve the claimant's classes or input layout: nothing about the suspect."""
 
 
 def load_suspect(spec: Mapping[str, Any], *, num_classes: int, input_shape: tuple[int, ...]) -> Suspect:
@@ -69,8 +73,10 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Run the requested methods against the suspect and decide; see the module docstring for the shape.
 
     ``spec`` keys: ``suspect`` (for :func:`load_suspect`), ``num_classes``, ``input_shape``, ``low``,
-    ``high``, ``alpha``, ``panel_dir``, ``claims`` (list of ``{name, kind, inputs, labels, verifiable}``),
-    optional ``dataset`` (``{name, members, nonmembers, claimant_path, method, split_seed}``).
+    ``high``, ``alpha``, ``panel_dir``, optional ``panel_name`` (for messages), ``claims`` (list of
+    ``{name, kind, inputs, labels, verifiable}``), optional ``dataset`` (``{name, members, nonmembers,
+    claimant_path, method, split_seed}``). Raises :class:`PanelMismatchError` before any query when the
+    panel does not serve the claimant's classes and input layout.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -80,10 +86,11 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
     low, high = float(spec.get("low", 0.0)), float(spec.get("high", 1.0))
 
     panel = ReferencePanel.load(Path(spec["panel_dir"]))
-    if panel.num_classes != num_classes or panel.input_shape != input_shape:
-        raise ValueError(
-            f"the reference panel is for {panel.num_classes} classes and inputs {list(panel.input_shape)}, "
-            f"but the claimant model has {num_classes} classes and inputs {list(input_shape)}"
+    # the claimant's registration fixes the layout the suspect is queried in; the panel must serve it
+    refusal = panel.interface(spec.get("panel_name")).refusal(input_shape, num_classes, subject="the claimant model")
+    if refusal:
+        raise PanelMismatchError(
+            f"{refusal} (the panel does not fit the claimant's registration; the suspect was not queried)"
         )
     timings["panel_load_s"] = time.perf_counter() - started
 

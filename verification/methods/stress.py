@@ -14,6 +14,7 @@ gives the same table on the same machine, whatever other thefts were asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -247,6 +248,17 @@ def _task_for(panel: ReferencePanel, name: str | None) -> TaskData:
     return task
 
 
+def _in_layout(task: TaskData, shape: tuple[int, ...]) -> TaskData:
+    """The task's splits laid out as ``shape`` (the same elements, row-major), as the owner's model takes them."""
+    if shape == task.input_shape:
+        return task
+    return dataclasses.replace(
+        task,
+        input_shape=shape,
+        **{f"{part}_x": getattr(task, f"{part}_x").reshape((-1, *shape)) for part in ("owner", "public", "holdout")},
+    )
+
+
 def _claims(spec: Mapping[str, Any]) -> list[AgreementClaim]:
     return [AgreementClaim.from_spec(raw) for raw in spec.get("claims", [])]
 
@@ -274,8 +286,9 @@ def _agreement(suspect: Suspect, reference: LabelArray, x: FloatArray) -> float:
 def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Simulate each theft, test each evidence set on each stolen model and on the control; plain data back.
 
-    ``spec`` keys: ``model`` (``{"kind": "torchscript"|"onnx", "path"}``), ``num_classes``, ``input_shape``,
-    ``panel_dir``, ``thefts`` (names from :data:`thefts.THEFT_KINDS`), ``alpha``, ``seed``, ``claims``
+    ``spec`` keys: ``model`` (``{"kind": "torchscript"|"onnx", "path"}``), ``num_classes``, ``input_shape``
+    (any layout the panel accepts), ``panel_dir``, optional ``panel_name`` (for messages), ``thefts`` (names
+    from :data:`thefts.THEFT_KINDS`), ``alpha``, ``seed``, ``claims``
     (``[{name, kind, inputs, labels, verifiable}]``), ``datasets`` (``[{name, members, nonmembers,
     split_seed}]``, TorchScript models only), optional ``task`` (default: the panel's) and ``settings``
     (thief effort: ``fine_tune_epochs``, ``prune_amount``, ``student_epochs``, ``extract_budget``,
@@ -310,11 +323,13 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     report(0, "loading the reference panel")
     panel = ReferencePanel.load(Path(spec["panel_dir"]))
     task = _task_for(panel, spec.get("task"))
-    if (int(spec["num_classes"]), tuple(int(d) for d in spec["input_shape"])) != (task.num_classes, task.input_shape):
-        raise StressSpecError(
-            f"your model has {spec['num_classes']} classes and inputs {list(spec['input_shape'])}, but the panel's "
-            f"task {task.name} has {task.num_classes} classes and inputs {list(task.input_shape)}"
-        )
+    model_shape = tuple(int(d) for d in spec["input_shape"])
+    interface = panel.interface(spec.get("panel_name"))
+    refusal = interface.refusal(model_shape, int(spec["num_classes"]), subject="your model")
+    if refusal:
+        raise StressSpecError(refusal)
+    # the thief works in the owner's layout; the panel reshapes its queries to its own
+    task = _in_layout(task, model_shape)
     timings["panel_load_s"] = time.perf_counter() - started
 
     mark = time.perf_counter()
