@@ -246,7 +246,7 @@ class ArbiterApiView(APIView):
 
 
 class PanelListApi(ArbiterApiView):
-    """The reference panels a dispute can be judged against."""
+    """The reference panels a dispute can be judged against, and the models each serves."""
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -254,10 +254,21 @@ class PanelListApi(ArbiterApiView):
 
         name = serializers.CharField()
         description = serializers.CharField()
+        task = serializers.CharField()
+        num_classes = serializers.IntegerField(help_text="the classes a model must have")
+        input_shape = serializers.ListField(
+            child=serializers.IntegerField(), help_text="the shape the panel's models take, without the batch"
+        )
+        accepted_input_shapes = serializers.ListField(
+            child=serializers.ListField(child=serializers.IntegerField()),
+            help_text="every input shape a registered model may have (the same elements, reshaped row-major)",
+        )
+        size = serializers.IntegerField(help_text="how many reference models the panel holds")
 
     @extend_schema(responses=OutputSerializer(many=True), summary="Reference panels")
     def get(self, request: Request) -> Response:
-        panels = [{"name": name, "description": text} for name, text in reference.panel_list().items()]
+        described = reference.panel_list()
+        panels = [{**info.to_dict(), "description": described[info.name]} for info in reference.panel_infos()]
         return Response(self.OutputSerializer(panels, many=True).data)
 
 
