@@ -7,21 +7,19 @@ that fails, hangs or answers garbage into ``SuspectError`` with a sentence a per
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from verification.methods import egress
 
 __all__ = [
     "HttpSuspect",
@@ -408,21 +406,20 @@ class HttpSuspect(Suspect):
         backoff_s: float = 0.2,
         max_response_bytes: int = 64 * 1024 * 1024,
         headers: dict[str, str] | None = None,
+        relay: egress.Relay | None = None,
+        allowed_networks: Iterable[egress.Network] | None = None,
+        resolver: egress.Resolver | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes, input_shape=input_shape, batch_size=batch_size, budget=budget)
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"suspect URL must be http(s)://host/..., got {url!r}")
         if protocol not in ("v2", "json"):
             raise ValueError(f"protocol must be 'v2' or 'json', got {protocol!r}")
         if output_kind not in ("logits", "probabilities", "labels"):
             raise ValueError(f"output kind must be logits, probabilities or labels, got {output_kind!r}")
-        if protocol == "v2":
-            if not model_name:
-                raise ValueError("the v2 protocol needs a model name")
-            self.endpoint = f"{url.rstrip('/')}/v2/models/{urllib.parse.quote(model_name, safe='')}/infer"
-        else:
-            self.endpoint = url
+        self.endpoint = egress.endpoint_url(url, protocol=protocol, model_name=model_name)
+        try:
+            egress.parse_endpoint(self.endpoint)
+        except egress.EgressError as exc:
+            raise ValueError(f"suspect URL: {exc.reason}") from exc
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_response_bytes < 1:
             raise ValueError("timeout, retries, backoff and response cap must be positive")
         self.protocol = protocol
@@ -435,7 +432,10 @@ class HttpSuspect(Suspect):
         self.max_response_bytes = int(max_response_bytes)
         self.input_name = input_name
         self.output_name = output_name
-        self.headers = dict(headers or {})
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        self.relay = relay
+        self.allowed_networks = None if allowed_networks is None else tuple(allowed_networks)
+        self.resolver = resolver
         self.requests = 0
 
     def describe(self) -> str:
@@ -537,41 +537,31 @@ class HttpSuspect(Suspect):
         )
 
     def _post_once(self, payload: bytes) -> bytes:
-        request = urllib.request.Request(  # noqa: S310 -- scheme checked to be http(s) in __init__
-            self.endpoint,
-            data=payload,
-            method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json", **self.headers},
-        )
         self.requests += 1
-        deadline = time.monotonic() + self.timeout_s
+        # a sandboxed run has no network: the worker's relay POSTs for it and checks the address there
+        relay = self.relay if self.relay is not None else egress.installed_relay()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > self.max_response_bytes:
-                    raise SuspectError(
-                        f"{self.describe()} answered {int(length)} bytes, over the {self.max_response_bytes} cap"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                while True:
-                    # a server that drips bytes must not outlive the timeout either
-                    if time.monotonic() > deadline:
-                        raise _TransientHttpError(f"no complete answer within {self.timeout_s:g} s")
-                    chunk = response.read(min(1 << 20, self.max_response_bytes + 1 - size))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise SuspectError(
-                            f"{self.describe()} answered more than the {self.max_response_bytes}-byte cap"
-                        )
-                return b"".join(chunks)
-        except urllib.error.HTTPError as exc:
-            if exc.code >= 500:
-                raise _TransientHttpError(f"HTTP {exc.code}") from exc
-            raise SuspectError(f"{self.describe()} refused the query with HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            raise _TransientHttpError(f"{type(exc).__name__}: {reason}") from exc
+            if relay is not None:
+                answer = egress.relay_post(relay, payload, headers=self.headers)
+            else:
+                answer = egress.post(
+                    self.endpoint,
+                    payload,
+                    headers=self.headers,
+                    timeout_s=self.timeout_s,
+                    max_response_bytes=self.max_response_bytes,
+                    allowed_networks=self.allowed_networks,
+                    resolver=self.resolver,
+                )
+        except egress.EgressError as exc:
+            if exc.transient:
+                raise _TransientHttpError(exc.reason) from exc
+            raise SuspectError(f"{self.describe()} could not be queried: {exc.reason}") from exc
+        # only the status number is repeated: reason phrases and error bodies are the endpoint's words
+        if answer.status >= 500:
+            raise _TransientHttpError(f"HTTP {answer.status}")
+        if not 200 <= answer.status < 300:
+            raise SuspectError(f"{self.describe()} refused the query with HTTP {answer.status}")
+        if len(answer.body) > self.max_response_bytes:
+            raise SuspectError(f"{self.describe()} answered more than the {self.max_response_bytes}-byte cap")
+        return answer.body
