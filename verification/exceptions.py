@@ -28,6 +28,13 @@ class RunFailed(Exception):  # noqa: N818 (the run's end state, with the reason 
     """A verification run that cannot reach a verdict: the reason is for people."""
 
 
+class OperatorFault(RunFailed):
+    """The service's own trust layer (log, keys, time-stamping, escrow) failed: no verdict may be signed.
+
+    The claimant's evidence is not at fault; the reason tells the operators what to repair.
+    """
+
+
 class StressTestError(ValueError):
     """A stress-test request the owner can correct (a model, evidence set, theft or panel that does not fit)."""
 

@@ -74,11 +74,19 @@ class Dispute(SuspectDescription):
     progress = models.PositiveSmallIntegerField(default=0)
     phase = models.CharField(max_length=200, blank=True)
     failure_reason = models.TextField(blank=True)
+    # the outbox and the lease: see verification.sweeps
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the queued run was last handed to the broker; empty: waiting to be sent"
+    )
+    dispatch_attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="runs started since the dispute was queued")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="the running attempt's last sign of life")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "dispatched_at"], name="dispute_state_dispatched")]
         constraints = [
             models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="dispute_alpha_in_unit_interval"),
             models.CheckConstraint(condition=Q(progress__lte=100), name="dispute_progress_at_most_100"),
@@ -224,12 +232,18 @@ class StressTest(models.Model):
     )
     timings = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the queued test was last handed to the broker; empty: waiting to be sent"
+    )
+    dispatch_attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="the running attempt's last sign of life")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "dispatched_at"], name="stress_state_dispatched")]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="stress_progress_at_most_100"),
             models.CheckConstraint(

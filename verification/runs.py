@@ -8,6 +8,7 @@ child process; this process opens the escrow, checks commitments and proofs, and
 import base64
 import html
 import io
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,21 +19,68 @@ from django.conf import settings
 from django.utils import timezone
 
 from modelcourt import bundle
-from modelcourt.receipts import all_ok, verify_receipt
+from modelcourt.receipts import Check, all_ok, verify_receipt
 from ownership import services as ownership_services
+from ownership.escrow import EscrowError
 from ownership.evidence import EvidenceRejected, load_evidence
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import dsse
 from timestamps import keys as timestamp_keys
+from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.selectors import signing_key_list
 from verification import reference
-from verification.exceptions import RunFailed
+from verification.exceptions import OperatorFault, RunFailed
 from verification.methods.decision import decide
 from verification.models import Dispute, Verdict, VerificationRun
+from workers.confinement import policy_record
 
 Progress = Callable[[int, int, str], None]
 CODE_VERSION = "modelcourt-0.1.0"
 PREDICATE_VERSION = 1
+logger = logging.getLogger(__name__)
+
+# The checks of verify_receipt that compare the claimant's opening (evidence, salt, seed) with the
+# commitment: only these can be the claimant's fault. Every other check is of the receipt, which the
+# service builds from its own token, log and keys; a failure there is the operator's to repair.
+OPENING_CHECKS = frozenset({"opening format", "evidence digest", "commitment", "model digest"})
+LOG_CHECKS = frozenset({"log key", "checkpoint signature", "checkpoint size", "log inclusion"})
+
+LOG_BROKEN = (
+    "the service's transparency log failed its integrity check; an operator must repair it before disputes "
+    "can be decided (no verdict was signed)"
+)
+TOKENS_BROKEN = (
+    "the service's time-stamp record of the claimant's evidence does not verify ({check}); an operator must "
+    "check the TSA keys and the stored tokens before disputes can be decided (no verdict was signed)"
+)
+KEYS_BROKEN = (
+    "the service's signing keys are missing or unusable; an operator must repair the key configuration before "
+    "disputes can be decided (no verdict was signed)"
+)
+ESCROW_BROKEN = (
+    "the escrowed evidence cannot be opened with the configured escrow keys; an operator must restore the "
+    "escrow keys before disputes can be decided (no verdict was signed)"
+)
+# Failures of the service's own trust layer: a run meeting one fails for the operators, never signs.
+TRUST_LAYER_ERRORS: tuple[type[Exception], ...] = (
+    OperatorFault,
+    LogIntegrityError,
+    LogRangeError,
+    LogNotFoundError,
+    timestamp_keys.KeyConfigurationError,
+    EscrowError,
+)
+
+
+def operator_reason(exc: Exception) -> str:
+    """The operator-facing reason for a trust-layer failure (the exception's own text goes to the log only)."""
+    if isinstance(exc, OperatorFault):
+        return str(exc)
+    if isinstance(exc, timestamp_keys.KeyConfigurationError):
+        return KEYS_BROKEN
+    if isinstance(exc, EscrowError):
+        return ESCROW_BROKEN
+    return LOG_BROKEN
 
 
 def _trust_anchors() -> tuple[list[str], str]:
@@ -64,6 +112,7 @@ def _open_claims(dispute: Dispute) -> _Opened:
         receipt = ownership_services.receipt_build(evidence_set=evidence_set)
         opened.receipts.append(receipt)
         checks = verify_receipt(receipt, ca_pems=cas, log_vkey=log_vkey, opening=opening)
+        _check_own_receipt(evidence_set, checks)
         failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
         records.append(
             {
@@ -96,6 +145,22 @@ def _open_claims(dispute: Dispute) -> _Opened:
             claims.append(spec)
     opened.dataset = dataset
     return opened
+
+
+def _check_own_receipt(evidence_set: EvidenceSet, checks: list[Check]) -> None:
+    """OperatorFault when the receipt (our token, our log, our keys) fails a check the claimant cannot cause."""
+    for check in checks:
+        if check.ok or check.name in OPENING_CHECKS:
+            continue
+        logger.error(
+            "evidence set %s: its receipt fails %r against the service's own records: %s",
+            evidence_set.pk,
+            check.name,
+            check.detail,
+        )
+        if check.name in LOG_CHECKS:
+            raise OperatorFault(LOG_BROKEN)
+        raise OperatorFault(TOKENS_BROKEN.format(check=check.name))
 
 
 def evidence_spec(evidence_set: EvidenceSet, arrays: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,6 +365,8 @@ def run_to_verdict(
         "claimant": {"model_digest": dispute.claimant_model.model_digest, "name": dispute.claimant_model.name},
         "panel": {"name": dispute.panel, **result.get("panel", {"hash": "", "size": 0})},
         "code_version": CODE_VERSION,
+        # the confinement the suspect's code ran under on this host (layers and policy hash)
+        "sandbox_policy": policy_record(),
         "decided_at": timezone.now().isoformat(),
     }
     plots = _plots(result) if result else {}

@@ -30,7 +30,7 @@ from ownership.evidence import EvidenceRejected, load_evidence
 from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps.exceptions import LogIntegrityError
-from verification import reference
+from verification import reference, sweeps
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed, StressTestError
 from verification.models import (
     Dispute,
@@ -366,6 +366,7 @@ def dispute_request_accept(
 
 
 def _attach_suspect_file(target: SuspectDescription, upload: File) -> None:
+    """Store an uploaded suspect after the cheap checks only (size, first bytes); the run loads it in the sandbox."""
     if not upload.size:
         raise DisputeError("the suspect file is empty", code="suspect_file")
     if upload.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:
@@ -373,20 +374,22 @@ def _attach_suspect_file(target: SuspectDescription, upload: File) -> None:
             f"the suspect is {upload.size} bytes; the limit is {settings.MODELCOURT_MAX_ARTIFACT_BYTES}"
         )
     filename = Path(upload.name or "suspect").name or "suspect"
-    with tempfile.TemporaryDirectory(prefix="modelcourt-suspect-") as workdir:
-        path = Path(workdir) / filename
-        with path.open("wb") as handle:
-            for chunk in upload.chunks():
-                handle.write(chunk)
-        try:
-            form = artifacts.detect_format(str(path))
-        except artifacts.ArtifactRejected as exc:
-            raise DisputeError(f"the suspect file was refused: {exc}", code="suspect_file") from exc
-        target.suspect_kind = Dispute.SuspectKind.ARTIFACT
-        target.suspect_format = form
-        target.suspect_digest = artifacts.model_digest({filename: artifacts.file_digest(path)})
-        with path.open("rb") as handle:
-            target.suspect_artifact.save(filename, File(handle), save=False)
+    upload.seek(0)
+    head = upload.read(8)
+    upload.seek(0)
+    try:
+        # magic bytes only: loading a model may take longer than a web request may live
+        form = ownership_services.artifact_sniff(head)
+    except artifacts.ArtifactRejected as exc:
+        raise DisputeError(f"the suspect file was refused: {exc.reason}", code="suspect_file") from None
+    target.suspect_kind = Dispute.SuspectKind.ARTIFACT
+    target.suspect_format = form
+    target.suspect_artifact.save(filename, upload, save=False)
+    try:
+        target.suspect_digest = artifacts.model_digest({filename: artifacts.file_digest(target.suspect_artifact.path)})
+    except OSError:
+        target.suspect_artifact.delete(save=False)
+        raise
 
 
 def _set_state(dispute: Dispute, state: str, **fields: Any) -> None:
@@ -403,10 +406,18 @@ def dispute_queue(*, dispute: Dispute) -> Dispute:
     dispute = Dispute.objects.select_for_update().get(pk=dispute.pk)
     if dispute.state not in (Dispute.State.FILED, Dispute.State.FAILED):
         raise DisputeStateError(f"a {dispute.state} dispute cannot be queued")
-    _set_state(dispute, Dispute.State.QUEUED, progress=0, phase="waiting for a GPU worker", failure_reason="")
-    from verification.tasks import verification_run_task
-
-    transaction.on_commit(lambda: verification_run_task.delay(dispute.pk))
+    _set_state(
+        dispute,
+        Dispute.State.QUEUED,
+        progress=0,
+        phase="waiting for a GPU worker",
+        failure_reason="",
+        attempts=0,
+        heartbeat_at=None,
+        dispatched_at=None,
+    )
+    # the row is the outbox entry: if the broker refuses the message, the sweep sends it later
+    sweeps.dispatch_on_commit("dispute", dispute.pk)
     return dispute
 
 
@@ -440,33 +451,44 @@ def _progress(dispute_id: int, percent: int, phase: str) -> None:
 
 
 def _claim_run(dispute_id: int, task_id: str) -> VerificationRun | None:
-    """Move the dispute to running and open a new attempt, or None when there is nothing to do.
+    """Move a queued dispute to running under a new attempt and lease, or None when there is nothing to do.
 
-    A redelivered message finds the dispute decided (nothing to do) or running under an attempt
-    whose worker died: that attempt is marked abandoned and a new one starts.
+    A second message for the same dispute (the outbox re-sends, the broker redelivers) finds it decided,
+    or running under a live lease, and does nothing. One running under a stale lease lost its worker:
+    that attempt is abandoned and this one takes over, or the run fails once the attempts are spent.
     """
+    now = timezone.now()
     with transaction.atomic():
         dispute = Dispute.objects.select_for_update().filter(pk=dispute_id).first()
-        if dispute is None or dispute.state not in (Dispute.State.QUEUED, Dispute.State.RUNNING):
+        if dispute is None:
             return None
-        previous = dispute.runs.order_by("-attempt").first()
-        if previous is not None and previous.state == VerificationRun.State.RUNNING:
-            previous.state = VerificationRun.State.ABANDONED
-            previous.error = "the worker stopped during the run; the message was delivered again"
-            previous.finished_at = timezone.now()
-            previous.save(update_fields=["state", "error", "finished_at"])
-        _set_state(dispute, Dispute.State.RUNNING, progress=2, phase="starting")
+        takeover = dispute.state == Dispute.State.RUNNING and sweeps.is_stale(dispute.heartbeat_at, now)
+        if dispute.state != Dispute.State.QUEUED and not takeover:
+            return None
+        sweeps.abandon_runs(dispute, now)
+        if dispute.attempts >= sweeps.max_attempts():
+            reason = sweeps.DISPUTE_WORKERS_LOST.format(n=dispute.attempts)
+            logger.error("dispute %s: %s", dispute.pk, reason)
+            _set_state(dispute, Dispute.State.FAILED, failure_reason=reason, phase="failed", heartbeat_at=None)
+            return None
+        previous = dispute.runs.order_by("-attempt").values_list("attempt", flat=True).first()
+        attempts = dispute.attempts + 1
+        _set_state(dispute, Dispute.State.RUNNING, progress=2, phase="starting", attempts=attempts, heartbeat_at=now)
         return VerificationRun.objects.create(
             dispute=dispute,
-            attempt=(previous.attempt + 1) if previous else 1,
+            attempt=(previous or 0) + 1,
             task_id=task_id[:100],
             worker=socket.gethostname()[:200],
-            started_at=timezone.now(),
+            started_at=now,
         )
 
 
 def verification_run_execute(*, dispute_id: int, task_id: str = "") -> Verdict | None:
-    """Run a queued dispute to its verdict. Safe to call twice: the second call finds nothing to do."""
+    """Run a queued dispute to its verdict. Safe to call twice: the second call finds nothing to do.
+
+    The attempt renews its lease while it works; an attempt whose lease passed to another records
+    nothing. A failure of the service's own trust layer fails the run for the operators, unsigned.
+    """
     queued_at = Dispute.objects.filter(pk=dispute_id).values_list("updated_at", flat=True).first()
     run = _claim_run(dispute_id, task_id)
     if run is None:
@@ -475,25 +497,49 @@ def verification_run_execute(*, dispute_id: int, task_id: str = "") -> Verdict |
     timings: dict[str, float] = {}
     if queued_at is not None:
         timings["queue_wait_s"] = (run.started_at - queued_at).total_seconds()
-    try:
-        from verification import runs
+    from verification import runs
 
-        verdict = runs.run_to_verdict(dispute=dispute, run=run, timings=timings, progress=_progress)
-    except RunFailed as exc:
-        _fail(dispute, run, str(exc), timings)
-        return None
-    return verdict
+    with sweeps.Heartbeat(lambda: sweeps.dispute_lease(dispute.pk, run.pk), name=f"dispute-{dispute.pk}") as beat:
+
+        def progress(pk: int, percent: int, phase: str) -> None:
+            if not beat.lost:  # an abandoned attempt must not move the new attempt's progress bar
+                _progress(pk, percent, phase)
+
+        try:
+            return runs.run_to_verdict(dispute=dispute, run=run, timings=timings, progress=progress)
+        except runs.TRUST_LAYER_ERRORS as exc:
+            logger.error("dispute %s: the trust layer failed during run %s: %s", dispute.pk, run.attempt, exc)
+            _fail(dispute, run, runs.operator_reason(exc), timings)
+        except RunFailed as exc:
+            _fail(dispute, run, str(exc), timings)
+        except Exception:
+            logger.exception("dispute %s: run %s stopped on an internal error", dispute.pk, run.attempt)
+            _fail(dispute, run, "an internal error stopped the run; the operators have been told", timings)
+    return None
+
+
+def _holds_lease(dispute_id: int, run_id: int) -> bool:
+    """Lock the dispute (inside the caller's transaction) and say whether `run_id` still holds it."""
+    Dispute.objects.select_for_update().filter(pk=dispute_id).values_list("pk", flat=True).first()
+    return sweeps.dispute_lease(dispute_id, run_id).exists()
 
 
 def _fail(dispute: Dispute, run: VerificationRun, reason: str, timings: dict[str, float]) -> None:
+    """Close the attempt and fail the dispute, if this attempt still holds it."""
     with transaction.atomic():
-        run.state = VerificationRun.State.FAILED
-        run.error = reason[:4000]
-        run.timings = timings
-        run.finished_at = timezone.now()
-        run.save(update_fields=["state", "error", "timings", "finished_at"])
+        # the dispute row is locked first, as claims and the sweep do
+        if not _holds_lease(dispute.pk, run.pk):
+            logger.info("dispute %s: attempt %s lost its lease; its failure is not recorded", dispute.pk, run.attempt)
+            return
+        VerificationRun.objects.filter(pk=run.pk, state=VerificationRun.State.RUNNING).update(
+            state=VerificationRun.State.FAILED, error=reason[:4000], timings=timings, finished_at=timezone.now()
+        )
         Dispute.objects.filter(pk=dispute.pk, state=Dispute.State.RUNNING).update(
-            state=Dispute.State.FAILED, failure_reason=reason[:4000], phase="failed", updated_at=timezone.now()
+            state=Dispute.State.FAILED,
+            failure_reason=reason[:4000],
+            phase="failed",
+            heartbeat_at=None,
+            updated_at=timezone.now(),
         )
 
 
@@ -518,6 +564,11 @@ def verdict_record(
 
     try:
         with transaction.atomic():
+            # only the attempt holding the lease records: an abandoned one that finished late gets no
+            # token and no log entry (the dispute row is locked before the log head, as everywhere)
+            if not _holds_lease(dispute.pk, run.pk):
+                logger.info("dispute %s: attempt %s lost its lease; its verdict is dropped", dispute.pk, run.attempt)
+                return None
             token = timestamp_services.timestamp_digest(digest=hashlib.sha256(envelope).digest())
             verdict = Verdict.objects.create(
                 public_id=public_id,
@@ -536,7 +587,7 @@ def verdict_record(
             run.finished_at = timezone.now()
             run.save(update_fields=["state", "timings", "finished_at"])
             updated = Dispute.objects.filter(pk=dispute.pk, state=Dispute.State.RUNNING).update(
-                state=Dispute.State.DECIDED, progress=100, phase="decided", updated_at=timezone.now()
+                state=Dispute.State.DECIDED, progress=100, phase="decided", heartbeat_at=None, updated_at=timezone.now()
             )
             if not updated:
                 raise IntegrityError("the dispute left the running state during the run")
@@ -610,7 +661,7 @@ THEFT_KINDS = ("copy", "fine_tune", "prune", "distill", "extract")
 WHITE_BOX_THEFTS = frozenset({"fine_tune", "prune"})
 MAX_STRESS_ALPHA = 0.1
 MAX_SEED = 2**31 - 1
-# a test whose worker died this many times while running it is given up, not run again
+# the default of MODELCOURT_RUN_MAX_ATTEMPTS (verification.sweeps.max_attempts), which disputes share
 MAX_STRESS_ATTEMPTS = 3
 PROGRESS_NOTE_BYTES = 2000
 MAX_RESULTS_CHARS = 2_000_000  # a table of 6 thefts by tens of evidence sets is a few tens of kB
@@ -704,9 +755,7 @@ def stress_test_start(
     stress_test.full_clean()
     stress_test.save()
     stress_test.evidence_sets.set(sets)
-    from verification.tasks import stress_test_task
-
-    transaction.on_commit(lambda: stress_test_task.delay(stress_test.pk))
+    sweeps.dispatch_on_commit("stress_test", stress_test.pk)
     return stress_test
 
 
@@ -714,48 +763,57 @@ def stress_test_start(
 
 
 def _stress_claim(stress_test_id: int) -> StressTest | None:
-    """Move a queued test (or one left running by a dead worker) to running, counting the attempt; else None."""
+    """Move a queued test (or one whose worker stopped renewing its lease) to running, counting the attempt.
+
+    A second message finds the test settled, or running under a live lease, and does nothing (None).
+    """
     now = timezone.now()
     with transaction.atomic():
-        # one conditional UPDATE: a second delivery of the same message either finds the test settled (done,
-        # failed) and does nothing, or finds it running under a worker that died and runs it again
-        claimed = StressTest.objects.filter(
-            pk=stress_test_id,
-            state__in=(StressTest.State.QUEUED, StressTest.State.RUNNING),
-            attempts__lt=MAX_STRESS_ATTEMPTS,
-        ).update(
+        test = StressTest.objects.select_for_update().filter(pk=stress_test_id).first()
+        if test is None:
+            return None
+        takeover = test.state == StressTest.State.RUNNING and sweeps.is_stale(test.heartbeat_at, now)
+        if test.state != StressTest.State.QUEUED and not takeover:
+            return None
+        if test.attempts >= sweeps.max_attempts():
+            reason = sweeps.STRESS_WORKERS_LOST.format(n=test.attempts)
+            logger.error("stress test %s: %s", test.pk, reason)
+            StressTest.objects.filter(pk=test.pk).update(
+                state=StressTest.State.FAILED,
+                phase="failed",
+                failure_reason=reason,
+                heartbeat_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            return None
+        # the attempt count is the lease: a test re-claimed by another attempt ignores this one's writes
+        StressTest.objects.filter(pk=test.pk).update(
             state=StressTest.State.RUNNING,
             attempts=F("attempts") + 1,
             progress=2,
             phase="starting",
             failure_reason="",
+            heartbeat_at=now,
             updated_at=now,
         )
-        if not claimed:
-            StressTest.objects.filter(pk=stress_test_id, state=StressTest.State.RUNNING).update(
-                state=StressTest.State.FAILED,
-                phase="failed",
-                failure_reason=f"the worker stopped {MAX_STRESS_ATTEMPTS} times while running this stress test",
-                finished_at=now,
-                updated_at=now,
-            )
-            return None
         return StressTest.objects.select_related("model").get(pk=stress_test_id)
 
 
 def _stress_progress_of(stress_test: StressTest) -> StressProgress:
     def update(percent: int, phase: str) -> None:
-        StressTest.objects.filter(
-            pk=stress_test.pk, state=StressTest.State.RUNNING, attempts=stress_test.attempts
-        ).update(progress=max(0, min(99, percent)), phase=phase[:200], updated_at=timezone.now())
+        sweeps.stress_lease(stress_test.pk, stress_test.attempts).update(
+            progress=max(0, min(99, percent)), phase=phase[:200], updated_at=timezone.now()
+        )
 
     return update
 
 
 def _stress_fail(stress_test: StressTest, reason: str, timings: dict[str, float]) -> None:
     now = timezone.now()
-    StressTest.objects.filter(pk=stress_test.pk, state=StressTest.State.RUNNING, attempts=stress_test.attempts).update(
+    sweeps.stress_lease(stress_test.pk, stress_test.attempts).update(
         state=StressTest.State.FAILED,
+        heartbeat_at=None,
         phase="failed",
         failure_reason=reason[:4000] or "the stress test failed",
         timings=timings,
@@ -908,6 +966,17 @@ def stress_test_execute(*, stress_test_id: int, task_id: str = "") -> StressTest
     if stress_test is None:
         return None
     logger.info("stress test %s: attempt %s (task %s)", stress_test.pk, stress_test.attempts, task_id or "-")
+    lease = sweeps.Heartbeat(
+        lambda: sweeps.stress_lease(stress_test.pk, stress_test.attempts), name=f"stress-{stress_test.pk}"
+    )
+    with lease:
+        return _stress_run(stress_test)
+
+
+def _stress_run(stress_test: StressTest) -> StressTest | None:
+    """The body of a claimed stress test, while its heartbeat renews the lease."""
+    from verification import runs
+
     progress = _stress_progress_of(stress_test)
     timings: dict[str, float] = {}
     started = timezone.now()
@@ -942,6 +1011,12 @@ def stress_test_execute(*, stress_test_id: int, task_id: str = "") -> StressTest
         timings["total_s"] = (timezone.now() - started).total_seconds()
         _stress_fail(stress_test, str(exc), timings)
         return None
+    except runs.TRUST_LAYER_ERRORS as exc:
+        logger.error("stress test %s: the trust layer failed: %s", stress_test.pk, exc)
+        _stress_fail(
+            stress_test, runs.operator_reason(exc).replace("disputes can be decided", "tests can run"), timings
+        )
+        return None
     except Exception:
         logger.exception("stress test %s stopped on an internal error", stress_test.pk)
         _stress_fail(stress_test, "an internal error stopped the stress test; the operators have been told", timings)
@@ -950,8 +1025,9 @@ def stress_test_execute(*, stress_test_id: int, task_id: str = "") -> StressTest
         timings[f"child_{key}"] = value
     timings["total_s"] = (timezone.now() - started).total_seconds()
     now = timezone.now()
-    StressTest.objects.filter(pk=stress_test.pk, state=StressTest.State.RUNNING, attempts=stress_test.attempts).update(
+    sweeps.stress_lease(stress_test.pk, stress_test.attempts).update(
         state=StressTest.State.DONE,
+        heartbeat_at=None,
         progress=100,
         phase="done",
         results=results,

@@ -1,11 +1,19 @@
-"""Celery tasks of disputes: an id in, a service called (routed to the gpu queue by workers.celery)."""
+"""Celery tasks of disputes and stress tests: an id in, a service called; and `enqueue`, how services queue them.
+
+Run tasks are routed to the gpu queue by workers.celery; the sweep runs on the cpu queue (a GPU worker
+busy with a long run must not hold it up).
+"""
+
+import logging
 
 from celery import shared_task
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Run a queued dispute to its verdict; a redelivered message finds it decided and does nothing."""
+    """Run a queued dispute to its verdict; a redelivered message finds it decided (or running) and does nothing."""
     from verification.services import verification_run_execute  # torch stays out of web processes
 
     verification_run_execute(dispute_id=dispute_id, task_id=self.request.id or "")
@@ -13,7 +21,30 @@ def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-unt
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def stress_test_task(self, stress_test_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Run an owner's stress test; a redelivered message finds it done, or re-runs one a dead worker left running."""
+    """Run an owner's stress test; a redelivered message finds it done, or running under a live worker."""
     from verification.services import stress_test_execute  # torch stays out of web processes
 
     stress_test_execute(stress_test_id=stress_test_id, task_id=self.request.id or "")
+
+
+@shared_task(queue="cpu", ignore_result=True, max_retries=0)
+def run_sweep_task() -> None:
+    """Beat, every MODELCOURT_SWEEP_SECONDS: re-queue runs whose worker stopped, send what waits to be sent."""
+    from verification.sweeps import runs_sweep
+
+    runs_sweep()
+
+
+def enqueue(kind: str, pk: int) -> bool:
+    """Publish the message that runs one queued dispute or stress test; False (logged) if the broker refused.
+
+    Publishing fails fast (workers.celery's publish retry policy): a web request never waits long on a
+    broker that is down, and the row, still waiting to be sent, is sent by the sweep.
+    """
+    task = {"dispute": verification_run_task, "stress_test": stress_test_task}[kind]
+    try:
+        task.delay(pk)
+    except Exception:  # kombu, redis and socket errors alike: the row is safe in the outbox
+        logger.warning("%s %s: the task queue refused the message; the sweep sends it again", kind, pk, exc_info=True)
+        return False
+    return True

@@ -34,13 +34,24 @@ app.conf.update(
         "ownership.tasks.*": {"queue": "cpu"},
     },
     broker_connection_retry_on_startup=True,
+    # Publishing from a web request must fail fast when the broker is down: the row stays queued
+    # with nothing dispatched, and the sweep below sends it once the broker is back.
+    broker_connection_timeout=float(os.environ.get("MODELCOURT_PUBLISH_TIMEOUT_S", "2")),
+    task_publish_retry=True,
+    task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
     worker_hijack_root_logger=False,
     beat_schedule={
         "publish-log-checkpoint": {
             "task": "timestamps.tasks.checkpoint_publish_task",
             "schedule": float(os.environ.get("MODELCOURT_CHECKPOINT_SECONDS", "60")),
             "options": {"queue": "cpu", "expires": 120},
-        }
+        },
+        # sends what was never sent and re-queues runs whose worker stopped beating
+        "sweep-runs": {
+            "task": "verification.tasks.run_sweep_task",
+            "schedule": float(os.environ.get("MODELCOURT_SWEEP_SECONDS", "15")),
+            "options": {"queue": "cpu", "expires": 60},
+        },
     },
 )
 app.autodiscover_tasks()
