@@ -13,9 +13,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelcourt import trust
 from modelcourt.bundle import verify_bundle
 from modelcourt.receipts import Check, all_ok, verify_receipt
 
@@ -199,30 +201,165 @@ def cmd_receipt_get(args: argparse.Namespace, client: Client) -> int:
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     """Verify a receipt offline, and the opening or evidence when given."""
     receipt = _read_json(args.receipt)
-    ca_pems = [_read_bytes(path).decode(errors="replace") for path in args.ca] if args.ca else None
+    anchors = _trust_anchors(args, verdict=False)
     checks = verify_receipt(
         receipt,
-        ca_pems=ca_pems,
-        log_vkey=_log_key(args.log_key),
+        ca_pems=anchors.ca_pems,
+        log_vkey=anchors.log_vkeys,
         opening=_read_json(args.opening) if args.opening else None,
         evidence_npz=_read_bytes(args.evidence) if args.evidence else None,
         salt=args.salt,
         seed=args.seed,
+        trust_embedded_keys=args.insecure_trust_embedded_keys,
     )
-    return _report(checks)
+    return _report_trusted([*anchors.checks, *checks], anchors, args, "receipt")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a verdict bundle offline."""
+    anchors = _trust_anchors(args, verdict=True)
     checks = verify_bundle(
         args.bundle,
-        ca_pems=[_read_bytes(path).decode(errors="replace") for path in args.ca] if args.ca else None,
-        log_vkey=_log_key(args.log_key),
-        verdict_keys=[_read_bytes(path).decode(errors="replace") for path in args.verdict_key]
-        if args.verdict_key
-        else None,
+        ca_pems=anchors.ca_pems,
+        log_vkey=anchors.log_vkeys,
+        verdict_keys=anchors.verdict_pems,
+        trust_embedded_keys=args.insecure_trust_embedded_keys,
     )
-    return _report(checks)
+    return _report_trusted([*anchors.checks, *checks], anchors, args, "bundle")
+
+
+# --- trust anchors --------------------------------------------------------------------------
+
+INSECURE_FLAG = "--insecure-trust-embedded-keys"
+ANCHOR_FLAGS = {
+    "ca": "TSA CA certificate (--ca)",
+    "log": "log key (--log-key)",
+    "verdict": "verdict key (--verdict-key)",
+}
+
+
+@dataclass
+class _Anchors:
+    """The anchors a verification uses: given on the command line, else pinned in the trust file, else none."""
+
+    ca_pems: list[str] | None
+    log_vkeys: list[str] | None
+    verdict_pems: list[str] | None
+    missing: list[str]
+    checks: list[Check]
+    path: Path
+
+
+def _trust_path(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The trust file, and whether the user named it (--trust-file or $MODELCOURT_TRUST_FILE)."""
+    if args.trust_file:
+        return Path(args.trust_file), True
+    return trust.default_trust_path(), bool(os.environ.get(trust.TRUST_FILE_ENV))
+
+
+def _pinned(path: Path) -> list[trust.PinnedService]:
+    try:
+        return trust.load_trust(path)
+    except trust.TrustError as exc:
+        raise CliError(f"error: {exc}") from None
+
+
+def _trust_anchors(args: argparse.Namespace, *, verdict: bool) -> _Anchors:
+    """Explicit --ca/--log-key/--verdict-key first, each on its own; what is not given comes from the trust file."""
+    path, named = _trust_path(args)
+    ca = [_read_bytes(p).decode(errors="replace") for p in args.ca] if args.ca else None
+    log = [_log_key(args.log_key) or ""] if args.log_key is not None else None
+    keys = [_read_bytes(p).decode(errors="replace") for p in args.verdict_key] if args.verdict_key else None
+    checks: list[Check] = []
+    if ca is None or log is None or (verdict and keys is None):
+        if named and not path.is_file():
+            raise CliError(f"error: no trust file at {path}; make one with `modelcourt trust pin URL`")
+        pinned = trust.anchors_of(_pinned(path))
+        taken = []
+        if ca is None and pinned.ca_pems:
+            ca = pinned.ca_pems
+            taken.append("TSA CA certificates")
+        if log is None and pinned.log_vkeys:
+            log = pinned.log_vkeys
+            taken.append("log keys")
+        if verdict and keys is None and pinned.verdict_pems:
+            keys = pinned.verdict_pems
+            taken.append("verdict keys")
+        if taken:
+            checks.append(Check("pinned keys", True, f"{', '.join(taken)} of {', '.join(pinned.urls)} from {path}"))
+    needed = [("ca", ca), ("log", log), *([("verdict", keys)] if verdict else [])]
+    missing = [name for name, value in needed if value is None]
+    return _Anchors(ca, log, keys, missing, checks, path)
+
+
+def _report_trusted(checks: Sequence[Check], anchors: _Anchors, args: argparse.Namespace, what: str) -> int:
+    """The report; then, when an anchor was missing, the sentence that says which and how to pin it."""
+    status = _report(checks)
+    if not anchors.missing:
+        return status
+    names = ", ".join(ANCHOR_FLAGS[name] for name in anchors.missing)
+    if args.insecure_trust_embedded_keys:
+        print(
+            f"warning: {INSECURE_FLAG}: no trusted {names}, so the {what}'s own keys were used; "
+            f"a forged {what} carries its own keys and passes these checks",
+            file=sys.stderr,
+        )
+        return status
+    where = "" if anchors.path.is_file() else f", and there is no trust file at {anchors.path}"
+    print(
+        f"error: not verified: no trusted {names} was given{where}. Pin the service's keys once with "
+        "`modelcourt trust pin URL` (compare the fingerprints it prints out of band), or pass them; "
+        f"{INSECURE_FLAG} checks the {what} against the keys inside it, which proves nothing about who made it",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_trust_pin(args: argparse.Namespace) -> int:
+    """Fetch a service's public keys once and pin them in the trust file, printing their fingerprints."""
+    path, _ = _trust_path(args)
+    services = _pinned(path)
+    try:
+        fetched = trust.fetch_keys(args.service_url)
+    except trust.TrustError as exc:
+        raise CliError(f"error: {exc}") from None
+    if trust.is_plain_http(fetched.url):
+        print(
+            f"warning: {fetched.url} is plain http: anyone on the way could have swapped the keys",
+            file=sys.stderr,
+        )
+    old = next((service for service in services if service.url == fetched.url), None)
+    if old is not None and old.identities() != fetched.identities():
+        print(f"the keys of {fetched.url} differ from those pinned at {old.pinned_at}:")
+        print("\n".join(trust.key_changes(old, fetched)))
+        if not args.replace:
+            raise CliError(
+                f"error: nothing changed in {path}; confirm the new fingerprints with the service's operator "
+                "out of band, then pin again with --replace"
+            )
+    kept = [service for service in services if service.url != fetched.url]
+    try:
+        trust.save_trust(path, [*kept, fetched])
+    except trust.TrustError as exc:
+        raise CliError(f"error: {exc}") from None
+    verb = "pinned" if old is None else "re-pinned" if old.identities() != fetched.identities() else "unchanged"
+    print(f"{verb}: {len(fetched.keys)} keys of {fetched.url} in {path}")
+    print("\n".join(trust.key_lines(fetched.keys)))
+    print("compare these fingerprints with the service's operator over another channel before trusting them")
+    return 0
+
+
+def cmd_trust_show(args: argparse.Namespace) -> int:
+    """Print the pinned services and their keys' fingerprints."""
+    path, _ = _trust_path(args)
+    services = _pinned(path)
+    if not services:
+        raise CliError(f"error: no keys are pinned in {path}; pin a service's keys with `modelcourt trust pin URL`")
+    print(f"trust file: {path}")
+    for service in services:
+        print(f"{service.url} (pinned {service.pinned_at})")
+        print("\n".join(trust.key_lines(service.keys)))
+    return 0
 
 
 def _dispute_path(dispute_id: str, suffix: str = "") -> str:
@@ -380,6 +517,21 @@ def _shape(text: str) -> list[int]:
     return dims
 
 
+TRUST_FILE_HELP = (
+    f"the trust file (default ${trust.TRUST_FILE_ENV}, else $XDG_CONFIG_HOME/modelcourt/trust.json "
+    "or ~/.config/modelcourt/trust.json)"
+)
+
+
+def _add_trust_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--trust-file", help=f"{TRUST_FILE_HELP}; its pinned keys are used unless given here")
+    parser.add_argument(
+        INSECURE_FLAG,
+        action="store_true",
+        help=f"where no trusted key is given or pinned, check the {what} against the keys inside it (proves nothing)",
+    )
+
+
 def _add_claim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--claimant", required=True, help="the claimant's registered model (public id)")
     parser.add_argument("--methods", required=True, help=f"comma-separated: {', '.join(METHODS)}")
@@ -441,14 +593,28 @@ def build_parser() -> argparse.ArgumentParser:
     opened.add_argument("--evidence", help="the evidence set (.npz); needs --salt")
     verify.add_argument("--salt", help="the commitment's salt (hex)")
     verify.add_argument("--seed", help="the watermark generator's seed (hex), for generated evidence")
-    verify.set_defaults(handler=cmd_receipt_verify, offline=True)
+    _add_trust_arguments(verify, "receipt")
+    verify.set_defaults(handler=cmd_receipt_verify, offline=True, verdict_key=None)
 
     bundle = commands.add_parser("verify", help="verify a verdict bundle (zip) offline")
     bundle.add_argument("bundle", help="the verdict bundle (.zip)")
     bundle.add_argument("--ca", action="append", help="trusted TSA root certificate(s), PEM (repeatable)")
     bundle.add_argument("--log-key", help="the log's verifier key (name+hash+base64), or a file holding it")
     bundle.add_argument("--verdict-key", action="append", help="the service's verdict public key(s), PEM (repeatable)")
+    _add_trust_arguments(bundle, "bundle")
     bundle.set_defaults(handler=cmd_verify, offline=True)
+
+    pins = commands.add_parser("trust", help="pin a service's public keys for offline verification").add_subparsers(
+        dest="trust_command", required=True
+    )
+    pin = pins.add_parser("pin", help="fetch a service's public keys once and pin them (prints their fingerprints)")
+    pin.add_argument("service_url", metavar="URL", help="the service's base URL, e.g. https://modelcourt.example.org")
+    pin.add_argument("--replace", action="store_true", help="replace keys pinned before for this URL that changed")
+    pin.add_argument("--trust-file", help=TRUST_FILE_HELP)
+    pin.set_defaults(handler=cmd_trust_pin, offline=True)
+    shown = pins.add_parser("show", help="print the pinned services and their keys' fingerprints")
+    shown.add_argument("--trust-file", help=TRUST_FILE_HELP)
+    shown.set_defaults(handler=cmd_trust_show, offline=True)
 
     dispute = commands.add_parser(
         "dispute", help="file and follow disputes (arbiter), or request one (owner)"
