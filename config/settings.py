@@ -201,7 +201,13 @@ REST_FRAMEWORK = {
         "anon": os.environ.get("MODELCOURT_THROTTLE_ANON", "120/min"),
         "user": os.environ.get("MODELCOURT_THROTTLE_USER", "1200/min"),
         "tsa": os.environ.get("MODELCOURT_THROTTLE_TSA", "600/min"),
+        # failed web sign-ins per (address, username); `login-address` caps one address over all usernames
         "login": os.environ.get("MODELCOURT_THROTTLE_LOGIN", "20/min"),
+        "login-address": os.environ.get("MODELCOURT_THROTTLE_LOGIN_ADDRESS", "100/min"),
+        # sign-up attempts per client address
+        "signup": os.environ.get("MODELCOURT_THROTTLE_SIGNUP", "10/hour"),
+        # watermark generations per owner
+        "evidence-generate": os.environ.get("MODELCOURT_THROTTLE_GENERATE", "30/hour"),
         # bundle downloads, the API's and the web page's together, per client
         "verdict-bundle": os.environ.get("MODELCOURT_THROTTLE_BUNDLE", "60/min"),
     },
@@ -249,6 +255,8 @@ MODELCOURT_STRESS_MAX_ACTIVE = int(os.environ.get("MODELCOURT_STRESS_MAX_ACTIVE"
 # --- uploads ---------------------------------------------------------------
 MODELCOURT_MAX_ARTIFACT_BYTES = int(os.environ.get("MODELCOURT_MAX_ARTIFACT_BYTES", str(256 * 1024 * 1024)))
 MODELCOURT_MAX_EVIDENCE_BYTES = int(os.environ.get("MODELCOURT_MAX_EVIDENCE_BYTES", str(64 * 1024 * 1024)))
+# count x prod(input_shape) of one generated watermark set (float32: 64 MiB at the default)
+MODELCOURT_MAX_GENERATED_ELEMENTS = int(os.environ.get("MODELCOURT_MAX_GENERATED_ELEMENTS", str(16 * 1024 * 1024)))
 # Larger uploads stream to temporary files instead of memory, except evidence, which stays off disk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 FILE_UPLOAD_HANDLERS = [

@@ -248,7 +248,12 @@ class EvidenceListApi(OwnerApiView):
 
 
 class EvidenceGenerateApi(OwnerApiView):
-    """Generate a verifiable watermark set from a fresh seed, commit to it, and return it for embedding."""
+    """Generate a verifiable watermark set from a fresh seed, commit to it, and return it for embedding.
+
+    Limited per owner (the `evidence-generate` throttle); the set's size is capped in the service.
+    """
+
+    throttle_scope = "evidence-generate"
 
     class InputSerializer(serializers.Serializer):
         class Meta:

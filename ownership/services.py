@@ -20,6 +20,7 @@ from ownership import artifacts, commitments, escrow, evidence, tasks, watermark
 from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import services as timestamp_services
+from workers import sandbox
 
 MAX_NAME = 200
 
@@ -37,6 +38,7 @@ ValidationMode = Literal["sync", "async"]
 # The first bytes of a Python pickle (protocols 2 to 5) and of a zip archive (TorchScript is a zip).
 _PICKLE_HEADS = tuple(bytes([0x80, protocol]) for protocol in (2, 3, 4, 5))
 _ZIP_HEADS = (b"PK\x03\x04", b"PK\x05\x06")
+_UNCHECKED = "the model could not be checked: "
 _PICKLE_SENTENCE = (
     "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
     "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
@@ -157,6 +159,10 @@ def _rejection_sentence(reason: str, *, input_shape: Sequence[int], num_classes:
         r"the model process exited unexpectedly \(exit code -?[0-9]+\) while loading or running the model",
     )
     if any(re.fullmatch(pattern, reason) for pattern in kept):
+        return reason
+    # the sandbox's own sentences for a failed child (never the child's words)
+    sandbox_sentences = getattr(sandbox, "CATEGORY_REASONS", {}).values()
+    if reason.startswith(_UNCHECKED) and reason.removeprefix(_UNCHECKED) in sandbox_sentences:
         return reason
     replaced = (
         ("the file is a Python pickle", _PICKLE_SENTENCE),
@@ -297,8 +303,22 @@ def evidence_upload(*, model: RegisteredModel, kind: str, data: bytes) -> Eviden
 def evidence_generate(
     *, model: RegisteredModel, count: int, low: float = 0.0, high: float = 1.0
 ) -> tuple[EvidenceSet, dict[str, np.ndarray]]:
-    """Draw a fresh seed, derive a watermark set from it and commit to both (a verifiable watermark)."""
+    """Draw a fresh seed, derive a watermark set from it and commit to both (a verifiable watermark).
+
+    The set holds count x prod(input_shape) values: refused before anything is allocated past
+    MODELCOURT_MAX_GENERATED_ELEMENTS.
+    """
     model_require_active(model=model)
+    limit = settings.MODELCOURT_MAX_GENERATED_ELEMENTS
+    per_input = 1
+    for dim in model.input_shape:
+        per_input *= max(int(dim), 1)  # Python ints: no overflow however large the shape
+    if count * per_input > limit:
+        raise RegistryError(
+            f"{count} watermark inputs of this model's shape hold {count * per_input} values; at most {limit} are "
+            f"generated at once (a count of at most {limit // per_input} for this shape)",
+            code="too_many_elements",
+        )
     seed = secrets.token_bytes(32)
     try:
         arrays = watermarks.generate_watermark(

@@ -236,3 +236,107 @@ def test_rejects_an_unknown_kind() -> None:
 def test_dump_refuses_object_arrays() -> None:
     with pytest.raises(ValueError, match="allow_pickle"):
         dump_evidence({"inputs": np.array([object()], dtype=object)})
+
+
+# --- generation caps ------------------------------------------------------------------------
+
+
+def _model(owner, input_shape: list[int]):  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from ownership.models import RegisteredModel
+
+    return RegisteredModel.objects.create(
+        owner=owner,
+        name=f"wide-{'x'.join(map(str, input_shape))}",
+        input_shape=input_shape,
+        num_classes=10,
+        artifact="artifacts/unused.onnx",
+        artifact_format=RegisteredModel.Format.ONNX,
+        artifact_size=1,
+        file_digests={},
+        model_digest="0" * 64,
+        created_at=timezone.now(),
+    )
+
+
+def _client(user):  # type: ignore[no-untyped-def]
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def _no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ownership import watermarks
+
+    def refuse(**_: object) -> dict[str, np.ndarray]:
+        raise AssertionError("the generator ran: the cap must refuse before anything is allocated")
+
+    monkeypatch.setattr(watermarks, "generate_watermark", refuse)
+
+
+@pytest.mark.django_db
+def test_a_generation_over_the_element_cap_is_a_400_before_anything_is_allocated(
+    owner, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from ownership.models import EvidenceSet
+
+    # given the attack of 10 000 inputs of 4096 x 4096 (1.22 TiB of float32)
+    model = _model(owner, [4096, 4096])
+    _no_generation(monkeypatch)
+
+    # when
+    response = _client(owner).post(
+        f"/api/v1/models/{model.public_id}/evidence/generate", {"count": 10_000}, format="json"
+    )
+
+    # then
+    assert response.status_code == 400
+    assert response.json()["code"] == "too_many_elements"
+    assert "167772160000 values" in response.json()["detail"]
+    assert "a count of at most 1 for this shape" in response.json()["detail"]
+    assert not EvidenceSet.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_element_cap_is_a_setting_and_a_set_at_the_cap_is_generated(owner, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.MODELCOURT_MAX_GENERATED_ELEMENTS = 5 * 64
+    model = _model(owner, [1, 8, 8])
+    url = f"/api/v1/models/{model.public_id}/evidence/generate"
+    client = _client(owner)
+
+    over = client.post(url, {"count": 6}, format="json")
+    at = client.post(url, {"count": 5}, format="json")
+
+    assert over.status_code == 400
+    assert "a count of at most 5 for this shape" in over.json()["detail"]
+    assert at.status_code == 201, at.content
+
+
+@pytest.mark.django_db
+def test_generation_is_throttled_per_owner(owner, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+    from rest_framework.throttling import ScopedRateThrottle
+
+    from tests.conftest import _user
+
+    assert "evidence-generate" in settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    monkeypatch.setattr(
+        ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "evidence-generate": "2/min"}
+    )
+    _no_generation(monkeypatch)  # over-cap requests: each reaches the view, none allocates
+    model = _model(owner, [4096, 4096])
+    url = f"/api/v1/models/{model.public_id}/evidence/generate"
+    client = _client(owner)
+
+    codes = [client.post(url, {"count": 10_000}, format="json").status_code for _ in range(3)]
+
+    assert codes == [400, 400, 429]
+    assert client.post(url, {"count": 10_000}, format="json").json()["code"] == "throttled"
+    # another owner has a budget of their own
+    other = _user("oscar", "owner")
+    other_model = _model(other, [4096, 4096])
+    other_url = f"/api/v1/models/{other_model.public_id}/evidence/generate"
+    assert _client(other).post(other_url, {"count": 10_000}, format="json").status_code == 400
