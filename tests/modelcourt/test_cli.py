@@ -244,10 +244,29 @@ def test_receipt_verify_reads_the_log_key_from_a_file(files: ReceiptFiles, tmp_p
     assert main(["receipt", "verify", str(files.receipt), "--ca", str(files.ca), "--log-key", str(key_file)]) == 0
 
 
-def test_receipt_verify_warns_when_trusting_the_receipt_itself(
-    files: ReceiptFiles, capsys: pytest.CaptureFixture[str]
+@pytest.fixture
+def no_trust_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing pinned where the command looks by default."""
+    monkeypatch.delenv("MODELCOURT_TRUST_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def test_receipt_verify_without_trusted_keys_fails(
+    files: ReceiptFiles, no_trust_file: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status = main(["receipt", "verify", str(files.receipt)])
+
+    captured = capsys.readouterr()
+    failed = [line.split(":")[0] for line in captured.out.splitlines() if line.startswith("FAIL")]
+    assert status == 1
+    assert {"FAIL trust anchors", "FAIL log key", "FAIL token signature", "FAIL checkpoint signature"} <= set(failed)
+    assert "modelcourt trust pin URL" in captured.err
+
+
+def test_receipt_verify_warns_when_told_to_trust_the_receipt_itself(
+    files: ReceiptFiles, no_trust_file: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["receipt", "verify", str(files.receipt), "--insecure-trust-embedded-keys"])
 
     warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARN ")]
     assert status == 0

@@ -55,6 +55,31 @@ def test_trust_taken_from_the_receipt_passes_with_warnings(bundle: ReceiptBundle
     assert {check.name for check in checks if check.warning} == {"trust anchors", "log key"}
 
 
+def test_without_anchors_and_without_trusting_the_receipt_the_anchor_checks_fail(bundle: ReceiptBundle) -> None:
+    checks = verify_receipt(bundle.receipt, ca_pems=None, log_vkey=None, trust_embedded_keys=False)
+
+    assert {"trust anchors", "token signature", "log key", "checkpoint signature", "log inclusion"} <= _failed(checks)
+    assert not any(check.warning for check in checks)
+    assert "modelcourt trust pin URL" in next(c.detail for c in checks if c.name == "trust anchors")
+
+
+def test_given_anchors_need_no_trust_in_the_receipt(bundle: ReceiptBundle) -> None:
+    assert all_ok(_verify(bundle, trust_embedded_keys=False))
+
+
+def test_a_checkpoint_signed_by_any_of_several_log_keys_passes(bundle: ReceiptBundle) -> None:
+    # keys rotate: the pinned keys are the log's current and retired ones
+    retired = note.verifier_key(ORIGIN, Ed25519PrivateKey.generate().public_key())
+
+    checks = _verify(bundle, log_vkey=[retired, bundle.log_vkey])
+
+    assert all_ok(checks), checks
+    assert "(2 keys)" in next(c.detail for c in checks if c.name == "log key")
+    assert "checkpoint signature" in _failed(_verify(bundle, log_vkey=[retired]))
+    assert "log key" in _failed(_verify(bundle, log_vkey=[]))
+    assert "log key" in _failed(_verify(bundle, log_vkey=[bundle.log_vkey, 5]))
+
+
 def test_one_flipped_evidence_byte_breaks_the_commitment(bundle: ReceiptBundle) -> None:
     inputs = bundle.arrays["inputs"].copy()
     inputs.view("u1")[0, 0, 0, 0] ^= 1
