@@ -16,8 +16,11 @@ NO_PANEL = "no_panel"
 
 
 def _shape_of(model: RegisteredModel) -> tuple[int, ...]:
+    """The registration's input shape; empty (which no panel serves) when it is not a list of integers."""
     raw = model.input_shape if isinstance(model.input_shape, list | tuple) else []
-    return tuple(d for d in raw if isinstance(d, int) and not isinstance(d, bool))
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        return ()
+    return tuple(raw)
 
 
 def panels_for(input_shape: Sequence[int], num_classes: int) -> list[PanelInterface]:

@@ -69,9 +69,11 @@ def panel_info(name: str) -> PanelInterface:
     """What panel ``name`` serves (task, classes, native and accepted input shapes, size), without loading it."""
     if name in BUILTIN_INTERFACES:
         return BUILTIN_INTERFACES[name]
-    info = _installed_info(name) if name in panel_list() else None
-    if info is None:
+    if name not in panel_list():
         raise PanelUnavailable(f"no reference panel named {name!r}; available: {', '.join(panel_list())}")
+    info = _installed_info(name)
+    if info is None:
+        raise PanelUnavailable(f"the reference panel {name!r} is installed without a readable manifest")
     return info
 
 
