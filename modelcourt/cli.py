@@ -22,7 +22,7 @@ from modelcourt.bundle import verify_bundle
 from modelcourt.receipts import Check, all_ok, verify_receipt
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT_S = 300  # registering runs the artifact in the server's sandbox before it answers
+TIMEOUT_S = 300  # one request, e.g. a large upload on a slow link (the sandbox check is polled, not awaited)
 KINDS = ("watermark", "fingerprint", "dataset")
 METHODS = ("watermark", "fingerprint", "dataset_inference")
 # a dispute in one of these states changes no more by itself: `dispute status --wait` stops there
@@ -156,7 +156,11 @@ def _model_path(model_id: str, suffix: str = "") -> str:
 
 
 def cmd_register(args: argparse.Namespace, client: Client) -> int:
-    """Upload an artifact and register it."""
+    """Upload an artifact and register it; unless --no-wait, follow the sandbox check until it is decided.
+
+    The registration goes to stdout as JSON; progress goes to stderr. Exit status 1 when the
+    service rejected the model (its reason on stderr) or the check outlasted --timeout.
+    """
     fields = [
         ("name", args.name),
         ("task", args.task),
@@ -164,8 +168,34 @@ def cmd_register(args: argparse.Namespace, client: Client) -> int:
         ("num_classes", str(args.classes)),
     ]
     files = [("artifact", Path(args.artifact).name, _read_bytes(args.artifact))]
-    _print_json(client.post_form("/api/v1/models/", fields, files))
+    model = client.post_form("/api/v1/models/", fields, files)
+    if not args.no_wait and isinstance(model, dict) and model.get("state") == "validating":
+        model = _wait_for_validation(args, client, model)
+    _print_json(model)
+    if isinstance(model, dict) and model.get("state") == "rejected":
+        print(f"error: the model was rejected: {model.get('rejection_reason') or 'no reason given'}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _wait_for_validation(args: argparse.Namespace, client: Client, model: dict[str, Any]) -> dict[str, Any]:
+    """Poll a `validating` registration until the service has decided; progress lines on stderr."""
+    path = _model_path(str(model.get("id"))).rstrip("/")
+    started = time.monotonic()
+    deadline = started + args.timeout
+    print(f"uploaded {model.get('name')} ({model.get('id')}); validating in the sandbox", file=sys.stderr, flush=True)
+    while model.get("state") == "validating":
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CliError(
+                f"error: model {model.get('id')} is still validating after {args.timeout:g} s; "
+                f"see its state with GET {path}"
+            )
+        time.sleep(min(args.interval, left))
+        model = client.get(path)
+        elapsed = time.monotonic() - started
+        print(f"[{elapsed:5.0f} s] {model.get('state')}", file=sys.stderr, flush=True)
+    return model
 
 
 def cmd_evidence_add(args: argparse.Namespace, client: Client) -> int:
@@ -559,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--task", default="")
     register.add_argument("--input-shape", required=True, type=_shape, help="without the batch dimension, e.g. 1,8,8")
     register.add_argument("--classes", required=True, type=int, help="number of classes")
+    register.add_argument(
+        "--no-wait", action="store_true", help="return once uploaded, without waiting for the sandbox check"
+    )
+    register.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the check (default 600)")
+    register.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
     register.set_defaults(handler=cmd_register)
 
     evidence = commands.add_parser("evidence", help="add or generate evidence").add_subparsers(
@@ -664,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--protocol, --model-name and --output go with --suspect-url")
     if getattr(args, "handler", None) is cmd_dispute_status and args.timeout <= 0:
         parser.error("--timeout is a positive number of seconds")
+    if getattr(args, "handler", None) is cmd_register and (args.timeout <= 0 or args.interval <= 0):
+        parser.error("--timeout and --interval are positive numbers of seconds")
     try:
         if getattr(args, "offline", False):
             return int(args.handler(args))

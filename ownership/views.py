@@ -1,6 +1,7 @@
 """Server-rendered pages: sign-in and sign-up, and the owner's registry (models, evidence, receipts)."""
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -25,7 +26,7 @@ from django.utils.decorators import method_decorator
 from django.utils.text import slugify
 from django.views import View
 from django.views.decorators.cache import never_cache
-from rest_framework.throttling import BaseThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from ownership import selectors, services
 from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError
@@ -33,9 +34,9 @@ from ownership.models import EvidenceSet, RegisteredModel
 from ownership.roles import Role, role_grant, user_has_role
 
 
-def _login_rate() -> tuple[int, int]:
-    """(attempts, seconds) from the `login` throttle rate, e.g. "20/min"."""
-    count, period = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["login"].split("/")
+def _login_rate(scope: str) -> tuple[int, int]:
+    """(attempts, seconds) from a throttle rate such as `login`, e.g. "20/min"."""
+    count, period = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"][scope].split("/")
     return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
 
 
@@ -58,17 +59,24 @@ class _FailureWindow:
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login page; failed attempts are limited per client address and per username."""
+    """Django's login page; failed attempts are limited per (client address, username) and, looser, per address.
+
+    No window counts a username alone: failures from one address must not lock its owner out at another.
+    """
 
     redirect_authenticated_user = True
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        limit, period = _login_rate()
         # The same client identity as the API throttles (honours MODELCOURT_NUM_PROXIES).
         client = BaseThrottle().get_ident(request)  # type: ignore[arg-type]
         username = str(request.POST.get("username", ""))[:150].lower()
-        windows = [_FailureWindow(f"ip:{client}"), _FailureWindow(f"user:{username}")]
-        if any(window.count() >= limit for window in windows):
+        # hashed: any text a client types stays out of cache keys
+        pair = hashlib.sha256(f"{client}\x00{username}".encode()).hexdigest()
+        windows = [
+            (_FailureWindow(f"ip-user:{pair}"), *_login_rate("login")),
+            (_FailureWindow(f"ip:{client}"), *_login_rate("login-address")),
+        ]
+        if any(window.count() >= limit for window, limit, _ in windows):
             form = self.get_form()
             form.add_error(None, "Too many failed sign-ins; wait a minute and try again.")
             response = self.render_to_response(self.get_context_data(form=form))
@@ -76,7 +84,7 @@ class LoginView(auth_views.LoginView):
             return response
         response = super().post(request, *args, **kwargs)
         if response.status_code != 302:
-            for window in windows:
+            for window, _, period in windows:
                 window.add(period)
         return response
 
@@ -84,8 +92,17 @@ class LoginView(auth_views.LoginView):
 # --- sign-up --------------------------------------------------------------------------------
 
 
+class _SignupThrottle(SimpleRateThrottle):
+    """Sign-up attempts per client address (the `signup` rate): per-owner limits mean little if accounts are free."""
+
+    scope = "signup"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
 class SignupView(View):
-    """Create an account with the owner role and sign it in."""
+    """Create an account with the owner role and sign it in; attempts are limited per client address."""
 
     template_name = "ownership/signup.html"
 
@@ -96,6 +113,9 @@ class SignupView(View):
 
     def post(self, request: HttpRequest) -> HttpResponse:
         form = UserCreationForm(request.POST)
+        if not _SignupThrottle().allow_request(request, self):  # type: ignore[arg-type]
+            messages.error(request, "Too many sign-ups from your address; try again later.")
+            return render(request, self.template_name, {"form": UserCreationForm()}, status=429)
         if not form.is_valid():
             return render(request, self.template_name, {"form": form}, status=400)
         with transaction.atomic():
@@ -232,8 +252,18 @@ def _render_model_page(
         "upload_form": upload_form or EvidenceUploadForm(),
         "generate_form": generate_form or WatermarkGenerateForm(),
         "max_evidence": filesizeformat(settings.MODELCOURT_MAX_EVIDENCE_BYTES),
+        # the page polls the API's view of the model until the sandbox has decided, then reloads
+        "status_url": reverse("model-detail", kwargs={"model_id": model.public_id}),
     }
     return render(request, "ownership/model_detail.html", context, status=status)
+
+
+def _uploaded_message(model: RegisteredModel) -> str:
+    if model.state == RegisteredModel.State.VALIDATING:
+        return f"Uploaded {model.name}. It is being checked in the sandbox; this page shows the result."
+    if model.state == RegisteredModel.State.REJECTED:
+        return f"Uploaded {model.name}, but the sandbox refused it."
+    return f"Registered {model.name}. Add or generate ownership evidence next."
 
 
 class ModelListView(OwnerRequiredMixin, View):
@@ -266,11 +296,16 @@ class ModelRegisterView(OwnerRequiredMixin, View):
         form = ModelRegisterForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                model = services.model_register(owner=request.user, **form.cleaned_data)  # type: ignore[arg-type]
+                # the sandbox check runs in a worker: it may outlast the web worker's timeout
+                model = services.model_register(
+                    owner=request.user,  # type: ignore[arg-type]
+                    validate="async",
+                    **form.cleaned_data,
+                )
             except RegistryError as exc:
                 _add_registry_error(form, exc, REGISTER_ERROR_FIELDS)
             else:
-                messages.success(request, f"Registered {model.name}. Add or generate ownership evidence next.")
+                messages.success(request, _uploaded_message(model))
                 return redirect("owner-model", model_id=model.public_id)
         return self._render(request, form, status=400)
 
@@ -281,7 +316,7 @@ class ModelDetailView(OwnerRequiredMixin, View):
     def get(self, request: HttpRequest, model_id: uuid.UUID) -> HttpResponse:
         model = _owned_model(request, model_id)
         if "registered" in request.GET:  # the upload script lands here after the API registered the model
-            messages.success(request, f"Registered {model.name}. Add or generate ownership evidence next.")
+            messages.success(request, _uploaded_message(model))
             return redirect("owner-model", model_id=model.public_id)
         return _render_model_page(request, model)
 

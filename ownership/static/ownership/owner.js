@@ -1,5 +1,5 @@
-/* modelcourt owner pages: copy buttons, and the registration form's upload with progress.
- * Without this script every form still posts to its Django view. */
+/* modelcourt owner pages: copy buttons, the registration form's upload with progress, and a model page that
+ * follows its sandbox validation. Without this script every form still posts to its Django view. */
 (function () {
   "use strict";
 
@@ -28,6 +28,29 @@
     var selection = window.getSelection();
     selection.removeAllRanges();
     selection.addRange(range);
+  }
+
+  // --- validation: poll the model's API view every 2 s while it is validating, then reload -----
+  var validation = document.getElementById("model-validation");
+  if (validation && window.fetch) {
+    var timer = window.setInterval(function () {
+      fetch(validation.getAttribute("data-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (response.status === 401 || response.status === 403 || response.status === 404) {
+            window.clearInterval(timer);  // signed out, or deleted: stop asking
+            return null;
+          }
+          return response.ok ? response.json() : null;
+        })
+        .then(function (data) {
+          if (data && data.state && data.state !== "validating") {
+            window.clearInterval(timer);
+            validation.setAttribute("data-state", data.state);
+            window.setTimeout(function () { window.location.reload(); }, 300);
+          }
+        })
+        .catch(function () { /* a network blip: the next tick tries again */ });
+    }, 2000);
   }
 
   // --- registration: multipart POST to the API with upload progress -------------------------
@@ -145,13 +168,14 @@
       setProgress("uploading", percent, "Uploading…");
     });
     xhr.upload.addEventListener("load", function () {
-      setProgress("validating", 100, "Validating the model…");
+      setProgress("validating", 100, "Storing and digesting the model…");
     });
     xhr.addEventListener("load", function () {
       var body = null;
       try { body = JSON.parse(xhr.responseText); } catch (ignored) { body = null; }
-      if (xhr.status === 201 && body && body.id) {
-        setProgress("done", 100, "Registered. Opening the model…");
+      // 202: stored and queued for the sandbox check, which the model's page follows
+      if ((xhr.status === 202 || xhr.status === 201) && body && body.id) {
+        setProgress("done", 100, "Uploaded. Opening the model…");
         var zero = "00000000-0000-0000-0000-000000000000";
         window.location.assign(form.dataset.detailUrl.replace(zero, body.id) + "?registered=1");
         return;
