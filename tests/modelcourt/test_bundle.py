@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from modelcourt import bundle
+from modelcourt import bundle, trust
 from modelcourt.cli import main as cli_main
 from modelcourt.receipts import Check, all_ok
 from ownership import commitments, services
+from tests.modelcourt.receipt_factory import make_tsa
+from tests.modelcourt.test_trust import key_listing, pin_file
 from tests.ownership.model_files import torchscript_file
 from tests.timestamps.gocheck import go_verify, require_go
-from timestamps import dsse, keys, merkle, note, selectors
+from timestamps import dsse, keys, merkle, note, rfc3161, selectors
 from timestamps import services as timestamp_services
 from timestamps.models import SigningKey, TimestampToken
 
@@ -810,14 +814,236 @@ def test_the_cli_fails_a_tampered_bundle(
     assert all(line[:4] in {"OK  ", "FAIL", "WARN"} for line in out.splitlines())
 
 
-def test_the_cli_warns_without_anchors_and_fails_garbage(tmp_path: Path, published: Published, capsys: Any) -> None:
+def test_the_cli_warns_when_told_to_trust_the_bundles_keys_and_fails_garbage(
+    tmp_path: Path, published: Published, no_pins: Path, capsys: Any
+) -> None:
     (tmp_path / "verdict.zip").write_bytes(published.data)
     (tmp_path / "garbage.zip").write_bytes(b"not a zip")
 
-    assert cli_main(["verify", str(tmp_path / "verdict.zip")]) == 0
+    assert cli_main(["verify", str(tmp_path / "verdict.zip"), "--insecure-trust-embedded-keys"]) == 0
     assert "WARN verdict keys:" in capsys.readouterr().out
-    assert cli_main(["verify", str(tmp_path / "garbage.zip")]) == 1
+    assert cli_main(["verify", str(tmp_path / "garbage.zip"), "--insecure-trust-embedded-keys"]) == 1
     assert capsys.readouterr().out.startswith("FAIL bundle archive: not a zip archive")
+
+
+# --- pinned trust anchors and forged bundles ------------------------------------------------
+
+
+@pytest.fixture
+def no_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No trust file where the command looks by default."""
+    monkeypatch.delenv(trust.TRUST_FILE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return tmp_path / "config" / "modelcourt" / "trust.json"
+
+
+def forge() -> bytes:
+    """A bundle made wholly with a forger's own keys (CA and TSA, log, verdict): consistent, and lying."""
+    signer, ca_pem, tsa_pem = make_tsa()
+    origin = settings.MODELCOURT_LOG_ORIGIN
+    log_key = ed25519.Ed25519PrivateKey.generate()
+    log_vkey = note.verifier_key(origin, log_key.public_key())
+    verdict_key = ec.generate_private_key(ec.SECP256R1())
+    verdict_pem = verdict_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    store = merkle.MemoryHashStore()
+    store.append_many([b"forged entry %d" % i for i in range(3)])
+
+    def stamp(digest: bytes) -> bytes:
+        query = rfc3161.build_query(digest, nonce=secrets.randbits(63))
+        issued = rfc3161.issue_reply(query, signer=signer, serial=store.size, gen_time=datetime.now(UTC))
+        assert issued.token_der is not None
+        return issued.token_der
+
+    def checkpoint() -> tuple[int, str]:
+        text = note.checkpoint_text(origin, store.size, merkle.tree_hash(store.size, store.read))
+        return store.size, note.sign_note(text, name=origin, private_key=log_key)
+
+    model_digest = hashlib.sha256(b"the forger's model").hexdigest()
+    commitment = commitments.commitment(
+        model_digest=model_digest, evidence_digest="ee" * 32, kind="watermark", salt=secrets.token_hex(32)
+    )
+    token = stamp(bytes.fromhex(commitment))
+    index = store.append(token)
+    size, signed = checkpoint()
+    info = rfc3161.parse_token(token)
+    receipt = {
+        "format": "modelcourt-receipt-v1",
+        "commitment": commitment,
+        "model_digest": model_digest,
+        "kind": "watermark",
+        "verifiable": False,
+        "created_at": datetime.now(UTC).isoformat(),
+        "timestamp": {
+            "token_b64": base64.b64encode(token).decode(),
+            "serial": info.serial,
+            "gen_time": info.gen_time.isoformat(),
+            "tsa_certificates_pem": [tsa_pem, ca_pem],
+        },
+        "log": {
+            "origin": origin,
+            "index": index,
+            "tree_size": size,
+            "inclusion_proof": _b64(merkle.inclusion_proof(index, size, store.read)),
+            "checkpoint": signed,
+            "verifier_key": log_vkey,
+        },
+    }
+    parts: dict[str, Any] = {
+        "verdict_keys": [verdict_pem],
+        "tsa_certificates": [tsa_pem, ca_pem],
+        "log_vkey": log_vkey,
+        "receipts": [receipt],
+        "attachments": {"report.html": b"<!doctype html><h1>Ownership confirmed</h1>\n"},
+    }
+    predicate = {
+        "verdict_id": "0f0f0f0f-0000-4000-8000-000000000000",
+        "outcome": "ownership_confirmed",
+        "alpha": 0.001,
+        "decision": {"outcome": "ownership_confirmed", "alpha": 0.001, "tests": [], "screens": [], "reasons": []},
+        "suspect": {"digest": hashlib.sha256(b"the victim's model").hexdigest(), "kind": "artifact"},
+        "claims": [{"commitment": commitment, "model_digest": model_digest, "kind": "watermark"}],
+        "panel": {"hash": "ab" * 32, "size": 8},
+        "code_version": "0.1.0+test",
+        "decided_at": datetime.now(UTC).isoformat(),
+        "attachments": bundle.attachment_digests(bundle.bundle_files(**parts)),
+    }
+    envelope = dsse.sign_envelope(
+        dsse.statement_bytes(bundle.verdict_statement(predicate=predicate)),
+        payload_type=dsse.INTOTO_PAYLOAD_TYPE,
+        private_key=verdict_key,
+        keyid=dsse.key_id(verdict_key.public_key()),
+    )
+    envelope_json = dsse.envelope_bytes(envelope)
+    verdict_token = stamp(hashlib.sha256(envelope_json).digest())
+    verdict_index = store.append(verdict_token)
+    verdict_size, verdict_signed = checkpoint()
+    log = {
+        "origin": origin,
+        "index": verdict_index,
+        "tree_size": verdict_size,
+        "inclusion_proof": _b64(merkle.inclusion_proof(verdict_index, verdict_size, store.read)),
+        "checkpoint": verdict_signed,
+    }
+    return bundle.build_bundle(
+        envelope_json=envelope_json,
+        token_der=verdict_token,
+        log=log,
+        consistency_proofs={commitment: _b64(merkle.consistency_proof(size, verdict_size, store.read))},
+        **parts,
+    )
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("forged") / "verdict.zip"
+    path.write_bytes(forge())
+    return path
+
+
+def _pinned(published: Published, tmp_path: Path, verdict_pems: list[str] | None = None) -> Path:
+    """A trust file pinning the service's keys, as `modelcourt trust pin` writes it."""
+    listing = key_listing(
+        ca_pems=published.ca_pems, log_vkeys=[published.log_vkey], verdict_pems=verdict_pems or [published.verdict_pem]
+    )
+    return pin_file(tmp_path / "trust.json", listing)
+
+
+def test_the_forged_bundle_holds_together_against_its_own_keys(forged: Path) -> None:
+    # what makes the tests below meaningful: only the trust anchors tell it from a genuine one
+    checks = bundle.verify_bundle(forged)
+
+    assert all_ok(checks), [c for c in checks if not c.ok]
+    assert {c.name for c in checks if c.warning} == {"verdict keys", "trust anchors", "log key"}
+
+
+def test_without_anchors_and_without_trusting_the_bundle_the_anchor_checks_fail(forged: Path) -> None:
+    checks = bundle.verify_bundle(forged, trust_embedded_keys=False)
+
+    failed = _failed(checks)
+    assert {"verdict keys", "trust anchors", "log key"} <= failed
+    assert {"envelope signature", "verdict token signature", "checkpoint signature"} <= failed
+    assert not any(c.warning for c in checks)
+
+
+def test_the_cli_fails_a_forged_bundle_without_anchors(
+    forged: Path, no_pins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli_main(["verify", str(forged)])
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "FAIL verdict keys: no trusted verdict key" in captured.out
+    assert "FAIL trust anchors: no trusted TSA CA certificate" in captured.out
+    assert "FAIL log key: no trusted log verifier key" in captured.out
+    assert "OK   envelope signature" not in captured.out
+    assert "WARN" not in captured.out
+    missing = "no trusted TSA CA certificate (--ca), log key (--log-key), verdict key (--verdict-key) was given"
+    assert missing in captured.err
+    assert "modelcourt trust pin URL" in captured.err
+
+
+def test_the_cli_fails_a_forged_bundle_against_the_pinned_keys_even_with_the_insecure_flag(
+    forged: Path, published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _pinned(published, tmp_path)
+
+    for extra in ([], ["--insecure-trust-embedded-keys"]):
+        status = cli_main(["verify", str(forged), "--trust-file", str(path), *extra])
+
+        out = capsys.readouterr().out
+        assert status == 1
+        assert "OK   pinned keys: TSA CA certificates, log keys, verdict keys of" in out
+        for check in ("envelope signature", "verdict token signature", "checkpoint signature"):
+            assert f"FAIL {check}: " in out
+        assert "WARN" not in out
+
+
+def test_only_the_insecure_flag_passes_a_forged_bundle_and_it_warns(
+    forged: Path, no_pins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli_main(["verify", str(forged), "--insecure-trust-embedded-keys"])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert [line.split(":")[0] for line in captured.out.splitlines() if line.startswith("WARN")] == [
+        "WARN verdict keys",
+        "WARN trust anchors",
+        "WARN log key",
+    ]
+    assert captured.err.startswith("warning: --insecure-trust-embedded-keys: ")
+
+
+def test_the_cli_verifies_a_genuine_bundle_with_the_pinned_keys(
+    published: Published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "verdict.zip").write_bytes(published.data)
+    # the default trust file: what `modelcourt trust pin URL` writes with no --trust-file
+    monkeypatch.delenv(trust.TRUST_FILE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    (tmp_path / "config" / "modelcourt").mkdir(parents=True)
+    _pinned(published, tmp_path / "config" / "modelcourt")
+
+    status = cli_main(["verify", str(tmp_path / "verdict.zip")])
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "OK   pinned keys: TSA CA certificates, log keys, verdict keys of https://modelcourt.example.org" in out
+    assert "FAIL" not in out
+    assert "WARN" not in out
+
+
+def test_a_bundle_signed_by_a_retired_pinned_verdict_key_verifies(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the service rotated: a new current key, and the one that signed this verdict, now retired
+    rotated = ec.generate_private_key(ec.SECP256R1()).public_key()
+    current = rotated.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    path = _pinned(published, tmp_path, verdict_pems=[current, published.verdict_pem])
+    (tmp_path / "verdict.zip").write_bytes(published.data)
+
+    assert cli_main(["verify", str(tmp_path / "verdict.zip"), "--trust-file", str(path)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+    assert all_ok(published.verify(log_vkey=[published.log_vkey], verdict_keys=[current, published.verdict_pem]))
 
 
 # --- standard tools alone -------------------------------------------------------------------
