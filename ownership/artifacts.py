@@ -1,9 +1,11 @@
 """Model artifacts: OpenSSF model-signing digests, and validation of uploads in the sandbox (no Django).
 
 The parent process only hashes an upload. Everything that parses it (zip directory, protobuf,
-TorchScript) runs in `workers.sandbox`; nothing here ever unpickles an uploaded file: Python pickles
-(`torch.save`) are recognised by their bytes and refused, and TorchScript is read with
-`torch.jit.load`, whose own deserializer rebuilds only TorchScript types.
+TorchScript) runs in `workers.sandbox`, on a private copy of the upload (`files=`); nothing here ever
+unpickles an uploaded file: Python pickles (`torch.save`) are recognised by their bytes and refused, and
+TorchScript is read with `torch.jit.load`, whose own deserializer rebuilds only TorchScript types.
+Rejection reasons are our own sentences: nothing the file says (names, op types, error texts of its
+parser or of the model itself) is put into them, since a model can make those say anything.
 """
 
 import hashlib
@@ -24,7 +26,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_BYTES = 4 << 30
 TEST_BATCH = 2
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_RESULT_KINDS = ((tuple, "a tuple"), (list, "a list"), (dict, "a dict"), (str, "a string"), (type(None), "None"))
 _PICKLE_REASON = (
     "the file is a Python pickle (as torch.save writes), which can run code when loaded and is never opened here; "
     "upload TorchScript (torch.jit.script(model).save(path)) or ONNX instead"
@@ -79,7 +81,7 @@ def detect_format(
     path: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES
 ) -> Format:
     """ "onnx" or "torchscript", decided in the sandbox; ArtifactRejected for anything else."""
-    return _sandboxed(_detect_in_child, os.path.abspath(path), timeout_s=timeout_s, memory_bytes=memory_bytes)
+    return _sandboxed(_detect_in_child, path, timeout_s=timeout_s, memory_bytes=memory_bytes)
 
 
 def inspect_artifact(
@@ -94,17 +96,22 @@ def inspect_artifact(
     shape = tuple(int(d) for d in input_shape)
     return _sandboxed(
         _inspect_in_child,
-        os.path.abspath(path),
-        shape,
-        int(num_classes),
+        path,
         timeout_s=timeout_s,
         memory_bytes=memory_bytes,
+        input_shape=shape,
+        num_classes=int(num_classes),
     )
 
 
-def _sandboxed(fn: Callable[..., R], *args: Any, timeout_s: float, memory_bytes: int) -> R:
+def _sandboxed(
+    fn: Callable[..., R], path: str | os.PathLike[str], *, timeout_s: float, memory_bytes: int, **kwargs: Any
+) -> R:
+    """`fn(path=<private copy of path>, **kwargs)` in the sandbox; every failure as ArtifactRejected."""
     try:
-        return run_sandboxed(fn, *args, timeout_s=timeout_s, memory_bytes=memory_bytes)
+        return run_sandboxed(
+            fn, timeout_s=timeout_s, memory_bytes=memory_bytes, files={"path": os.path.abspath(path)}, **kwargs
+        )
     except SandboxError as exc:
         if exc.kind == "rejected":
             raise ArtifactRejected(exc.reason) from None
@@ -149,8 +156,8 @@ def _sniff(path: str) -> Format:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        _reject(f"the file is a damaged or truncated zip archive ({exc})")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        _reject("the file is a damaged or truncated zip archive")
     roots = {name.split("/", 1)[0] for name in names}
     root = roots.pop() if len(roots) == 1 else None
     if root is not None and f"{root}/data.pkl" in names:
@@ -166,8 +173,8 @@ def _parse_onnx(path: str) -> Any:
 
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:
-        _reject(f"the file is not an ONNX or TorchScript model: it does not parse as ONNX ({_short(exc)})")
+    except Exception:
+        _reject("the file is not an ONNX or TorchScript model: it does not parse as ONNX")
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         _reject("the file is not an ONNX or TorchScript model: it holds no ONNX graph")
     if any(uses_external_data(tensor) for tensor in _get_all_tensors(model)):
@@ -190,15 +197,14 @@ def _run_onnx(path: str, input_shape: tuple[int, ...], num_classes: int) -> tupl
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        _reject(f"onnxruntime cannot load the model: {_short(exc)}")
+    except Exception:
+        _reject("onnxruntime cannot load the model (an unsupported operator, opset or a malformed graph)")
     inputs = session.get_inputs()
     if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        _reject(f"the model takes {len(inputs)} inputs ({names}); it must take exactly one, a batch of inputs")
+        _reject(f"the model takes {len(inputs)} inputs; it must take exactly one, a batch of inputs")
     declared = list(inputs[0].shape)
     if inputs[0].type != "tensor(float)":
-        _reject(f"the model's input is {inputs[0].type}; it must be float32 (tensor(float))")
+        _reject("the model's input is not float32; it must be tensor(float)")
     if len(declared) != len(input_shape) + 1 or any(
         isinstance(d, int) and d != want for d, want in zip(declared[1:], input_shape, strict=False)
     ):
@@ -211,8 +217,8 @@ def _run_onnx(path: str, input_shape: tuple[int, ...], num_classes: int) -> tupl
     batch = np.zeros((TEST_BATCH, *input_shape), dtype=np.float32)
     try:
         outputs = session.run(None, {inputs[0].name: batch})
-    except Exception as exc:
-        _reject(f"the model failed on a batch of {TEST_BATCH} inputs of shape {list(input_shape)}: {_short(exc)}")
+    except Exception:
+        _reject(_failed_on_batch(input_shape))
     if len(outputs) != 1:
         _reject(f"the model has {len(outputs)} outputs; it must have one, the class scores [batch, {num_classes}]")
     scores = np.asarray(outputs[0])
@@ -229,8 +235,8 @@ def _run_torchscript(path: str, input_shape: tuple[int, ...], num_classes: int) 
     try:
         # TorchScript's own deserializer: it rebuilds TorchScript types only, never runs pickle
         module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
-    except Exception as exc:
-        _reject(f"the file is not a valid TorchScript model: {_short(exc)}")
+    except Exception:
+        _reject("the file is not a valid TorchScript model: torch.jit.load cannot read it")
     module.eval()
     try:
         arguments = module.forward.schema.arguments[1:]
@@ -238,15 +244,18 @@ def _run_torchscript(path: str, input_shape: tuple[int, ...], num_classes: int) 
         _reject("the TorchScript model has no forward method")
     required = [argument for argument in arguments if not argument.has_default_value()]
     if len(required) != 1 or not isinstance(required[0].type, torch.TensorType):
-        described = ", ".join(f"{a.name}: {a.type}" for a in required) or "nothing"
-        _reject(f"the model's forward takes {described}; it must take exactly one Tensor, a batch of inputs")
+        count = len(required)
+        what = "one argument that is not a Tensor" if count == 1 else f"{count} required arguments"
+        _reject(f"the model's forward takes {what}; it must take exactly one Tensor, a batch of inputs")
     try:
         with torch.inference_mode():
             scores = module(torch.zeros(TEST_BATCH, *input_shape))
-    except Exception as exc:
-        _reject(f"the model failed on a batch of {TEST_BATCH} inputs of shape {list(input_shape)}: {_short(exc)}")
+    except Exception:
+        _reject(_failed_on_batch(input_shape))
     if not isinstance(scores, torch.Tensor):
-        _reject(f"the model returns a {type(scores).__name__}; it must return one tensor of class scores")
+        # named by our own words: a TorchScript NamedTuple's class name is the model's
+        kind = next((name for cls, name in _RESULT_KINDS if isinstance(scores, cls)), "something else")
+        _reject(f"the model returns {kind}; it must return one tensor of class scores")
     floating = scores.is_floating_point()
     finite = floating and bool(torch.isfinite(scores).all())
     return _check_scores(tuple(scores.shape), str(scores.dtype), floating, finite, num_classes)
@@ -274,12 +283,9 @@ def _dims(dims: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
 
 
-def _short(exc: BaseException) -> str:
-    """The useful part of a parser's or runtime's message, on one line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if "TorchScript interpreter" in lines[0]:
-        lines = lines[-1:]  # the traceback is TorchScript source; the last line is the error
-    text = _ORT_PREFIX.sub("", " ".join(lines)).removeprefix("RuntimeError: ")
-    return text if len(text) <= 300 else text[:299] + "…"
+def _failed_on_batch(input_shape: tuple[int, ...]) -> str:
+    # the model's own error text is not quoted: a model can make it say anything (a file it read, say)
+    return (
+        f"the model failed on a batch of {TEST_BATCH} inputs of shape {list(input_shape)}; "
+        "check that the registered input shape is the one the model takes"
+    )

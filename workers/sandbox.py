@@ -15,6 +15,16 @@ it warms while the job runs. A process opts in by calling `warm_spare()` (Celery
 start); others (web processes) start a fresh child per call and hold no spare's memory.
 `MODELCOURT_SANDBOX_PREWARM=0` (or `prewarm=False`) turns spares off.
 
+Confinement (`workers.confinement`, docs/sandbox.md): the child makes itself no_new_privs, dies with
+its parent, enters an empty network namespace at its very start, and when a job arrives (a spare: after
+its imports), before reading the call, confines itself with Landlock (reads the Python runtime, the
+project's packages and what the call declares; writes only the job's private scratch folder, which is
+removed afterwards) and a seccomp filter (no exec, fork, sockets, ptrace, mounts, namespaces, bpf, ...).
+Files a call evaluates travel as `files=` (the child gets a private copy), read-only folders as
+`readable=`; a child with no network reaches an endpoint only through the parent's `relay`.
+Nothing the child says reaches a person or a log verbatim: a failure travels as a fixed category that
+the parent turns into its own sentence; the child's output is logged as a size and a SHA-256.
+
 Nothing crossing the channel is a pickle, in either direction. The call names its function as
 "module:qualname", resolved only under `ALLOWED_PACKAGES`; arguments and results are JSON where arrays,
 NumPy scalars and bytes travel as `.npy`/raw blobs after the JSON, and tuples, sets, dicts with
@@ -25,8 +35,9 @@ rebuild dataclasses defined in the called function's own module.
 
 import atexit
 import contextlib
-import ctypes
 import dataclasses
+import errno
+import hashlib
 import importlib
 import io
 import itertools
@@ -37,15 +48,20 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, cast
+
+from workers import confinement
 
 T = TypeVar("T")
 SandboxErrorKind = Literal["timeout", "memory", "crash", "rejected", "error"]
@@ -53,15 +69,18 @@ SandboxErrorKind = Literal["timeout", "memory", "crash", "rejected", "error"]
 MAX_RESULT_BYTES = 1 << 30
 MAX_OUTPUT_BYTES = 64 << 20  # what the child may print; Python ignores SIGXFSZ, so writes beyond it just fail
 ALLOWED_PACKAGES = ("verification.", "ownership.", "workers.", "tests.")
-PRELOADED = ("numpy", "torch", "onnx", "onnxruntime", "verification.methods.runner", "verification.methods.stress")
+# onnxruntime is not preloaded: importing it starts a thread, and Landlock binds only the thread that applies
+# it and the threads it starts later; the job imports it in about 0.03 s, after the confinement
+PRELOADED = ("numpy", "torch", "onnx", "verification.methods.runner", "verification.methods.stress")
 SPARE_MAX_AGE_S = 1800.0
-_PR_SET_DUMPABLE = 4  # linux/prctl.h
 # A spare already holds the preloaded modules' address space; a job whose limit leaves it less than
 # this on top starts cold, where its limit counts only what the job itself imports.
 SPARE_HEADROOM_BYTES = 1 << 30
 _SPARE_READY_WAIT_S = 120.0
-_LOG_TAIL_BYTES = 4000
 _MAX_REASON = 1000
+MAX_RELAY_REQUEST_BYTES = 64 << 20
+MAX_RELAY_ANSWER_BYTES = 64 << 20
+_RELAY_HEADER = struct.Struct(">cQ")  # b"Q" (request), b"A" (answer) or b"E" (error), then the length
 _EXIT_GRACE_S = 5.0
 _MAX_DEPTH = 100
 _MAX_HEADER_BYTES = 64 << 20
@@ -81,8 +100,19 @@ _ENV_GPU = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_HOME", "LD_L
 _BOOTSTRAP = (
     "import json, sys; sys.path[:] = json.loads(sys.stdin.buffer.readline()); "
     "from workers.sandbox import _child_main; "
-    "_child_main(int(sys.argv[1]), warm=sys.argv[2] == 'warm', gpu=sys.argv[3] == 'gpu')"
+    "_child_main(int(sys.argv[1]), warm=sys.argv[2] == 'warm', gpu=sys.argv[3] == 'gpu', "
+    "parent_pid=int(sys.argv[4]), layers=tuple(filter(None, sys.argv[5].split(','))), relay_fd=int(sys.argv[6]))"
 )
+# what the parent says for each category of failure the child reports; never the child's own words
+CATEGORY_REASONS = {
+    "exception": "the model raised an error during inference",
+    "forbidden": "the model tried an operation the sandbox forbids",
+    "confinement": "the sandbox could not confine the model process on this host",
+    "call": "the sandbox child could not read its call",
+    "result": "the model's result could not be sent back (a type the sandbox does not carry)",
+    "relay": "the model process used the relay wrongly",
+}
+_FORBIDDEN_SIGNS = ("permission denied", "operation not permitted")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -98,12 +128,21 @@ class SandboxRejection(Exception):  # noqa: N818 (raised by sandboxed code to re
 
 
 class SandboxError(Exception):
-    """The sandboxed call failed; `reason` is a sentence for the model's owner, `kind` says why."""
+    """The sandboxed call failed; `reason` is our sentence for the model's owner, `kind` and `category` say why."""
 
-    def __init__(self, reason: str, *, kind: SandboxErrorKind) -> None:
+    def __init__(self, reason: str, *, kind: SandboxErrorKind, category: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+        self.category = category or kind
+
+
+class SandboxUnavailable(SandboxError):  # noqa: N818 (a refusal to run, like SandboxError)
+    """This host cannot confine untrusted models and the operator did not allow running them unconfined."""
+
+
+class RelayError(Exception):
+    """In the child: the relay is absent, refused the request, or answered with an error."""
 
 
 class MalformedMessageError(ValueError):
@@ -117,14 +156,23 @@ def run_sandboxed(
     memory_bytes: int,
     gpu: bool = False,
     prewarm: bool | None = None,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
+    readable: Sequence[str | os.PathLike[str]] = (),
+    relay: Callable[[bytes], bytes] | None = None,
     **kwargs: Any,
 ) -> T:
-    """Call module-level `fn(*args, **kwargs)` in a child process under limits; raise SandboxError on failure.
+    """Call module-level `fn(*args, **kwargs)` in a confined child process under limits; raise SandboxError on failure.
 
     `fn` must live under `ALLOWED_PACKAGES`; arguments and the result may be what `encode_message`
     takes. `timeout_s` counts from when the child gets the call. `prewarm` (default: the
     `MODELCOURT_SANDBOX_PREWARM` env, on unless "0", in a process that called `warm_spare`) lets the call
     use a warm spare and keeps one ready.
+
+    `files` maps keyword arguments to files the call reads (an uploaded model): each is copied, read-only,
+    into the job's private scratch folder and the keyword gets the copy's path. `readable` names further
+    files or folders the child may read (ours, such as a reference panel). Under Landlock nothing else
+    outside the Python runtime and the project's packages is readable: a path passed in `args` is not.
+    `relay` serves `relay_call(payload)` from the child (it has no network) on a thread of this process.
 
     With `gpu`, the child sees the parent's GPUs (`CUDA_VISIBLE_DEVICES` as the parent has it) and its
     memory limit is RLIMIT_DATA instead of RLIMIT_AS: the CUDA driver reserves far more address space
@@ -134,37 +182,115 @@ def run_sandboxed(
     name = _function_name(fn)
     if timeout_s <= 0 or memory_bytes <= 0:
         raise ValueError("timeout_s and memory_bytes must be positive")
+    layers = _enforceable()
     cpu_s = math.ceil(timeout_s) + 1  # a backstop for threads burning CPU in parallel; wall time is the real limit
-    limits = json.dumps({"memory_bytes": memory_bytes, "cpu_s": cpu_s, "gpu": gpu}).encode() + b"\n"
-    call = _encode_frame({"fn": name, "args": list(args), "kwargs": kwargs})
-    use_spares = _prewarm_enabled(prewarm)
-    config = _Config.current(gpu=gpu)
-
-    child = _take_spare(config, memory_bytes) if use_spares else None
-    if child is None:
-        child = _Child.spawn(config, warm=False)
-    deadline = time.monotonic() + timeout_s
+    scratch = tempfile.mkdtemp(prefix="modelcourt-sandbox-")
     try:
-        _hand_over(child, [limits, *call], deadline=deadline)
-        if use_spares:
-            _ensure_spare(config)  # warms while the job runs
-        outcome = _receive(child.result_fd, deadline=deadline)
-        if isinstance(outcome, bytes) and not child.ready:
-            outcome = _strip_ready(child, outcome)
-        if isinstance(outcome, bytes):
-            _wait(child.process, _EXIT_GRACE_S)
-        status = child.process.returncode
+        kwargs = kwargs | _copy_files(files or {}, scratch, taken=kwargs)
+        paths = confinement.plan_paths(scratch=scratch, readable=[os.fspath(p) for p in readable], gpu=gpu)
+        header = {"memory_bytes": memory_bytes, "cpu_s": cpu_s, "gpu": gpu, "scratch": scratch, "paths": paths}
+        call = _encode_frame({"fn": name, "args": list(args), "kwargs": kwargs})
+        use_spares = _prewarm_enabled(prewarm)
+        config = _Config.current(gpu=gpu, layers=layers)
+        child = _take_spare(config, memory_bytes) if use_spares else None
+        if child is None:
+            child = _Child.spawn(config, warm=False)
+        server = child.serve_relay(relay)
+        deadline = time.monotonic() + timeout_s
+        try:
+            _hand_over(child, [json.dumps(header).encode() + b"\n", *call], deadline=deadline)
+            if use_spares:
+                _ensure_spare(config)  # warms while the job runs
+            outcome = _receive(child.result_fd, deadline=deadline)
+            if isinstance(outcome, bytes) and not child.ready:
+                outcome = _strip_ready(child, outcome)
+            if isinstance(outcome, bytes):
+                _wait(child.process, _EXIT_GRACE_S)
+            status = child.process.returncode
+        finally:
+            child.kill()
+            if server is not None:
+                server.join(timeout=_EXIT_GRACE_S)
     finally:
-        child.kill()
+        _remove_scratch(scratch)
     try:
         try:
             return cast(T, _decode(outcome, status, fn=fn, timeout_s=timeout_s, memory_bytes=memory_bytes, cpu_s=cpu_s))
         except SandboxError as exc:
             level = logging.INFO if exc.kind == "rejected" else logging.WARNING
-            logger.log(level, "sandboxed %s failed: %s%s", name, exc.reason, _tail(child.log))
+            logger.log(
+                level, "sandboxed %s failed (%s): %s; %s", name, exc.category, exc.reason, _log_digest(child.log)
+            )
             raise
     finally:
         child.log.close()
+
+
+def relay_call(payload: bytes) -> bytes:
+    """In a sandboxed call: send `payload` to the parent's `relay` and return its answer; RelayError on failure.
+
+    One request at a time; requests and answers are capped (MAX_RELAY_REQUEST_BYTES, MAX_RELAY_ANSWER_BYTES).
+    """
+    if _relay_socket is None:
+        raise RelayError("relay_call works only in a sandboxed call")
+    if len(payload) > MAX_RELAY_REQUEST_BYTES:
+        raise RelayError("the relay request is too large")
+    with _relay_lock:
+        try:
+            _relay_socket.sendall(_RELAY_HEADER.pack(b"Q", len(payload)) + payload)
+            mark, size = _RELAY_HEADER.unpack(_recv_exact(_relay_socket, _RELAY_HEADER.size))
+            if mark not in (b"A", b"E") or size > MAX_RELAY_ANSWER_BYTES:
+                raise RelayError("the relay answered with a malformed frame")
+            body = _recv_exact(_relay_socket, size)
+        except OSError:
+            raise RelayError("the relay is not available to this call") from None
+    if mark == b"E":
+        raise RelayError(body.decode("ascii", errors="replace"))
+    return body
+
+
+def _enforceable() -> tuple[str, ...]:
+    """The layers to enforce (cached); SandboxUnavailable on a host that cannot confine and no override."""
+    try:
+        return confinement.ensure_enforceable()
+    except confinement.ConfinementUnavailable as exc:
+        logger.error("refusing to run untrusted code: %s", exc)
+        raise SandboxUnavailable(
+            "models cannot be checked on this server right now: its sandbox is not available (the operators are told)",
+            kind="error",
+            category="unavailable",
+        ) from None
+
+
+def _copy_files(
+    files: Mapping[str, str | os.PathLike[str]], scratch: str, *, taken: Mapping[str, Any]
+) -> dict[str, str]:
+    """Read-only copies of `files` in the job's scratch folder, by keyword."""
+    copies: dict[str, str] = {}
+    folder = Path(scratch, "files")
+    if files:
+        folder.mkdir()
+    for index, (keyword, source) in enumerate(files.items()):
+        if keyword in taken:
+            raise ValueError(f"{keyword} is given both as a file and as an argument")
+        suffix = "".join(ch for ch in Path(source).suffix[:16] if ch.isalnum() or ch == ".")
+        target = folder / f"{index}{suffix}"
+        shutil.copyfile(source, target)
+        target.chmod(0o444)
+        copies[keyword] = str(target)
+    if files:
+        folder.chmod(0o555)
+    return copies
+
+
+def _remove_scratch(scratch: str) -> None:
+    """Remove a job's scratch folder whatever the child left in it (folders it made unwritable included)."""
+    for root, dirs, _ in os.walk(scratch):
+        for name in (root, *(os.path.join(root, d) for d in dirs)):
+            if not os.path.islink(name):  # chmod follows links: never onto a file outside the folder
+                with contextlib.suppress(OSError):
+                    os.chmod(name, 0o700)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def warm_spare(*, gpu: bool = False, wait_s: float = 0.0) -> bool:
@@ -487,34 +613,43 @@ def _lookup(module: str, qualname: str, *, import_module: bool) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    """What makes two children interchangeable: the GPU flag, sys.path and the environment."""
+    """What makes two children interchangeable: the GPU flag, sys.path, the environment and the layers."""
 
     gpu: bool
     path: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    layers: tuple[str, ...] = confinement.LAYERS
 
     @property
     def key(self) -> tuple[object, ...]:
-        return (self.gpu, self.path, self.env)
+        return (self.gpu, self.path, self.env, self.layers)
 
     @classmethod
-    def current(cls, *, gpu: bool) -> "_Config":
+    def current(cls, *, gpu: bool, layers: tuple[str, ...] | None = None) -> "_Config":
         env = {key: os.environ[key] for key in _ENV_KEPT if key in os.environ} | _ENV_CHILD
         if gpu:
             env.pop("CUDA_VISIBLE_DEVICES")
             env |= {key: value for key, value in os.environ.items() if key in _ENV_GPU}
-        return cls(gpu=gpu, path=tuple(sys.path), env=tuple(sorted(env.items())))
+        layers = _enforceable() if layers is None else layers
+        return cls(gpu=gpu, path=tuple(sys.path), env=tuple(sorted(env.items())), layers=layers)
 
 
 class _Child:
     """One started child: its process, the write end of its stdin, the read end of its result pipe, its log."""
 
     def __init__(
-        self, process: "subprocess.Popen[bytes]", stdin_fd: int, result_fd: int, log: IO[bytes], config: _Config
+        self,
+        process: "subprocess.Popen[bytes]",
+        stdin_fd: int,
+        result_fd: int,
+        log: IO[bytes],
+        config: _Config,
+        relay: socket.socket,
     ) -> None:
         self.process = process
         self.stdin_fd = stdin_fd
         self.result_fd = result_fd
+        self.relay = relay  # our end of the child's relay socket pair
         self.log = log
         self.config = config
         self.owner_pid = os.getpid()
@@ -530,30 +665,34 @@ class _Child:
         log = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the child object, closed by its user)
         stdin_read, stdin_write = os.pipe()
         result_read, result_write = os.pipe()
+        relay_parent, relay_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = subprocess.Popen(  # noqa: S603 (our own interpreter and bootstrap, no shell)
                 [
                     *(sys.executable, "-I", "-c", _BOOTSTRAP, str(result_write)),
-                    *("warm" if warm else "cold", "gpu" if config.gpu else "cpu"),
+                    *("warm" if warm else "cold", "gpu" if config.gpu else "cpu", str(os.getpid())),
+                    *(",".join(config.layers), str(relay_child.fileno())),
                 ],
                 stdin=stdin_read,
                 stdout=log,
                 stderr=log,
-                pass_fds=(result_write,),
+                pass_fds=(result_write, relay_child.fileno()),
                 env=dict(config.env),
                 start_new_session=True,  # its own process group: a kill reaches anything it started
             )
         except BaseException:
             for fd in (stdin_write, result_read):
                 os.close(fd)
+            relay_parent.close()
             log.close()
             raise
         finally:
             os.close(stdin_read)
             os.close(result_write)
+            relay_child.close()
         # never block on a child that stopped reading: writes wait in select() with a deadline
         os.set_blocking(stdin_write, False)
-        child = cls(process, stdin_write, result_read, log, config)
+        child = cls(process, stdin_write, result_read, log, config, relay_parent)
         if _write_all(stdin_write, [json.dumps(list(config.path)).encode() + b"\n"], deadline=time.monotonic() + 30):
             child.kill()
             child.log.close()
@@ -586,6 +725,16 @@ class _Child:
             raise MalformedMessageError("the child's ready record is malformed")
         self.ready, self.usage = True, usage
 
+    def serve_relay(self, relay: Callable[[bytes], bytes] | None) -> threading.Thread | None:
+        """Answer the child's relay requests with `relay` on a thread; without one, close the relay (EOF)."""
+        if relay is None:
+            with contextlib.suppress(OSError):
+                self.relay.shutdown(socket.SHUT_RDWR)
+            return None
+        server = threading.Thread(target=_serve_relay, args=(self.relay, relay), name="sandbox-relay", daemon=True)
+        server.start()
+        return server
+
     def kill(self) -> None:
         """Kill the child's process group, reap it and close our ends of its pipes."""
         if self.process.poll() is None:
@@ -607,11 +756,55 @@ class _Child:
             for fd in (self.stdin_fd, self.result_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            with contextlib.suppress(OSError):
+                self.relay.shutdown(socket.SHUT_RDWR)  # wakes a relay thread blocked on it
+            self.relay.close()
+
+
+def _serve_relay(end: socket.socket, relay: Callable[[bytes], bytes]) -> None:
+    """The parent's relay loop: one request, one answer, until the child closes its end or breaks the protocol."""
+    while True:
+        try:
+            mark, size = _RELAY_HEADER.unpack(_recv_exact(end, _RELAY_HEADER.size))
+            if mark != b"Q" or size > MAX_RELAY_REQUEST_BYTES:
+                end.sendall(_RELAY_HEADER.pack(b"E", 9) + b"malformed")
+                return
+            request = _recv_exact(end, size)
+        except OSError:
+            return  # the child is gone
+        try:
+            answer = relay(request)
+            if not isinstance(answer, bytes) or len(answer) > MAX_RELAY_ANSWER_BYTES:
+                raise ValueError("the relay's answer is not bytes within the cap")
+            frame = _RELAY_HEADER.pack(b"A", len(answer)) + answer
+        except (
+            Exception
+        ) as exc:  # its text may come from a remote endpoint: the type only, and the child hears "failed"
+            logger.warning("the sandbox relay failed on a request (%s)", type(exc).__name__)
+            frame = _RELAY_HEADER.pack(b"E", 6) + b"failed"
+        try:
+            end.sendall(frame)
+        except OSError:
+            return
+
+
+def _recv_exact(end: socket.socket, size: int) -> bytes:
+    """Exactly `size` bytes from a stream socket; ConnectionError when it ends first."""
+    parts: list[bytes] = []
+    while size:
+        chunk = end.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the relay socket closed")
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
 
 
 _lock = threading.Lock()
 _spares: dict[tuple[object, ...], _Child] = {}
 _opted_in = False  # set by warm_spare(): only processes that asked for spares hold one
+_relay_socket: socket.socket | None = None  # in the child: its end of the relay
+_relay_lock = threading.Lock()
 
 
 def _env_prewarm() -> bool:
@@ -767,16 +960,19 @@ def _decode(
             raise MalformedMessageError("the message is not a tagged result")
         tag, value = message["tag"], message["value"]
         if tag not in ("ok", "rejected", "memory", "error") or (tag != "ok" and not isinstance(value, str | None)):
-            raise MalformedMessageError(f"unknown result tag {tag!r}")
-    except Exception as exc:  # anything at all: the bytes come from a process that ran untrusted code
-        raise SandboxError(f"the model process returned data that could not be read ({exc})", kind="error") from None
+            raise MalformedMessageError("unknown result tag")
+    except Exception:  # anything at all: the bytes come from a process that ran untrusted code, so no text of it
+        raise SandboxError(
+            "the model process returned data that could not be read", kind="error", category="malformed"
+        ) from None
     if tag == "ok":
         return value
-    if tag == "rejected":
+    if tag == "rejected":  # a SandboxRejection of our own code: its reason is our sentence
         raise SandboxError(str(value)[:_MAX_REASON], kind="rejected")
     if tag == "memory":
         raise SandboxError(f"the model needed more than {_size(memory_bytes)} of memory", kind="memory")
-    raise SandboxError(f"the model process failed: {str(value)[:_MAX_REASON]}", kind="error")
+    category = value if value in CATEGORY_REASONS else "exception"
+    raise SandboxError(CATEGORY_REASONS[category], kind="error", category=category)
 
 
 def _signal_name(number: int) -> str:
@@ -793,20 +989,30 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _tail(log: IO[bytes]) -> str:
-    log.seek(0, os.SEEK_END)
-    log.seek(max(0, log.tell() - _LOG_TAIL_BYTES))
-    text = log.read().decode(errors="replace").strip()
-    return f"; child output ends with:\n{text}" if text else ""
+def _log_digest(log: IO[bytes]) -> str:
+    """The child's output as its size and SHA-256: what it printed may come from the model, so never its text."""
+    log.seek(0)
+    digest, size = hashlib.sha256(), 0
+    while chunk := log.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    return f"child output: {size} bytes, sha256 {digest.hexdigest()}"
 
 
 # Below: runs in the child process only.
 
 
-def _child_main(result_fd: int, *, warm: bool, gpu: bool) -> None:
-    """Entry point of the child: preload (a spare), wait for the job, apply its limits, run it, answer, exit."""
+def _child_main(
+    result_fd: int, *, warm: bool, gpu: bool, parent_pid: int, layers: tuple[str, ...], relay_fd: int
+) -> None:
+    """The child: confine (early part), preload (a spare), wait for the job, confine the rest, run, answer, exit."""
+    global _relay_socket
     _limit(resource.RLIMIT_CORE, 0)
-    _not_dumpable()
+    confined = True
+    try:  # first, while single-threaded: namespaces refuse a process with threads
+        confinement.enter_child(parent_pid=parent_pid, layers=layers)
+    except confinement.ConfinementError:
+        confined = False  # answered below, when the job comes: the job never runs
     stdin = sys.stdin.buffer
     if warm:
         signal.alarm(int(SPARE_MAX_AGE_S) + 60)  # a spare nobody takes ends itself
@@ -820,30 +1026,41 @@ def _child_main(result_fd: int, *, warm: bool, gpu: bool) -> None:
     signal.alarm(0)
     if not line:  # the parent closed our stdin or died: nothing to do
         os._exit(0)
-    limits = json.loads(line)
-    cpu_s = int(limits["cpu_s"])
-    if warm:  # RLIMIT_CPU counts the whole process: the preloading's CPU time is not the job's
-        cpu_s += math.ceil(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]))
-    _limit(resource.RLIMIT_FSIZE, MAX_OUTPUT_BYTES)
-    _limit(resource.RLIMIT_CPU, cpu_s, hard=cpu_s + 1)
-    _limit(resource.RLIMIT_DATA if limits.get("gpu") else resource.RLIMIT_AS, int(limits["memory_bytes"]))
     message: dict[str, Any]
+    try:
+        header = json.loads(line)
+        if "rlimits" in layers:
+            _apply_limits(header, warm=warm)
+        scratch = str(header["scratch"])
+        os.chdir(scratch)
+        os.environ["TMPDIR"] = tempfile.tempdir = scratch
+        _relay_socket = socket.socket(fileno=relay_fd)  # inherited: the seccomp filter forbids making sockets
+        if not confined:
+            raise confinement.ConfinementError("the early confinement failed")
+        confinement.confine(layers=layers, paths=header["paths"])
+    except (confinement.ConfinementError, OSError, ValueError, KeyError, TypeError):
+        _write(result_fd, _encode_frame({"tag": "error", "value": "confinement"}))
+        os._exit(0)
     try:
         call = decode_message(_read_frame(stdin))
         fn = _resolve_function(call["fn"])
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
-        message = {"tag": "ok", "value": fn(*call["args"], **call["kwargs"])}
-    except SandboxRejection as exc:
-        message = {"tag": "rejected", "value": exc.reason}
-    except BaseException as exc:
-        message = {"tag": "memory", "value": None} if _out_of_memory(exc) else {"tag": "error", "value": _describe(exc)}
+    except BaseException:
+        message = {"tag": "error", "value": "call"}
+    else:
+        try:
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(1)
+            message = {"tag": "ok", "value": fn(*call["args"], **call["kwargs"])}
+        except SandboxRejection as exc:
+            message = {"tag": "rejected", "value": exc.reason}
+        except BaseException as exc:
+            message = (
+                {"tag": "memory", "value": None} if _out_of_memory(exc) else {"tag": "error", "value": _category(exc)}
+            )
     try:
         chunks = _encode_frame(message)
     except BaseException as exc:
-        failure = {"tag": "memory", "value": None} if _out_of_memory(exc) else {"tag": "error", "value": None}
-        if failure["tag"] == "error":
-            failure["value"] = f"unreadable result ({_describe(exc)})"
+        failure = {"tag": "memory", "value": None} if _out_of_memory(exc) else {"tag": "error", "value": "result"}
         chunks = _encode_frame(failure)
     try:
         _write(result_fd, chunks)
@@ -851,11 +1068,32 @@ def _child_main(result_fd: int, *, warm: bool, gpu: bool) -> None:
         os._exit(0)  # skip interpreter teardown: slow with torch loaded, and nothing is left to do
 
 
-def _not_dumpable() -> None:
-    """Make /proc/<pid> of this child root's: a job in a sibling (same user) cannot reach a spare's pipes or memory."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+def _apply_limits(header: Mapping[str, Any], *, warm: bool) -> None:
+    cpu_s = int(header["cpu_s"])
+    if warm:  # RLIMIT_CPU counts the whole process: the preloading's CPU time is not the job's
+        cpu_s += math.ceil(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]))
+    _limit(resource.RLIMIT_FSIZE, MAX_OUTPUT_BYTES)
+    _limit(resource.RLIMIT_CPU, cpu_s, hard=cpu_s + 1)
+    _limit(resource.RLIMIT_DATA if header.get("gpu") else resource.RLIMIT_AS, int(header["memory_bytes"]))
+
+
+def _category(exc: BaseException) -> str:
+    """The fixed category of an exception the call raised; its text decides, but never travels."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PermissionError) or (
+            isinstance(current, OSError) and current.errno in (errno.EPERM, errno.EACCES)
+        ):
+            return "forbidden"
+        if isinstance(current, RelayError):
+            return "relay"
+        text = str(current).lower()
+        if any(sign in text for sign in _FORBIDDEN_SIGNS):
+            return "forbidden"
+        current = current.__cause__ or current.__context__
+    return "exception"
 
 
 def _read_frame(stream: IO[bytes]) -> bytes:
@@ -903,9 +1141,3 @@ def _out_of_memory(exc: BaseException) -> bool:
     return any(sign in text for sign in ("bad_alloc", "cannot allocate memory", "failed to map segment")) or (
         "allocate" in text and "memory" in text
     )
-
-
-def _describe(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(exc).__name__}: {text}"[:_MAX_REASON] if text else type(exc).__name__

@@ -136,7 +136,8 @@ def test_refuses_a_result_that_would_run_code_in_the_parent(tmp_path: Path) -> N
         run_sandboxed(canary, str(target), **LIMITS)
 
     assert caught.value.kind == "error"
-    assert "Canary is not allowed in a sandbox call or result" in caught.value.reason
+    assert caught.value.category == "result"
+    assert "Canary" not in caught.value.reason
     assert not target.exists()
 
 
@@ -189,12 +190,13 @@ def test_passes_a_rejection_reason_through_unchanged() -> None:
     assert caught.value.reason == "the model expects 3 inputs"
 
 
-def test_reports_an_unexpected_exception_by_type_and_message() -> None:
+def test_reports_an_unexpected_exception_by_category_not_its_text() -> None:
     with pytest.raises(SandboxError) as caught:
         run_sandboxed(fail, **LIMITS)
 
     assert caught.value.kind == "error"
-    assert caught.value.reason == "the model process failed: ValueError: boom"
+    assert caught.value.reason == "the model raised an error during inference"
+    assert "boom" not in str(caught.value)
 
 
 def test_the_cpu_limit_stops_a_spinning_child() -> None:
@@ -205,7 +207,9 @@ def test_the_cpu_limit_stops_a_spinning_child() -> None:
     assert "of CPU time" in caught.value.reason
 
 
-def test_a_timeout_also_kills_processes_the_child_started(tmp_path: Path) -> None:
+def test_a_timeout_also_kills_processes_the_child_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with Landlock and seccomp the child can neither start a process nor write the file: the kill is the backstop
+    monkeypatch.setenv("MODELCOURT_SANDBOX_LAYERS", "rlimits,netns")
     pid_file = tmp_path / "grandchild.pid"
 
     with pytest.raises(SandboxError):
@@ -636,7 +640,7 @@ def test_refuses_a_crafted_result_from_the_child(data: bytes, tmp_path: Path) ->
         run_sandboxed(send_raw, data, **LIMITS)
 
     assert caught.value.kind == "error"
-    assert caught.value.reason.startswith("the model process returned data that could not be read (")
+    assert caught.value.reason == "the model process returned data that could not be read"
     assert not Path(CANARY_PATH).exists()
 
 
@@ -672,7 +676,8 @@ def test_the_child_refuses_a_disallowed_function_it_is_sent(monkeypatch: pytest.
         run_sandboxed(scaled_sum, "true", **LIMITS)
 
     assert caught.value.kind == "error"
-    assert "subprocess:getoutput is not allowed to run in the sandbox" in caught.value.reason
+    assert caught.value.category == "call"
+    assert "subprocess" not in caught.value.reason
 
 
 def _dumpable() -> int:
