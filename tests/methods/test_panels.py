@@ -130,7 +130,7 @@ def marked_owner(digits: TaskData, digits_owner: nn.Module) -> tuple[nn.Module, 
 
 
 def _script_in_layout(model: nn.Module, layout: tuple[int, ...], path: Path) -> str:
-    torch.jit.trace(model, torch.zeros(1, *layout)).save(str(path))
+    torch.jit.trace(model, torch.zeros(1, *layout)).save(str(path))  # type: ignore[no-untyped-call]
     return str(path)
 
 
