@@ -204,7 +204,7 @@ def _dispute_recover(dispute_id: int, now: datetime) -> str:
             dispatched_at=None,
             updated_at=now,
         )
-        dispatch_on_commit("dispute", dispute.pk)
+        # left waiting to be sent: the outbox pass below sends it
         return "requeued"
 
 
@@ -237,7 +237,7 @@ def _stress_recover(stress_test_id: int, now: datetime) -> str:
             dispatched_at=None,
             updated_at=now,
         )
-        dispatch_on_commit("stress_test", test.pk)
+        # left waiting to be sent: the outbox pass below sends it
         return "requeued"
 
 

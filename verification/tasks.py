@@ -1,7 +1,7 @@
 """Celery tasks of disputes and stress tests: an id in, a service called; and `enqueue`, how services queue them.
 
-Run tasks are routed to the gpu queue by workers.celery; the sweep runs on the cpu queue (a GPU worker
-busy with a long run must not hold it up).
+workers.celery routes run tasks to the gpu queue and the sweep to the cpu queue (a GPU worker busy
+with a long run must not hold the sweep up).
 """
 
 import logging
@@ -27,7 +27,7 @@ def stress_test_task(self, stress_test_id: int) -> None:  # type: ignore[no-unty
     stress_test_execute(stress_test_id=stress_test_id, task_id=self.request.id or "")
 
 
-@shared_task(queue="cpu", ignore_result=True, max_retries=0)
+@shared_task(ignore_result=True, max_retries=0)
 def run_sweep_task() -> None:
     """Beat, every MODELCOURT_SWEEP_SECONDS: re-queue runs whose worker stopped, send what waits to be sent."""
     from verification.sweeps import runs_sweep

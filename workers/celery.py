@@ -29,6 +29,8 @@ app.conf.update(
     task_queues=(Queue("gpu"), Queue("cpu")),
     # Model inference goes to GPU hosts; the trust layer's bookkeeping stays on CPU workers.
     task_routes={
+        # the sweep re-queues runs whose GPU worker died: it must not wait behind them
+        "verification.tasks.run_sweep_task": {"queue": "cpu"},
         "verification.tasks.*": {"queue": "gpu"},
         "timestamps.tasks.*": {"queue": "cpu"},
         "ownership.tasks.*": {"queue": "cpu"},
