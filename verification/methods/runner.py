@@ -101,9 +101,10 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
     failure = ""
     try:
         suspect = load_suspect(spec["suspect"], num_classes=num_classes, input_shape=input_shape)
-    except (SuspectError, ValueError, OSError) as exc:
+    except (SuspectError, ValueError, OSError):
         suspect = None
-        failure = f"the suspect could not be loaded: {exc}"
+        # a category, not the exception's text: a suspect file or endpoint can make that say anything
+        failure = "the suspect could not be loaded (not a model this service can run, or unreachable)"
     timings["model_load_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -149,7 +150,12 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
                     name=name,
                 )
             except (SuspectError, QueryBudgetExceeded) as exc:
-                result = TestResult(name, "dataset_inference", 1.0, {}, False, f"the suspect did not answer: {exc}")
+                why = (
+                    "its query budget ran out"
+                    if isinstance(exc, QueryBudgetExceeded)
+                    else "it failed or refused a query"
+                )
+                result = TestResult(name, "dataset_inference", 1.0, {}, False, f"the suspect did not answer: {why}")
             tests.append(result)
     timings["dataset_inference_s"] = time.perf_counter() - mark
 
