@@ -152,7 +152,8 @@ class ReferencePanel:
         return self._write_manifest(target)
 
     def _write_manifest(self, target: Path) -> str:
-        manifest_tmp = target / "manifest.json.tmp"
+        # one temporary name per process: two workers bringing the same cached panel up to date do not collide
+        manifest_tmp = target / f"manifest.json.{os.getpid()}.tmp"
         manifest_tmp.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True))
         os.replace(manifest_tmp, target / "manifest.json")
         return self.hash
