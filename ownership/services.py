@@ -325,7 +325,12 @@ def evidence_generate(
             seed=seed, count=count, input_shape=model.input_shape, num_classes=model.num_classes, low=low, high=high
         )
     except ValueError as exc:
-        raise RegistryError(str(exc), code="generate") from exc
+        # The API and the form check count and bounds, registration the shape and classes: what is left is
+        # NumPy refusing the shape, in NumPy's words, which are not ours to show.
+        raise RegistryError(
+            "a watermark cannot be generated for this model's input shape and classes with these bounds",
+            code="generate",
+        ) from exc
     generator = {"name": watermarks.GENERATOR, "count": count, "low": repr(float(low)), "high": repr(float(high))}
     evidence_set = evidence_commit(
         model=model, kind=EvidenceSet.Kind.WATERMARK, arrays=arrays, seed=seed.hex(), generator=generator

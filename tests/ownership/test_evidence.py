@@ -340,3 +340,17 @@ def test_generation_is_throttled_per_owner(owner, monkeypatch: pytest.MonkeyPatc
     other_model = _model(other, [4096, 4096])
     other_url = f"/api/v1/models/{other_model.public_id}/evidence/generate"
     assert _client(other).post(other_url, {"count": 10_000}, format="json").status_code == 400
+
+
+@pytest.mark.django_db
+def test_numpy_refusing_a_shape_is_a_400_in_our_words(owner) -> None:  # type: ignore[no-untyped-def]
+    # a shape NumPy cannot allocate (71 dimensions with the batch), well under the element cap
+    model = _model(owner, [1] * 70)
+
+    response = _client(owner).post(f"/api/v1/models/{model.public_id}/evidence/generate", {"count": 2}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "generate"
+    assert "cannot be generated" in response.json()["detail"]
+    assert "ndarray" not in response.content.decode()
+    assert "maximum supported dimension" not in response.content.decode()
