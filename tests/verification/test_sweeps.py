@@ -30,8 +30,9 @@ pytestmark = pytest.mark.django_db
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Messages the service hands to the broker (caught here: no broker, no worker)."""
     messages: list[tuple[str, int]] = []
-    monkeypatch.setattr("verification.tasks.verification_run_task", SimpleNamespace(delay=lambda pk: messages.append(("dispute", pk))))  # fmt: skip
-    monkeypatch.setattr("verification.tasks.stress_test_task", SimpleNamespace(delay=lambda pk: messages.append(("stress_test", pk))))  # fmt: skip
+    for kind, name in (("dispute", "verification_run_task"), ("stress_test", "stress_test_task")):
+        catch = SimpleNamespace(delay=lambda pk, kind=kind: messages.append((kind, pk)))
+        monkeypatch.setattr(f"verification.tasks.{name}", catch)
     return messages
 
 
