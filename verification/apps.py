@@ -8,7 +8,7 @@ class VerificationConfig(AppConfig):
     verbose_name = "Disputes and verdicts"
 
     def panel_names_for(self, model: Any) -> list[str]:
-        """The reference panels that can judge `model` (ownership asks through the app registry: it may not import us)."""
+        """The reference panels that can judge `model` (ownership may not import us: it asks the app registry)."""
         from verification.panel_fit import panel_names_for
 
         return panel_names_for(model)
