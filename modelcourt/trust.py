@@ -208,7 +208,7 @@ def fetch_keys(url: str, *, timeout: float = FETCH_TIMEOUT_S, now: datetime | No
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise TrustError(f"{base + KEYS_PATH} did not answer with JSON; nothing was pinned") from None
     keys = parse_keys(entries, source=base + KEYS_PATH, skip_unknown_purposes=True)
-    log_key = _get(base + LOG_KEY_PATH, accept="text/plain", limit=MAX_LOG_KEY_BYTES, timeout=timeout)
+    log_key = _get(base + LOG_KEY_PATH, accept="text/plain, */*", limit=MAX_LOG_KEY_BYTES, timeout=timeout)
     current = log_key.decode("ascii", errors="replace").strip()
     if current not in {key.verifier_key for key in keys if key.purpose == "log"}:
         raise TrustError(f"the log key {base + LOG_KEY_PATH} names is not in {KEYS_PATH}; nothing was pinned")
