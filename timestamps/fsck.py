@@ -5,6 +5,10 @@ an in-memory frontier, which yields every complete-subtree hash the log should s
 at every size a checkpoint was signed. Work is O(n) hashes and O(n / BATCH) queries; memory is the
 frontier (log2 n hashes), one batch of nodes and one root per checkpoint. Every run is a full
 check (no state between runs): rows edited behind the triggers' back anywhere in the log are found.
+
+Appends may go on meanwhile: the check covers the log as the head stood when it began (appends
+commit their entries, nodes and head together). Rows past that size are only judged when the head
+has not moved by the end (a "quiet" run); otherwise the next run judges them.
 """
 
 from collections.abc import Iterable, Sequence
@@ -81,8 +85,9 @@ def _check_nodes(expected: dict[int, bytes], report: FsckReport) -> None:
                 report.add(f"{label} does not match the hash re-derived from the entries")
 
 
-def _check_entries(derivation: _Derivation, report: FsckReport) -> None:
-    rows = LogEntry.objects.order_by("index").values_list("index", "data", "leaf_hash").iterator(chunk_size=BATCH)
+def _check_entries(size: int, derivation: _Derivation, report: FsckReport) -> None:
+    entries = LogEntry.objects.filter(index__lt=size).order_by("index")
+    rows = entries.values_list("index", "data", "leaf_hash").iterator(chunk_size=BATCH)
     expected: dict[int, bytes] = {}
     for index, data, stored_leaf in rows:
         if index != derivation.size:
@@ -97,11 +102,13 @@ def _check_entries(derivation: _Derivation, report: FsckReport) -> None:
         if len(expected) >= 2 * BATCH:
             _check_nodes(expected, report)
             expected = {}
+    else:
+        if derivation.size < size:
+            report.add(f"entries {derivation.size} to {size - 1} are missing")
     _check_nodes(expected, report)
 
 
-def _check_head(derivation: _Derivation, report: FsckReport) -> None:
-    head = LogHead.objects.filter(id=1).first()
+def _check_head(head: LogHead | None, derivation: _Derivation, report: FsckReport) -> None:
     size = head.size if head else 0
     if size != derivation.size:
         report.add(f"the head says {size} entries; {derivation.size} were re-derived")
@@ -112,10 +119,22 @@ def _check_head(derivation: _Derivation, report: FsckReport) -> None:
         report.add(f"the head's root at size {size} does not match the re-derived root")
     if bytes(head.frontier) != b"".join(derivation.peaks):
         report.add(f"the head's peaks at size {size} do not match the re-derived peaks")
+
+
+def _check_nothing_beyond(size: int, report: FsckReport) -> None:
+    """With the head still at `size`: no entry, node, checkpoint or token may lie past it."""
     node_count = sum(size >> level for level in range(size.bit_length()))
     stored = LogNode.objects.count()
     if stored != node_count:
         report.add(f"{stored} tree nodes are stored; a log of {size} entries has {node_count}")
+    beyond = LogEntry.objects.filter(index__gte=size).count()
+    if beyond:
+        report.add(f"{beyond} entries are stored past the head's size {size}")
+    for checkpoint in Checkpoint.objects.filter(size__gt=size).order_by("size", "pk"):
+        report.add(f"checkpoint {checkpoint.pk} (size {checkpoint.size}) is beyond the log of {size} entries")
+    tokens = TimestampToken.objects.filter(serial__gte=size).count()
+    if tokens:
+        report.add(f"{tokens} timestamp tokens have serials past the head's size {size}")
 
 
 def _check_checkpoints(checkpoints: Sequence[Checkpoint], derivation: _Derivation, report: FsckReport) -> None:
@@ -151,7 +170,7 @@ def _check_checkpoints(checkpoints: Sequence[Checkpoint], derivation: _Derivatio
             report.add(f"{label}: its signed note names another origin, size or root")
 
 
-def _check_tokens(report: FsckReport) -> None:
+def _check_tokens(size: int, report: FsckReport) -> None:
     roots = [
         x509.load_pem_x509_certificate(pem.encode())
         for pem in SigningKey.objects.filter(purpose=SigningKey.Purpose.TSA_CA).values_list(
@@ -159,7 +178,12 @@ def _check_tokens(report: FsckReport) -> None:
         )
     ]
     leaves: dict[int, x509.Certificate | None] = {}
-    tokens = TimestampToken.objects.select_related("log_entry", "key").order_by("serial").iterator(chunk_size=BATCH)
+    tokens = (
+        TimestampToken.objects.filter(serial__lt=size)
+        .select_related("log_entry", "key")
+        .order_by("serial")
+        .iterator(chunk_size=BATCH)
+    )
     for token in tokens:
         label = f"timestamp token {token.serial}"
         der = bytes(token.token)
@@ -183,11 +207,16 @@ def _check_tokens(report: FsckReport) -> None:
 def log_check() -> FsckReport:
     """Check the stored log against itself: entries, nodes, head, checkpoints and time-stamp tokens."""
     report = FsckReport()
-    checkpoints = list(Checkpoint.objects.select_related("key").order_by("size", "pk"))
+    head = LogHead.objects.filter(id=1).first()
+    size = head.size if head else 0
+    checkpoints = list(Checkpoint.objects.filter(size__lte=size).select_related("key").order_by("size", "pk"))
     derivation = _Derivation(checkpoint.size for checkpoint in checkpoints)
-    _check_entries(derivation, report)
+    _check_entries(size, derivation, report)
     report.size = derivation.size
-    _check_head(derivation, report)
+    _check_head(head, derivation, report)
     _check_checkpoints(checkpoints, derivation, report)
-    _check_tokens(report)
+    _check_tokens(size, report)
+    # quiet: the head has not moved since the start (or there is still none)
+    if LogHead.objects.filter(id=1).values_list("size", flat=True).first() == (head.size if head else None):
+        _check_nothing_beyond(size, report)
     return report

@@ -154,3 +154,46 @@ def test_the_check_pages_through_a_log_larger_than_a_batch(monkeypatch: pytest.M
     _corrupt(node=({"key": 97}, {"hash": b"\x00" * 32}))
 
     assert fsck.log_check().problems == ["node 0/97 does not match the hash re-derived from the entries"]
+
+
+def test_missing_trailing_entries_are_named() -> None:
+    _log()
+    dbtriggers.uninstall(connection)
+    try:
+        LogEntry.objects.filter(index__gte=11).delete()
+    finally:
+        dbtriggers.install(connection)
+
+    assert "entries 11 to 12 are missing" in fsck.log_check().summary()
+
+
+def test_a_checkpoint_past_the_log_is_found() -> None:
+    # an INSERT of a new row is an append, which the triggers allow
+    _log()
+    real = Checkpoint.objects.order_by("size").last()
+    assert real is not None
+    Checkpoint.objects.create(size=99, root_hash=b"\x00" * 32, note="forged", key=real.key, created_at=real.created_at)
+
+    assert "(size 99) is beyond the log of 13 entries" in fsck.log_check().summary()
+
+
+def test_appends_during_the_check_are_no_false_alarm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a log that grows (and gets a checkpoint) while the check runs
+    _log()
+    check_tokens = fsck._check_tokens
+
+    def grow_then_check(size: int, report: fsck.FsckReport) -> None:
+        services.log_append_many(entries=[b"late 1", b"late 2"])
+        services.checkpoint_publish()
+        check_tokens(size, report)
+
+    monkeypatch.setattr(fsck, "_check_tokens", grow_then_check)
+
+    # when
+    report = fsck.log_check()
+
+    # then the log as the check began is clean, and the next run covers the rest
+    assert report.clean, report.summary()
+    assert report.size == 13
+    monkeypatch.undo()
+    assert fsck.log_check().size == 15
