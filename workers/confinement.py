@@ -451,6 +451,9 @@ def plan_paths(*, scratch: str, readable: Iterable[str] = (), gpu: bool = False)
         if real not in read:
             read.append(real)
 
+    scratch = os.path.realpath(scratch)
+    if _overlaps(scratch, secrets) or os.path.commonpath([scratch, root]) == scratch:
+        raise ValueError(f"the sandbox never grants {scratch}: it is or holds the data or key folder")
     for base in {sys.base_prefix, sys.base_exec_prefix, sys.prefix}:
         grant(Path(base, "lib"))
     for entry in sys.path:
@@ -468,7 +471,7 @@ def plan_paths(*, scratch: str, readable: Iterable[str] = (), gpu: bool = False)
     devices = [path for path in DEVICES_WRITE if os.path.exists(path)]
     if gpu:
         devices += [path for path in (*GPU_DEVICES, *_nvidia_devices()) if os.path.exists(path)]
-    return {"read": read, "write": [os.path.realpath(scratch)], "device": devices}
+    return {"read": read, "write": [scratch], "device": devices}
 
 
 def _project_root() -> str:

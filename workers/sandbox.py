@@ -184,10 +184,13 @@ def run_sandboxed(
         raise ValueError("timeout_s and memory_bytes must be positive")
     layers = _enforceable()
     cpu_s = math.ceil(timeout_s) + 1  # a backstop for threads burning CPU in parallel; wall time is the real limit
-    scratch = tempfile.mkdtemp(prefix="modelcourt-sandbox-")
+    job = tempfile.mkdtemp(prefix="modelcourt-sandbox-")  # files/ (read-only copies) and work/ (the scratch)
     try:
-        kwargs = kwargs | _copy_files(files or {}, scratch, taken=kwargs)
-        paths = confinement.plan_paths(scratch=scratch, readable=[os.fspath(p) for p in readable], gpu=gpu)
+        scratch = os.path.join(job, "work")
+        os.mkdir(scratch, 0o700)
+        kwargs = kwargs | _copy_files(files or {}, job, taken=kwargs)
+        granted = [os.fspath(p) for p in readable] + ([os.path.join(job, "files")] if files else [])
+        paths = confinement.plan_paths(scratch=scratch, readable=granted, gpu=gpu)
         header = {"memory_bytes": memory_bytes, "cpu_s": cpu_s, "gpu": gpu, "scratch": scratch, "paths": paths}
         call = _encode_frame({"fn": name, "args": list(args), "kwargs": kwargs})
         use_spares = _prewarm_enabled(prewarm)
@@ -212,7 +215,7 @@ def run_sandboxed(
             if server is not None:
                 server.join(timeout=_EXIT_GRACE_S)
     finally:
-        _remove_scratch(scratch)
+        _remove_scratch(job)
     try:
         try:
             return cast(T, _decode(outcome, status, fn=fn, timeout_s=timeout_s, memory_bytes=memory_bytes, cpu_s=cpu_s))
@@ -262,12 +265,10 @@ def _enforceable() -> tuple[str, ...]:
         ) from None
 
 
-def _copy_files(
-    files: Mapping[str, str | os.PathLike[str]], scratch: str, *, taken: Mapping[str, Any]
-) -> dict[str, str]:
-    """Read-only copies of `files` in the job's scratch folder, by keyword."""
+def _copy_files(files: Mapping[str, str | os.PathLike[str]], job: str, *, taken: Mapping[str, Any]) -> dict[str, str]:
+    """Copies of `files` in the job's files/ folder (read-only to the child under Landlock), by keyword."""
     copies: dict[str, str] = {}
-    folder = Path(scratch, "files")
+    folder = Path(job, "files")
     if files:
         folder.mkdir()
     for index, (keyword, source) in enumerate(files.items()):
