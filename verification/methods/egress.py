@@ -53,6 +53,8 @@ RELAY_HEADERS = frozenset({"content-type", "accept"})
 MAX_REQUEST_BYTES = 64 << 20
 MAX_URL_CHARS = 2048
 _MAX_RELAY_HEADER_BYTES = 4096
+# an answer and its header line fit the sandbox channel's 64 MiB frame
+MAX_RELAY_BODY_BYTES = (64 << 20) - _MAX_RELAY_HEADER_BYTES
 _MAX_HEADER_VALUE = 256
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -273,8 +275,8 @@ def check_destination(
         what = non_global_reason(address)
         if what is not None and not _allowed(address, networks):
             raise EgressError(
-                f"the endpoint's host {endpoint.host} resolves to {address}, a {what} address; "
-                "only publicly routable addresses are queried",
+                f"the endpoint's host {endpoint.host} is not a public address: it resolves to {address}, "
+                f"a {what} address",
                 transient=False,
             )
     return endpoint, addresses
@@ -403,7 +405,7 @@ def relay_for(
     url: str,
     *,
     timeout_s: float = 10.0,
-    max_response_bytes: int = 64 << 20,
+    max_response_bytes: int = MAX_RELAY_BODY_BYTES,
     allowed_networks: Iterable[Network] | None = None,
     resolver: Resolver | None = None,
     ssl_context: ssl.SSLContext | None = None,
