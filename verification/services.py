@@ -3,7 +3,6 @@
 import base64
 import concurrent.futures
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -11,7 +10,6 @@ import os
 import socket
 import stat
 import tempfile
-import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from ownership.models import EvidenceSet, RegisteredModel
 from timestamps.exceptions import LogIntegrityError
 from verification import reference, sweeps
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed, StressTestError
+from verification.methods import egress
 from verification.models import (
     Dispute,
     DisputeRequest,
@@ -59,32 +58,34 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def _check_public_endpoint(url: str) -> None:
-    """Refuse an owner's endpoint that names this service's own network (loopback, private, link-local...).
+    """Refuse at once an endpoint whose host does not resolve or resolves to a non-public address.
 
-    Owners are not trusted with the worker's network position; arbiters, who file and accept disputes,
-    are. A name that does not resolve here is let through: the arbiter reviews the request, and the run
-    reports an endpoint it cannot reach.
+    A courtesy to whoever files: the name may point elsewhere by the time a run queries it, so the worker
+    checks the address again at every connection (``verification.methods.egress``). Networks named in
+    ``MODELCOURT_ENDPOINT_ALLOW_PRIVATE`` pass here as they do there.
     """
-    host = urllib.parse.urlsplit(url).hostname or ""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
-            raise DisputeError(
-                f"the endpoint's host {host} is not a public address ({address}); "
-                "name a publicly reachable prediction endpoint",
-                code="suspect_url",
-            )
+        egress.check_destination(url)
+    except egress.EgressError as exc:
+        raise DisputeError(f"{exc.reason}; name a publicly reachable prediction endpoint", code="suspect_url") from exc
+    except ValueError as exc:  # the operator's list of allowed networks is malformed
+        logger.error("endpoint egress settings are invalid: %s", exc)
+        raise DisputeError(
+            "endpoints cannot be checked right now: the service's settings are invalid (the operators are told)",
+            code="suspect_url",
+        ) from exc
 
 
 def _check_url(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise DisputeError("the suspect endpoint must be an http:// or https:// URL", code="suspect_url")
-    return url.strip()
+    """The endpoint URL, stripped, or DisputeError: http(s), a host, no user name or password, a valid port."""
+    url = url.strip()
+    try:
+        egress.parse_endpoint(url)
+    except egress.EgressError as exc:
+        if not url.lower().startswith(("http://", "https://")):
+            raise DisputeError("the suspect endpoint must be an http:// or https:// URL", code="suspect_url") from exc
+        raise DisputeError(exc.reason, code="suspect_url") from exc
+    return url
 
 
 def _check_claim(
