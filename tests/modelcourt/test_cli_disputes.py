@@ -146,7 +146,12 @@ def test_file_follow_and_fetch_a_verdict_through_the_cli(
     assert f"bundle: {bundle}" in out
     checks = verify_bundle(bundle.read_bytes())
     assert all_ok(checks), [c for c in checks if not c.ok]
-    assert main(["verify", str(bundle)]) == 0
+    trust_file = str(tmp_path / "trust.json")
+    assert main(["verify", str(bundle), "--trust-file", trust_file]) == 1  # nothing pinned: no anchor, no pass
+    capsys.readouterr()
+    assert main(["trust", "pin", arbiter_cli[1], "--trust-file", trust_file]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--trust-file", trust_file]) == 0
     assert "FAIL" not in capsys.readouterr().out
 
 
