@@ -266,6 +266,16 @@ def _uploaded_message(model: RegisteredModel) -> str:
     return f"Registered {model.name}. Add or generate ownership evidence next."
 
 
+def _refuse_inactive(request: HttpRequest, model: RegisteredModel) -> HttpResponse:
+    """Evidence waits until the sandbox has accepted the model: the page says why, with a 409."""
+    try:
+        services.model_require_active(model=model)
+    except RegistryError as exc:
+        text = str(exc)
+        messages.error(request, f"{text[:1].upper()}{text[1:]}.")
+    return _render_model_page(request, model, status=409)
+
+
 class ModelListView(OwnerRequiredMixin, View):
     """The owner's models."""
 
@@ -326,6 +336,8 @@ class EvidenceUploadView(OwnerRequiredMixin, View):
 
     def post(self, request: HttpRequest, model_id: uuid.UUID) -> HttpResponse:
         model = _owned_model(request, model_id)
+        if not model.is_active:
+            return _refuse_inactive(request, model)
         form = EvidenceUploadForm(request.POST, request.FILES)
         if form.is_valid():
             upload = form.cleaned_data["file"]
@@ -354,6 +366,8 @@ class WatermarkGenerateView(OwnerRequiredMixin, View):
 
     def post(self, request: HttpRequest, model_id: uuid.UUID) -> HttpResponse:
         model = _owned_model(request, model_id)
+        if not model.is_active:
+            return _refuse_inactive(request, model)
         form = WatermarkGenerateForm(request.POST)
         if form.is_valid():
             try:

@@ -12,7 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from rest_framework.test import APIClient
 
-from ownership import commitments
+from ownership import artifacts, commitments, services, tasks
 from ownership.models import EvidenceSet, RegisteredModel
 from tests.ownership.model_files import fifty_megabyte_torchscript_file, onnx_file, torchscript_file
 
@@ -42,6 +42,12 @@ def _register(client: APIClient, artifact: Path, name: str = "digits-mlp", shape
         )
 
 
+def _validated(client: APIClient, accepted: dict) -> dict:  # type: ignore[type-arg]
+    """What a worker on the cpu queue does with an accepted registration, then the API's view of it."""
+    services.model_validate(model_id=RegisteredModel.objects.get(public_id=accepted["id"]).pk)
+    return client.get(accepted["status_url"]).json()
+
+
 @pytest.fixture
 def owner_client(owner) -> APIClient:  # type: ignore[no-untyped-def]
     client = APIClient()
@@ -52,17 +58,67 @@ def owner_client(owner) -> APIClient:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def registered(owner_client: APIClient, tmp_path: Path) -> dict:  # type: ignore[type-arg]
     response = _register(owner_client, torchscript_file(tmp_path / "mlp.pt"))
-    assert response.status_code == 201, response.content
-    return response.json()
+    assert response.status_code == 202, response.content
+    model = _validated(owner_client, response.json())
+    assert model["state"] == "active", model
+    return model
+
+
+def test_registration_answers_202_at_once_and_queues_the_sandbox_check(
+    owner_client: APIClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sandbox ran inside the web request")
+
+    monkeypatch.setattr(artifacts, "inspect_artifact", refuse)
+    published: list[int] = []
+    monkeypatch.setattr(tasks.model_validate_task, "delay", lambda model_id: published.append(model_id))
+    artifact = torchscript_file(tmp_path / "mlp.pt")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _register(owner_client, artifact)
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    model = RegisteredModel.objects.get(public_id=body["id"])
+    assert (body["state"], body["format"], body["rejection_reason"]) == ("validating", None, "")
+    assert body["status_url"] == f"/api/v1/models/{body['id']}" == response["Location"]
+    assert body["digest"]["files"] == [{"name": "mlp.pt", "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest()}]
+    assert published == [model.pk]
+    assert model.dispatched_at is not None
+    assert owner_client.get(body["status_url"]).json()["state"] == "validating"
+
+
+def test_evidence_is_refused_until_the_model_is_active(
+    owner_client: APIClient,
+    tmp_path: Path,
+) -> None:
+    accepted = _register(owner_client, torchscript_file(tmp_path / "mlp.pt")).json()
+    base = f"/api/v1/models/{accepted['id']}/evidence/"
+
+    generated = owner_client.post(base + "generate", {"count": 5}, format="json")
+    uploaded = owner_client.post(
+        base, {"kind": "watermark", "file": SimpleUploadedFile("wm.npz", _npz(**_watermark()))}, format="multipart"
+    )
+
+    for response in (generated, uploaded):
+        assert response.status_code == 400
+        assert response.json()["code"] == "model_validating"
+        assert "still being validated" in response.json()["detail"]
+    assert not EvidenceSet.objects.exists()
 
 
 def test_registering_torchscript_and_onnx_records_openssf_digests(owner_client: APIClient, tmp_path: Path) -> None:
     script = torchscript_file(tmp_path / "mlp.pt")
     onnx = onnx_file(tmp_path / "mlp.onnx")
 
-    first = _register(owner_client, script, name="scripted").json()
-    second = _register(owner_client, onnx, name="exported").json()
+    first = _validated(owner_client, _register(owner_client, script, name="scripted").json())
+    second = _validated(owner_client, _register(owner_client, onnx, name="exported").json())
 
+    assert (first["state"], second["state"]) == ("active", "active")
     assert (first["format"], second["format"]) == ("torchscript", "onnx")
     file_sha = hashlib.sha256(script.read_bytes()).hexdigest()
     assert first["digest"]["files"] == [{"name": "mlp.pt", "sha256": file_sha}]
@@ -72,10 +128,9 @@ def test_registering_torchscript_and_onnx_records_openssf_digests(owner_client: 
 
 
 @pytest.mark.parametrize(
-    ("shape", "classes", "reason"),
-    [("[1, 28, 28]", 10, "[1, 28, 28]"), ("[1, 8, 8]", 5, "classes"), ("one,two", 10, "input shape")],
+    ("shape", "classes", "reason"), [("[1, 28, 28]", 10, "[1, 28, 28]"), ("[1, 8, 8]", 5, "classes")]
 )
-def test_a_mismatched_artifact_gets_a_400_with_a_reason(
+def test_a_mismatched_artifact_ends_rejected_with_a_reason(
     owner_client: APIClient, tmp_path: Path, shape: str, classes: int, reason: str
 ) -> None:
     with torchscript_file(tmp_path / "mlp.pt").open("rb") as handle:
@@ -84,23 +139,44 @@ def test_a_mismatched_artifact_gets_a_400_with_a_reason(
             {"name": "m", "input_shape": shape, "num_classes": classes, "artifact": handle},
             format="multipart",
         )
+    assert response.status_code == 202
+
+    model = _validated(owner_client, response.json())
+
+    assert model["state"] == "rejected"
+    assert reason in model["rejection_reason"]
+    assert model["format"] is None
+
+
+def test_a_bad_shape_gets_a_400_at_once(owner_client: APIClient, tmp_path: Path) -> None:
+    response = _register(owner_client, torchscript_file(tmp_path / "mlp.pt"), shape="one,two")
+
     assert response.status_code == 400
-    assert reason in response.json()["detail"]
+    assert "input shape" in response.json()["detail"]
     assert not RegisteredModel.objects.exists()
 
 
-def test_garbage_and_pickles_are_refused(owner_client: APIClient, tmp_path: Path) -> None:
+def test_pickles_are_refused_at_once_and_garbage_after_the_check(owner_client: APIClient, tmp_path: Path) -> None:
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"\x08\x01" + b"not a model" * 100)
     import torch
 
     pickled = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(3)}, pickled)
+    raw_pickle = tmp_path / "weights.pkl"
+    raw_pickle.write_bytes(b"\x80\x04\x95 a protocol 4 pickle")
 
-    for path in (garbage, pickled):
-        response = _register(owner_client, path, name=path.name)
-        assert response.status_code == 400, path
-        assert response.json()["code"] == "artifact_rejected"
+    refused = _register(owner_client, raw_pickle, name="raw-pickle")
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "artifact_rejected"
+    assert "pickle" in refused.json()["detail"]
+    for path in (garbage, pickled):  # a torch.save zip looks like TorchScript until the sandbox opens it
+        accepted = _register(owner_client, path, name=path.name)
+        assert accepted.status_code == 202, path
+        model = _validated(owner_client, accepted.json())
+        assert model["state"] == "rejected", path
+    assert "not an ONNX or TorchScript model" in RegisteredModel.objects.get(name="model.onnx").rejection_reason
+    assert "pickle" in RegisteredModel.objects.get(name="weights.pt").rejection_reason
 
 
 def test_an_upload_over_the_limit_is_refused_cleanly(
@@ -296,8 +372,9 @@ def test_a_50_mb_artifact_registers(owner_client: APIClient, tmp_path: Path) -> 
 
     response = _register(owner_client, artifact, name="big")
 
-    assert response.status_code == 201, response.content
+    assert response.status_code == 202, response.content
     assert response.json()["size"] == artifact.stat().st_size
+    assert _validated(owner_client, response.json())["state"] == "active"
 
 
 def test_large_evidence_uploads_never_touch_the_disk(

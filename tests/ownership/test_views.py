@@ -197,20 +197,39 @@ def test_registering_without_a_script(owner_client: Client, tmp_path: Path, make
     assert response.status_code == 302
     assert response["Location"] == f"/owner/models/{model.public_id}/"
     page = owner_client.get(response["Location"]).content.decode()
-    assert "Registered digits" in page
+    assert "being checked in the sandbox" in page
+    assert 'id="model-validation"' in page
+    services.model_validate(model_id=model.pk)  # the worker's part
+    page = owner_client.get(response["Location"]).content.decode()
+    assert 'id="model-validation"' not in page
     assert label in page
+    assert 'id="generate-watermark"' in page
+
+
+def test_the_registration_request_never_runs_the_sandbox(
+    owner_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ownership import artifacts
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sandbox ran inside the web request")
+
+    monkeypatch.setattr(artifacts, "inspect_artifact", refuse)
+    artifact = SimpleUploadedFile("mlp.pt", torchscript_file(tmp_path / "mlp.pt").read_bytes())
+
+    response = owner_client.post(
+        "/owner/models/new/", {"name": "digits", "input_shape": "1,8,8", "num_classes": "10", "artifact": artifact}
+    )
+
+    assert response.status_code == 302
+    assert RegisteredModel.objects.get(name="digits").state == "validating"
 
 
 @pytest.mark.parametrize(
     ("data", "field", "reason"),
     [
-        (
-            {"input_shape": "1,8,8", "artifact": b"\x08\x01" + b"not a model" * 100},
-            "artifact",
-            "not an ONNX or TorchScript",
-        ),
+        ({"input_shape": "1,8,8", "artifact": b"\x80\x04 a pickle"}, "artifact", "pickle"),
         ({"input_shape": "one,two"}, "input_shape", "comma"),
-        ({"input_shape": "1,28,28"}, "artifact", "shape"),
         ({"input_shape": "1,8,8", "num_classes": "1"}, "num_classes", "2"),
         ({"input_shape": "1,8,8", "name": ""}, "name", "required"),
     ],
@@ -230,6 +249,50 @@ def test_registration_errors_show_next_to_their_field(
     assert response.status_code == 400
     assert reason in _field_error(response.content.decode(), field)
     assert not RegisteredModel.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"input_shape": "1,8,8", "artifact": b"\x08\x01" + b"not a model" * 100}, "Not an ONNX or TorchScript"),
+        ({"input_shape": "1,28,28"}, "shape"),
+    ],
+)
+def test_a_model_the_sandbox_refuses_shows_the_reason_and_no_evidence_forms(
+    owner_client: Client, tmp_path: Path, data: dict[str, Any], reason: str
+) -> None:
+    artifact = data.pop("artifact", None) or torchscript_file(tmp_path / "mlp.pt").read_bytes()
+    form = {"name": "digits", "task": "", "num_classes": "10", **data}
+    response = owner_client.post("/owner/models/new/", {**form, "artifact": SimpleUploadedFile("model.pt", artifact)})
+    model = RegisteredModel.objects.get(name="digits")
+
+    services.model_validate(model_id=model.pk)
+    page = owner_client.get(response["Location"]).content.decode()
+
+    assert "The sandbox refused this model." in page
+    assert reason.lower() in _form_error(page).lower()
+    assert 'id="add-evidence"' not in page
+    assert 'id="generate-watermark"' not in page
+
+
+def test_evidence_forms_refuse_a_model_still_validating(owner_client: Client, owner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = services.model_register(
+        owner=owner,
+        name="pending",
+        task="",
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        artifact=SimpleUploadedFile("mlp.pt", torchscript_file(tmp_path / "mlp.pt").read_bytes()),
+        validate="async",
+    )
+
+    response = owner_client.post(
+        f"/owner/models/{model.public_id}/evidence/generate/", {"count": "10", "low": "0", "high": "1"}
+    )
+
+    assert response.status_code == 409
+    assert "is still being validated; try again when it is active." in response.content.decode()
+    assert not model.evidence_sets.exists()
 
 
 def test_a_duplicate_name_is_an_error_on_the_name(owner_client: Client, model: RegisteredModel, tmp_path: Path) -> None:
@@ -257,7 +320,7 @@ def test_the_upload_script_reaches_the_api_with_the_session_and_csrf_header(owne
 
     assert post().status_code == 403
     created = post(HTTP_X_CSRFTOKEN=token)
-    assert created.status_code == 201, created.content
+    assert created.status_code == 202, created.content
     assert client.get(f"/owner/models/{created.json()['id']}/").status_code == 200
 
 
