@@ -105,6 +105,111 @@ def test_register_uploads_the_artifact_and_metadata_as_multipart(
     }
 
 
+MODEL_ID = "5b0c1c6e-0000-4000-8000-000000000001"
+VALIDATING = {"id": MODEL_ID, "name": "digits", "state": "validating", "rejection_reason": "", "format": None}
+REGISTER = ["register", "--name", "digits", "--input-shape", "1,8,8", "--classes", "10"]
+
+
+class FakeClock:
+    """Stands in for the CLI's `time`: sleeps are recorded and advance a virtual clock; `on_sleep` may act."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep: Any = None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep(len(self.sleeps))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import modelcourt.cli as cli
+
+    fake = FakeClock()
+    monkeypatch.setattr(cli, "time", fake)
+    return fake
+
+
+def _artifact(tmp_path: Path) -> str:
+    artifact = tmp_path / "digits.onnx"
+    artifact.write_bytes(b"\x08\x07onnx bytes")
+    return str(artifact)
+
+
+def test_register_waits_for_the_sandbox_check_and_prints_the_active_model(
+    service: StubService, tmp_path: Path, capsys: pytest.CaptureFixture[str], clock: FakeClock
+) -> None:
+    service.answers["POST", "/api/v1/models/"] = (202, VALIDATING)
+    detail = ("GET", f"/api/v1/models/{MODEL_ID}")
+    service.answers[detail] = (200, VALIDATING)
+
+    def settle(count: int) -> None:
+        if count == 3:  # the worker decides during the third wait
+            service.answers[detail] = (200, {**VALIDATING, "state": "active", "format": "onnx"})
+
+    clock.on_sleep = settle
+
+    status = main(["--url", service.url, *REGISTER, _artifact(tmp_path)])
+
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert json.loads(out)["state"] == "active"
+    assert "validating" in err
+    assert [r.method for r in service.requests] == ["POST", "GET", "GET", "GET"]
+    assert clock.sleeps == [2.0, 2.0, 2.0]
+
+
+def test_register_exits_non_zero_with_the_reason_when_rejected(
+    service: StubService, tmp_path: Path, capsys: pytest.CaptureFixture[str], clock: FakeClock
+) -> None:
+    reason = "the model outputs shape [2, 5] but the registration says 10 classes"
+    service.answers["POST", "/api/v1/models/"] = (202, VALIDATING)
+    service.answers["GET", f"/api/v1/models/{MODEL_ID}"] = (
+        200,
+        {**VALIDATING, "state": "rejected", "rejection_reason": reason},
+    )
+
+    status = main(["--url", service.url, *REGISTER, _artifact(tmp_path)])
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert json.loads(out)["state"] == "rejected"
+    assert f"error: the model was rejected: {reason}" in err
+
+
+def test_register_no_wait_returns_at_once(
+    service: StubService, tmp_path: Path, capsys: pytest.CaptureFixture[str], clock: FakeClock
+) -> None:
+    service.answers["POST", "/api/v1/models/"] = (202, VALIDATING)
+
+    status = main(["--url", service.url, *REGISTER, "--no-wait", _artifact(tmp_path)])
+
+    assert status == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "validating"
+    assert [r.method for r in service.requests] == ["POST"]
+    assert clock.sleeps == []
+
+
+def test_register_gives_up_after_its_timeout(
+    service: StubService, tmp_path: Path, capsys: pytest.CaptureFixture[str], clock: FakeClock
+) -> None:
+    service.answers["POST", "/api/v1/models/"] = (202, VALIDATING)
+    service.answers["GET", f"/api/v1/models/{MODEL_ID}"] = (200, VALIDATING)
+
+    status = main(["--url", service.url, *REGISTER, "--timeout", "5", _artifact(tmp_path)])
+
+    assert status == 1
+    assert "still validating after 5 s" in capsys.readouterr().err
+    assert sum(clock.sleeps) == 5
+
+
 def test_the_token_and_url_come_from_the_environment(
     service: StubService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
