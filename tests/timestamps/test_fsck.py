@@ -197,3 +197,18 @@ def test_appends_during_the_check_are_no_false_alarm(monkeypatch: pytest.MonkeyP
     assert report.size == 13
     monkeypatch.undo()
     assert fsck.log_check().size == 15
+
+
+def test_while_halted_the_api_answers_503_with_a_code_and_old_checkpoints_stay_readable(
+    api_client,  # type: ignore[no-untyped-def]
+) -> None:
+    _log()
+    _corrupt(node=({"key": 3}, {"hash": b"\x00" * 32}))
+    services.log_fsck()
+
+    latest = api_client.get("/api/v1/log/checkpoint")
+    signed = api_client.get("/api/v1/log/checkpoint", {"size": 13})
+
+    assert latest.status_code == 503
+    assert latest.json()["code"] == "log_halted"
+    assert signed.status_code == 200
