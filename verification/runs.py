@@ -220,17 +220,42 @@ def _suspect_spec(dispute: Dispute) -> dict[str, Any]:
 
 
 def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
+    from verification.egress import run_methods_relayed
+    from verification.methods import egress
     from verification.methods.runner import run_methods
     from workers.device import sandbox_gpu
     from workers.sandbox import SandboxError, run_sandboxed
 
+    fn: Callable[[dict[str, Any]], dict[str, Any]] = run_methods
+    relay = None
+    suspect = spec["suspect"]
+    if suspect.get("kind") == "http":
+        # the child has no network: this process POSTs for it, to the dispute's URL alone, and checks the
+        # address at every connection (the settings are read here, never taken from the task or the child)
+        try:
+            allowed = egress.allowed_networks_from_env()
+        except ValueError as exc:
+            logger.error("endpoint egress settings are invalid: %s", exc)
+            raise RunFailed(
+                f"the service's endpoint settings are invalid ({egress.ALLOW_PRIVATE_ENV}); an operator must "
+                "correct them before endpoint disputes can run"
+            ) from exc
+        try:
+            url = egress.endpoint_url(suspect["url"], protocol=suspect["protocol"], model_name=suspect["model_name"])
+            relay = egress.relay_for(url, timeout_s=float(suspect.get("timeout_s", 10)), allowed_networks=allowed)
+        except egress.EgressError as exc:
+            raise RunFailed(f"the suspect endpoint cannot be queried: {exc.reason}") from exc
+        except ValueError as exc:
+            raise RunFailed(f"the suspect endpoint cannot be queried: {exc}") from exc
+        fn = run_methods_relayed
     try:
         return run_sandboxed(
-            run_methods,
+            fn,
             spec,
             timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
             memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             gpu=sandbox_gpu(),
+            relay=relay,
         )
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
