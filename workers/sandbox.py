@@ -304,7 +304,10 @@ def warm_spare(*, gpu: bool = False, wait_s: float = 0.0) -> bool:
     if not _env_prewarm():
         return False
     _opted_in = True
-    config = _Config.current(gpu=gpu)
+    try:
+        config = _Config.current(gpu=gpu)
+    except SandboxUnavailable:  # logged by _enforceable; each call refuses, the worker itself starts
+        return False
     _ensure_spare(config)
     if wait_s <= 0:
         return True
