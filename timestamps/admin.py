@@ -3,7 +3,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from timestamps.models import Checkpoint, LogEntry, SigningKey, TimestampToken
+from timestamps.models import Checkpoint, LogAlarm, LogEntry, SigningKey, TimestampToken
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -38,3 +38,10 @@ class CheckpointAdmin(ReadOnlyAdmin):
 @admin.register(TimestampToken)
 class TimestampTokenAdmin(ReadOnlyAdmin):
     list_display = ["serial", "hash_algorithm", "gen_time", "key"]
+
+
+@admin.register(LogAlarm)
+class LogAlarmAdmin(ReadOnlyAdmin):
+    """Shown so staff see why checkpoints stopped; only `manage.py log_fsck --clear` lowers it."""
+
+    list_display = ["raised_at", "problems"]
