@@ -53,8 +53,11 @@ class Workers:
             "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
             "MODELCOURT_KEY_DIR": str(settings.MODELCOURT_KEY_DIR),
             "MODELCOURT_DATA_DIR": str(data_dir),
-            # a killed worker's message comes back after this many seconds
+            # a killed worker's message comes back after this many seconds, and finds its lease stale
+            # (no heartbeat for MODELCOURT_HEARTBEAT_STALE_S): the new worker takes the run over
             "MODELCOURT_VISIBILITY_TIMEOUT": "8",
+            "MODELCOURT_HEARTBEAT_S": "0.5",
+            "MODELCOURT_HEARTBEAT_STALE_S": "4",
         }
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []

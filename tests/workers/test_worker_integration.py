@@ -1,16 +1,20 @@
-"""A real Celery worker process, against PostgreSQL and a real broker, runs a task end to end."""
+"""Real Celery workers, PostgreSQL and a real broker: tasks run end to end; a killed worker's dispute is finished."""
 
+import io
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 from timestamps import services
 from timestamps.models import Checkpoint
@@ -78,3 +82,138 @@ def test_worker_runs_tasks_from_both_queues(worker: subprocess.Popen[bytes], tmp
     services.log_append(data=b"d")
     checkpoint_publish_task.apply_async(queue="gpu")
     _wait_for(lambda: Checkpoint.objects.filter(size=4).exists(), 60, worker, tmp_path / "worker.log")
+
+
+# --- a worker killed mid-run -----------------------------------------------------------------------
+# The worker is killed with its whole process group (pool child and sandbox included), as the OOM
+# killer or a lost host would. Its message is never acknowledged, but nothing redelivers it within the
+# test (the broker's visibility timeout stays at its default of hours): the new worker's beat sweep
+# sees the stale heartbeat, queues the dispute again and the new worker decides it.
+
+LEASE_ENV = {"MODELCOURT_HEARTBEAT_S": "0.5", "MODELCOURT_HEARTBEAT_STALE_S": "5", "MODELCOURT_SWEEP_SECONDS": "1"}
+
+
+class _Slow(torch.nn.Module):
+    """A suspect behind a busy loop of a few seconds per batch: time to kill the worker mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while i < 30_000_000:
+            i = i + 1
+        return self.inner(x)
+
+
+@pytest.fixture
+def crew(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Starts workers (queues gpu and cpu, with the beat sweep) in their own process groups; stops them after."""
+    if not BROKER.startswith(("redis://", "amqp://")):
+        if os.environ.get("MODELCOURT_REQUIRE_SERVICES") == "1":
+            pytest.fail("CELERY_BROKER_URL must name Redis or RabbitMQ when MODELCOURT_REQUIRE_SERVICES=1")
+        pytest.skip("needs a real broker: set CELERY_BROKER_URL=redis://... (CI does)")
+    from verification.methods.datasets import digits_task
+    from verification.methods.panels import train_panel
+    from workers.celery import app
+
+    app.control.purge()
+    data = tmp_path / "data"
+    train_panel(digits_task(0), size=4, seed=1, epochs=3).save(data / "panels" / "installed" / "tiny")
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        **LEASE_ENV,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "MODELCOURT_KEY_DIR": str(settings.MODELCOURT_KEY_DIR),
+        "MODELCOURT_DATA_DIR": str(data),
+    }
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"worker-{len(started)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--beat", "-Q", "gpu,cpu",
+             "--concurrency=1", "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
+             "--schedule", str(tmp_path / f"beat-{len(started)}"), "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+             "--loglevel=INFO"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    with override_settings(DATA_DIR=data, MEDIA_ROOT=data / "media"):
+        yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(tmp_path.glob("worker-*.log")))
+
+
+def _until(predicate: Callable[[], bool], timeout: float, tmp_path: Path, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    pytest.fail(f"{what} did not happen in {timeout:.0f} s:\n{_logs(tmp_path)}")
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_dispute_gets_one_verdict(  # type: ignore[no-untyped-def]
+    crew, owner, arbiter, tmp_path: Path
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import timezone
+
+    from ownership import services as ownership_services
+    from ownership.models import RegisteredModel
+    from timestamps.models import LogEntry
+    from verification import services as verification_services
+    from verification.models import Dispute, Verdict, VerificationRun
+
+    # given a claimant with a committed watermark, and a suspect slow enough to be caught mid-run
+    claimant = RegisteredModel.objects.create(
+        owner=owner, name="digits", input_shape=[64], num_classes=10, artifact_format="torchscript",
+        artifact_size=1, model_digest=uuid.uuid4().hex * 2, file_digests={}, created_at=timezone.now(),
+    )  # fmt: skip
+    ownership_services.evidence_generate(model=claimant, count=10)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(_Slow()), buffer)
+    suspect = SimpleUploadedFile("slow.pt", buffer.getvalue(), content_type="application/octet-stream")
+    first = crew()
+    dispute = verification_services.dispute_file(
+        arbiter=arbiter, title="slow suspect", claimant_model=claimant, methods=["watermark"],
+        suspect_file=suspect, panel="tiny",
+    )  # fmt: skip
+
+    def row() -> Dispute:
+        return Dispute.objects.get(pk=dispute.pk)
+
+    # when the worker is killed (its whole process group) while the suspect is being queried
+    _until(lambda: row().state == "running" and row().progress >= 30, 180, tmp_path, "the run's sandbox phase")
+    time.sleep(1.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert row().state == "running"
+    entries_before = LogEntry.objects.count()
+    crew()
+
+    # then the new worker's sweep queues it again and the new worker decides it, once
+    _until(lambda: row().state in ("decided", "failed"), 240, tmp_path, "the second attempt's verdict")
+    decided = row()
+    assert decided.state == "decided", decided.failure_reason
+    runs = list(VerificationRun.objects.filter(dispute=dispute).order_by("attempt").values_list("attempt", "state"))
+    assert runs == [(1, "abandoned"), (2, "succeeded")], runs
+    assert decided.attempts == 2
+    assert decided.heartbeat_at is None
+    assert Verdict.objects.filter(dispute=dispute).count() == 1
+    assert LogEntry.objects.count() == entries_before + 1  # the verdict's token, never two
+    assert not VerificationRun.objects.filter(state="running").exists()
