@@ -603,3 +603,33 @@ def test_a_broken_relay_is_a_clear_failure() -> None:
     assert SECRET not in str(failed.value)
     with pytest.raises(SuspectError, match="malformed"):
         label_suspect("http://model.test/p", relay=lambda request: b'{"status": "200"}\n', retries=0).labels(X)
+
+
+# --- in the sandbox -----------------------------------------------------------------------------------
+
+
+def labels_in_child(url: str, direct: bool = False) -> list[int]:
+    """In a sandbox child: a suspect's labels through the worker's relay, or (``direct``) by its own connection."""
+    from workers.sandbox import relay_call
+
+    egress.install_relay(None if direct else relay_call)
+    suspect = label_suspect(url, retries=0, allowed_networks=LOOPBACK if direct else None)
+    return [int(v) for v in suspect.labels(X)]
+
+
+@pytest.mark.slow
+def test_a_sandboxed_suspect_reaches_its_endpoint_only_through_the_relay(labels_server: tuple[int, Recorder]) -> None:
+    from workers.sandbox import SandboxError, run_sandboxed
+
+    port, recorder = labels_server
+    url = f"http://127.0.0.1:{port}/predict"
+    relay = egress.relay_for(url, timeout_s=5, allowed_networks=LOOPBACK)
+    limits: dict[str, Any] = {"timeout_s": 60, "memory_bytes": 2 << 30, "prewarm": False}
+
+    assert run_sandboxed(labels_in_child, url, relay=relay, **limits) == [1, 2]
+    assert len(recorder.requests) == 1
+
+    with pytest.raises(SandboxError) as refused:  # no relay: the child may not open a socket of its own
+        run_sandboxed(labels_in_child, url, True, **limits)
+    assert refused.value.category == "forbidden"
+    assert len(recorder.requests) == 1
