@@ -428,50 +428,57 @@ def _libc() -> Any:
 # The paths (parent side).
 
 
-def plan_paths(*, scratch: str, readable: Iterable[str] = (), gpu: bool = False) -> dict[str, list[str]]:
+def plan_paths(
+    *, scratch: str, readable: Iterable[str] = (), writable: Iterable[str] = (), gpu: bool = False
+) -> dict[str, list[str]]:
     """The Landlock path rules for one job: {"read": [...], "write": [...], "device": [...]}, all absolute.
 
-    Never the repository root, the data folder or the key folder, nor any folder holding one of them;
-    a declared readable path that overlaps them is a programming error (ValueError).
+    Never the repository root, the data folder or the key folder, nor a folder holding one of them, nor
+    anything inside the key folder. What the call declares (`readable`, `writable`: folders of ours, such
+    as a reference panel inside the data folder or a progress folder) is the caller's choice within that
+    rule; a declared path that breaks it is a programming error (ValueError).
     """
     secrets = _secret_dirs()
     root = _project_root()
     read: list[str] = []
+    write: list[str] = []
 
-    def grant(path: str | Path, *, declared: bool = False) -> None:
+    def grant(path: str | Path, into: list[str], *, declared: bool = False) -> None:
         real = os.path.realpath(path)
         if not os.path.exists(real):
             if declared:
                 raise ValueError(f"the sandbox cannot grant {path}: it does not exist")
             return
-        if _overlaps(real, secrets) or real == root:
+        if _holds(real, [*secrets, root]) or _holds(secrets[1], [real]):
             if declared:
-                raise ValueError(f"the sandbox never grants {path}: it is or holds the data or key folder")
+                raise ValueError(f"the sandbox never grants {path}: it is, holds or lies in the data or key folder")
             return
-        if real not in read:
-            read.append(real)
+        if not declared and _holds(secrets[0], [real]):
+            return  # a sys.path entry inside the data folder: not code of ours
+        if real not in into:
+            into.append(real)
 
-    scratch = os.path.realpath(scratch)
-    if _overlaps(scratch, secrets) or os.path.commonpath([scratch, root]) == scratch:
-        raise ValueError(f"the sandbox never grants {scratch}: it is or holds the data or key folder")
+    grant(scratch, write, declared=True)
+    for path in writable:
+        grant(path, write, declared=True)
     for base in {sys.base_prefix, sys.base_exec_prefix, sys.prefix}:
-        grant(Path(base, "lib"))
+        grant(Path(base, "lib"), read)
     for entry in sys.path:
         if entry and os.path.isabs(entry):
-            grant(entry)
+            grant(entry, read)
     for package in PROJECT_PACKAGES:
-        grant(Path(root, package))
+        grant(Path(root, package), read)
     for path in (*SYSTEM_READ, *DEVICES_READ, *CPU_INFO_READ):
-        grant(path)
+        grant(path, read)
     if gpu:
         for path in GPU_READ:
-            grant(path)
+            grant(path, read)
     for path in readable:
-        grant(path, declared=True)
+        grant(path, read, declared=True)
     devices = [path for path in DEVICES_WRITE if os.path.exists(path)]
     if gpu:
         devices += [path for path in (*GPU_DEVICES, *_nvidia_devices()) if os.path.exists(path)]
-    return {"read": read, "write": [scratch], "device": devices}
+    return {"read": read, "write": write, "device": devices}
 
 
 def _project_root() -> str:
@@ -485,13 +492,9 @@ def _secret_dirs() -> list[str]:
     return [os.path.realpath(data), os.path.realpath(keys)]
 
 
-def _overlaps(path: str, secrets: Sequence[str]) -> bool:
-    """Whether `path` is, holds or lies inside one of `secrets`."""
-    for secret in secrets:
-        common = os.path.commonpath([path, secret])
-        if common in (path, secret):
-            return True
-    return False
+def _holds(path: str, others: Sequence[str]) -> bool:
+    """Whether `path` is one of `others` or a folder above one of them."""
+    return any(os.path.commonpath([path, other]) == path for other in others)
 
 
 def _nvidia_devices() -> list[str]:

@@ -158,6 +158,7 @@ def run_sandboxed(
     prewarm: bool | None = None,
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     readable: Sequence[str | os.PathLike[str]] = (),
+    writable: Sequence[str | os.PathLike[str]] = (),
     relay: Callable[[bytes], bytes] | None = None,
     **kwargs: Any,
 ) -> T:
@@ -172,6 +173,8 @@ def run_sandboxed(
     into the job's private scratch folder and the keyword gets the copy's path. `readable` names further
     files or folders the child may read (ours, such as a reference panel). Under Landlock nothing else
     outside the Python runtime and the project's packages is readable: a path passed in `args` is not.
+    `writable` names folders of ours the child may also write (a progress folder); its own scratch folder
+    (its cwd and TMPDIR) is writable anyway and removed after the call.
     `relay` serves `relay_call(payload)` from the child (it has no network) on a thread of this process.
 
     With `gpu`, the child sees the parent's GPUs (`CUDA_VISIBLE_DEVICES` as the parent has it) and its
@@ -190,7 +193,9 @@ def run_sandboxed(
         os.mkdir(scratch, 0o700)
         kwargs = kwargs | _copy_files(files or {}, job, taken=kwargs)
         granted = [os.fspath(p) for p in readable] + ([os.path.join(job, "files")] if files else [])
-        paths = confinement.plan_paths(scratch=scratch, readable=granted, gpu=gpu)
+        paths = confinement.plan_paths(
+            scratch=scratch, readable=granted, writable=[os.fspath(p) for p in writable], gpu=gpu
+        )
         header = {"memory_bytes": memory_bytes, "cpu_s": cpu_s, "gpu": gpu, "scratch": scratch, "paths": paths}
         call = _encode_frame({"fn": name, "args": list(args), "kwargs": kwargs})
         use_spares = _prewarm_enabled(prewarm)

@@ -102,6 +102,11 @@ def test_the_plan_never_grants_the_data_or_key_folder(key_file: Path, tmp_path: 
         confinement.plan_paths(scratch=str(tmp_path / "scratch"), readable=[str(tmp_path)])  # holds the data folder
     with pytest.raises(ValueError, match="never grants"):
         confinement.plan_paths(scratch=str(tmp_path))
+    with pytest.raises(ValueError, match="never grants"):
+        confinement.plan_paths(scratch=str(tmp_path / "scratch"), writable=[str(key_file.parent.parent)])
+    panels = key_file.parent.parent / "panels"  # ours, inside the data folder: a caller may declare it
+    panels.mkdir()
+    assert str(panels) in confinement.plan_paths(scratch=str(tmp_path / "scratch"), readable=[str(panels)])["read"]
 
 
 # seccomp
@@ -286,6 +291,18 @@ def test_a_path_in_the_arguments_is_not_readable_but_a_declared_one_is(layers: S
 
     assert run_sandboxed(attacks.read_file, str(panel / "manifest.json"), **CALL) == "EACCES"
     assert run_sandboxed(attacks.read_file, str(panel / "manifest.json"), readable=[str(panel)], **CALL) == "{}"
+
+
+def test_a_declared_writable_folder_takes_writes_and_nothing_else_does(layers: Select, tmp_path: Path) -> None:
+    _needs("landlock")
+    layers("landlock")
+    progress, other = tmp_path / "progress", tmp_path / "other"
+    progress.mkdir()
+    other.mkdir()
+
+    assert run_sandboxed(attacks.write_file, str(progress / "note.json"), writable=[str(progress)], **CALL) == "written"
+    assert run_sandboxed(attacks.write_file, str(other / "note.json"), writable=[str(progress)], **CALL) == "EACCES"
+    assert not (other / "note.json").exists()
 
 
 def test_the_relay_answers_the_child_that_has_no_network(layers: Select) -> None:
