@@ -260,9 +260,9 @@ def _render_model_page(
 
 def _uploaded_message(model: RegisteredModel) -> str:
     if model.state == RegisteredModel.State.VALIDATING:
-        return f"Uploaded {model.name}. It is being checked in the sandbox; this page shows the result."
+        return f"Registered {model.name}. It is being checked in the sandbox; this page shows the result."
     if model.state == RegisteredModel.State.REJECTED:
-        return f"Uploaded {model.name}, but the sandbox refused it."
+        return f"Registered {model.name}, but the sandbox refused it."
     return f"Registered {model.name}. Add or generate ownership evidence next."
 
 
