@@ -274,7 +274,7 @@ FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 MODELCOURT_VALIDATION_TIMEOUT_S = float(os.environ.get("MODELCOURT_VALIDATION_TIMEOUT_S", "60"))
 MODELCOURT_VALIDATION_MEMORY_BYTES = int(os.environ.get("MODELCOURT_VALIDATION_MEMORY_BYTES", str(4 << 30)))
 # a registration still `validating` this long after its task was published is published again
-MODELCOURT_VALIDATION_RESEND_MINUTES = int(os.environ.get("MODELCOURT_VALIDATION_RESEND_MINUTES", "15"))
+MODELCOURT_VALIDATION_RESEND_MINUTES = float(os.environ.get("MODELCOURT_VALIDATION_RESEND_MINUTES", "15"))
 
 # --- the trust layer --------------------------------------------------------
 MODELCOURT_KEY_DIR = Path(os.environ.get("MODELCOURT_KEY_DIR", DATA_DIR / "keys")).resolve()

@@ -32,6 +32,12 @@ def model_validate_task(self, model_id: int) -> None:  # type: ignore[no-untyped
     model_validate(model_id=model_id)
 
 
+@shared_task(ignore_result=True, max_retries=0)
+def model_validation_sweep_task() -> None:
+    """Beat: re-publish stale validations and clean the upload spool (see model_validation_resend_stale)."""
+    model_validation_resend_stale()
+
+
 def model_validation_enqueue(model_id: int) -> bool:
     """Publish the validation of one registration and stamp `dispatched_at`; False if the broker refused it.
 

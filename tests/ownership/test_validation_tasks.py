@@ -269,7 +269,7 @@ def test_the_sweep_removes_upload_temp_files_older_than_an_hour(tmp_path: Path) 
     os.utime(link, (two_hours_ago, two_hours_ago), follow_symlinks=False)
 
     with override_settings(FILE_UPLOAD_TEMP_DIR=spool):
-        tasks.model_validation_resend_stale()
+        tasks.model_validation_sweep_task.run()  # what beat calls
 
     assert not old.exists()
     assert fresh.exists()
