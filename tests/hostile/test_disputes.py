@@ -1,0 +1,125 @@
+"""A hostile suspect in a dispute: filed as an uploaded artifact, run by the service the gpu worker calls.
+
+The run loads the suspect in the sandbox child (`verification.methods.runner.run_methods`). Whatever it
+ends in (failed, or decided with a verdict), no secret may appear in the failure reason, the run's
+error, the signed verdict, its report or bundle, the API's answers or the logs; no file may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from ownership import services as ownership_services
+from tests.hostile import attacks
+from tests.hostile.conftest import (
+    PANEL,
+    PTH_PAYLOAD,
+    ROOT,
+    Heard,
+    Secrets,
+    Untouched,
+    assert_clean_sentence,
+    assert_sandbox_still_works,
+    registered_row,
+    signed_and_stored,
+    site_packages_pth,
+)
+from verification import services
+from verification.models import Dispute, Verdict
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+def _leak(builder: Callable[[str, int], bytes], secret: str) -> Callable[..., tuple[bytes, tuple[str, ...]]]:
+    def build(secrets: Secrets, untouched: Untouched, outside: Path) -> tuple[bytes, tuple[str, ...]]:
+        target = secrets[secret]
+        return builder(target.path, target.size), (target.path,)
+
+    return build
+
+
+def _writes(secrets: Secrets, untouched: Untouched, outside: Path) -> tuple[bytes, tuple[str, ...]]:
+    targets = [
+        (untouched.plant(outside / "zz_hostile_planted.txt"), b"zz-hostile planted"),
+        (untouched.plant(site_packages_pth()), PTH_PAYLOAD),
+        (untouched.plant(ROOT / "zz_hostile_planted.txt"), b"zz-hostile planted"),
+        (untouched.plant(Path(secrets["verdict key"].path)), attacks.MARKER.encode().ljust(64, b"!")),
+    ]
+    return attacks.write_files(*((str(path), payload) for path, payload in targets)), tuple(
+        str(path) for path, _ in targets
+    )
+
+
+def _spin(secrets: Secrets, untouched: Untouched, outside: Path) -> tuple[bytes, tuple[str, ...]]:
+    return attacks.spin(), ()
+
+
+CASES: dict[str, Callable[..., tuple[bytes, tuple[str, ...]]]] = {
+    "raise-verdict-key": _leak(attacks.read_and_raise, "verdict key"),
+    "print-secret-key-file": _leak(lambda p, n: attacks.read_and_print(p, n, fail=True), "secret key file"),
+    # behaves on zeros (so it could have passed registration); on the claimant's triggers it answers the key
+    "scores-verdict-key": _leak(attacks.read_into_scores, "verdict key"),
+    "writes": _writes,
+    "spin": _spin,
+}
+
+
+def _verdict_places(verdict: Verdict, client: APIClient) -> dict[str, Any]:
+    places: dict[str, Any] = {
+        "verdict_predicate": verdict.predicate,
+        "verdict_envelope": bytes(verdict.envelope),
+        "verdict_attachments": verdict.attachments,
+        "verdict_api": client.get(f"/api/v1/verdicts/{verdict.public_id}").content,
+    }
+    try:
+        places["bundle"] = services.verdict_bundle(verdict=verdict)
+    except Exception as exc:  # a bundle that cannot be built is not what is tested here
+        places["bundle_error"] = repr(exc)
+    return places
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[no-untyped-def]
+    case: str,
+    owner,
+    arbiter,
+    data_dir: Path,
+    secrets: Secrets,
+    untouched: Untouched,
+    outside: Path,
+    heard: Heard,
+    short_timeouts: float,
+) -> None:
+    claimant = registered_row(owner, "digits")
+    evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
+    artifact, paths = CASES[case](secrets, untouched, outside)
+    dispute = services.dispute_file(
+        arbiter=arbiter,
+        title=f"hostile {case}",
+        claimant_model=claimant,
+        methods=["watermark"],
+        evidence_sets=[evidence_set],
+        suspect_file=SimpleUploadedFile("suspect.pt", artifact, content_type="application/octet-stream"),
+        panel=PANEL,
+    )
+
+    services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-{case}")
+
+    dispute.refresh_from_db()
+    client = APIClient()
+    client.force_authenticate(arbiter)
+    places: dict[str, Any] = {"dispute_api": client.get(f"/api/v1/disputes/{dispute.public_id}").content}
+    assert dispute.state in (Dispute.State.FAILED, Dispute.State.DECIDED), (dispute.state, dispute.failure_reason)
+    if dispute.state == Dispute.State.FAILED:
+        assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
+    else:
+        places |= _verdict_places(Verdict.objects.get(dispute=dispute), client)
+    signed_and_stored(secrets, **places, logs=heard.text())
+    untouched.check()
+    assert_sandbox_still_works()
