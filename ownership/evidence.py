@@ -59,8 +59,9 @@ def load_evidence(
             arrays = {name: np.ascontiguousarray(npz[name]) for name, _, _ in expected}
     except EvidenceRejected:
         raise
-    except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
-        _reject(f"the .npz archive is damaged: {exc}")
+    except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error):
+        # the library's text may quote member names the uploader chose: our own sentence only
+        _reject("the .npz archive is damaged (a member cannot be read or decompressed)")
     for name, _, _ in expected:
         _check_finite(name, arrays[name])
     if "labels" in arrays:
@@ -91,7 +92,7 @@ def _headers(
     extra = sorted(set(names) - set(expected))
     if missing or extra:
         problems = ([f"missing: {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected: {', '.join(extra)}"] if extra else []
+            [f"{len(extra)} unexpected member(s)"] if extra else []  # names are the uploader's text
         )
         _reject(f"{kind} evidence must hold exactly the arrays {', '.join(expected)} ({'; '.join(problems)})")
     headers = {}
