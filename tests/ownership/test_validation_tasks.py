@@ -1,5 +1,6 @@
 """Validation of uploads on the cpu queue: the task's outcome, hostile models, idempotence, resends, temp files."""
 
+import hashlib
 import os
 import time
 from datetime import timedelta
@@ -236,9 +237,7 @@ def test_a_failed_publish_leaves_the_row_undispatched_and_the_sweep_resends_it(
 
 
 @override_settings(MODELCOURT_VALIDATION_RESEND_MINUTES=15)
-def test_the_sweep_resends_only_long_unfinished_validations(
-    owner, tmp_path: Path, published: list[int]
-) -> None:  # type: ignore[no-untyped-def]
+def test_the_sweep_resends_only_long_unfinished_validations(owner, tmp_path: Path, published: list[int]) -> None:  # type: ignore[no-untyped-def]
     artifact = torchscript_file(tmp_path / "mlp.pt")
     lost, recent, done = (_validating(owner, artifact, name) for name in ("lost", "recent", "done"))
     now = timezone.now()
@@ -276,3 +275,54 @@ def test_the_sweep_removes_upload_temp_files_older_than_an_hour(tmp_path: Path) 
     assert keep_dir.is_dir()
     assert outside.read_bytes() == b"not ours"
     assert link.is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [(b"PK\x03\x04rest", "torchscript"), (b"\x08\x07\x12\x07pytorch", "onnx"), (b"anything else", "onnx")],
+)
+def test_the_first_look_reads_only_magic_bytes(head: bytes, expected: str) -> None:
+    assert services.artifact_sniff(head) == expected
+
+
+@pytest.mark.parametrize("head", [b"", *(bytes([0x80, protocol]) + b"\x95rest" for protocol in (2, 3, 4, 5))])
+def test_the_first_look_refuses_empty_files_and_pickles(head: bytes) -> None:
+    with pytest.raises(artifacts.ArtifactRejected):
+        services.artifact_sniff(head)
+
+
+def test_filing_a_dispute_with_an_uploaded_suspect_never_runs_the_sandbox(
+    owner, arbiter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from verification import services as verification_services
+    from verification.exceptions import DisputeError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sandbox ran while a dispute was filed")
+
+    monkeypatch.setattr(artifacts, "detect_format", refuse)
+    monkeypatch.setattr(artifacts, "inspect_artifact", refuse)
+    claimant = RegisteredModel.objects.create(
+        owner=owner, name="claimant", input_shape=[1, 8, 8], num_classes=10, artifact_format="torchscript",
+        artifact_size=1, model_digest="ab" * 32, file_digests={}, created_at=timezone.now(),
+    )  # fmt: skip
+    services.evidence_generate(model=claimant, count=5)
+    suspect = torchscript_file(tmp_path / "suspect.pt").read_bytes()
+
+    def file(data: bytes, name: str):  # type: ignore[no-untyped-def]
+        return verification_services.dispute_file(
+            arbiter=arbiter,
+            title="x",
+            claimant_model=claimant,
+            methods=["watermark"],
+            suspect_file=SimpleUploadedFile(name, data),
+            start=False,
+        )
+
+    dispute = file(suspect, "suspect.pt")
+    with pytest.raises(DisputeError, match="pickle"):
+        file(b"\x80\x04\x95 a pickle", "evil.pkl")
+
+    assert (dispute.suspect_kind, dispute.suspect_format) == ("artifact", "torchscript")
+    assert Path(dispute.suspect_artifact.path).read_bytes() == suspect
+    assert dispute.suspect_digest == artifacts.model_digest({"suspect.pt": hashlib.sha256(suspect).hexdigest()})
