@@ -90,6 +90,21 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, default=repr, ensure_ascii=False)
 
 
+def _common_key_text() -> str:
+    """What every key file of these types shares (PKCS#8 headers, curve OIDs): private keys nobody uses."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    pems = []
+    for key in (ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()):
+        pems.append(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+        )
+    return "\n".join(pems)
+
+
 def _secret_key_file(tmp: Path) -> Path:
     """The settings' secret key file; a stand-in under the test's folder where SECRET_KEY comes from the env."""
     path = Path(settings.DATA_DIR) / "secret_key"
@@ -110,7 +125,7 @@ def secrets(db, tmp_path: Path) -> Secrets:  # type: ignore[no-untyped-def]
         record = timestamp_keys.key_current(purpose).record
         path = Path(settings.MODELCOURT_KEY_DIR) / f"{purpose}-{record.kid[:16]}.pem"
         data = path.read_bytes()
-        public = record.public_key_pem + (record.certificate_pem or "")
+        public = record.public_key_pem + (record.certificate_pem or "") + _common_key_text()
         found.targets[f"{purpose} key"] = Target(f"{purpose} key", str(path), len(data), _needles(data, public=public))
     secret_file = _secret_key_file(tmp_path)
     data = secret_file.read_bytes()
