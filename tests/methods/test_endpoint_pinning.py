@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from verification.methods import egress
 from verification.methods.suspects import HttpSuspect, SuspectError
@@ -50,7 +57,7 @@ class Recorder:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
 
 
-def serve(handle: Any) -> Iterator[tuple[int, Recorder]]:
+def serve(handle: Any, tls: ssl.SSLContext | None = None) -> Iterator[tuple[int, Recorder]]:
     recorder = Recorder()
 
     class Handler(BaseHTTPRequestHandler):
@@ -65,6 +72,8 @@ def serve(handle: Any) -> Iterator[tuple[int, Recorder]]:
         do_GET = do_POST  # noqa: N815 (http.server's name)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -398,6 +407,62 @@ def test_every_3xx_is_an_error(status: int) -> None:
                 resolver=StubResolver(["127.0.0.1"]),
             )
         assert [r[1] for r in recorder.requests] == ["/p"]
+
+
+# --- TLS ----------------------------------------------------------------------------------------------
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(("served", "verified"), [("pinned.test", True), ("other.test", False)])
+def test_https_sends_the_name_as_sni_and_verifies_it(tmp_path: Path, served: str, verified: bool) -> None:
+    cert_path, key_path = _certificate(tmp_path, served)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_path, key_path)
+    names: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, context: names.append(name)
+    client_context = ssl.create_default_context(cafile=str(cert_path))
+
+    for port, recorder in serve(answer_labels, tls=server_context):
+        url = f"https://pinned.test:{port}/predict"
+        options: dict[str, Any] = {"headers": {}, "timeout_s": 5, "max_response_bytes": 1000}
+        resolver = StubResolver(["127.0.0.1"])
+        if verified:
+            answer = egress.post(
+                url, b"{}", allowed_networks=LOOPBACK, resolver=resolver, ssl_context=client_context, **options
+            )
+            assert answer.status == 200
+            assert recorder.requests[0][2]["Host"] == f"pinned.test:{port}"
+        else:
+            with pytest.raises(egress.EgressError, match="certificate did not verify"):
+                egress.post(
+                    url, b"{}", allowed_networks=LOOPBACK, resolver=resolver, ssl_context=client_context, **options
+                )
+            assert recorder.requests == []
+    assert names[:1] == ["pinned.test"]
 
 
 # --- the endpoint's words stay out of our messages ---------------------------------------------------
