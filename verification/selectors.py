@@ -28,8 +28,12 @@ def dispute_get(*, arbiter: AbstractBaseUser, public_id: uuid.UUID | str) -> Dis
 
 
 def registration_list(*, owner: AbstractBaseUser | None = None) -> QuerySet[RegisteredModel]:
-    """Registered models by name (an owner's own when ``owner`` is given): claimants and registered suspects."""
-    models = RegisteredModel.objects.select_related("owner").order_by("name", "created_at", "id")
+    """Active registered models by name (an owner's own when ``owner`` is given): claimants and registered suspects."""
+    models = (
+        RegisteredModel.objects.filter(state=RegisteredModel.State.ACTIVE)
+        .select_related("owner")
+        .order_by("name", "created_at", "id")
+    )
     return models.filter(owner=owner) if owner is not None else models
 
 

@@ -132,6 +132,8 @@ def _describe_suspect(
     if suspect_registration is not None:
         if suspect_registration.pk == claimant_model.pk:
             raise DisputeError("the suspect cannot be the claimant's own registration", code="suspect")
+        if suspect_registration.state != RegisteredModel.State.ACTIVE:
+            raise DisputeError("the suspect registration has not passed validation (it is not active)", code="suspect")
         target.suspect_kind = Dispute.SuspectKind.REGISTERED
         target.suspect_registration = suspect_registration
         target.suspect_format = suspect_registration.artifact_format
