@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from verification.models import Dispute, StressTest, VerificationRun
@@ -157,9 +157,10 @@ class Heartbeat:
 
 def dispute_lease(dispute_id: int, run_id: int) -> QuerySet[Dispute]:
     """The dispute while `run_id` is its running attempt: an abandoned attempt's writes match nothing."""
-    return Dispute.objects.filter(
-        pk=dispute_id, state=Dispute.State.RUNNING, runs__pk=run_id, runs__state=VerificationRun.State.RUNNING
-    )
+    # EXISTS, not a join: an UPDATE through a join becomes `id IN (subquery)`, which PostgreSQL does not
+    # re-check against a row that a concurrent verdict has just moved on (a beat would land after it)
+    attempt = VerificationRun.objects.filter(pk=run_id, dispute=OuterRef("pk"), state=VerificationRun.State.RUNNING)
+    return Dispute.objects.filter(Exists(attempt), pk=dispute_id, state=Dispute.State.RUNNING)
 
 
 def stress_lease(stress_test_id: int, attempt: int) -> QuerySet[StressTest]:

@@ -147,7 +147,7 @@ def crew(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
         yield start
     for process in started:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()  # a warm shutdown of the main process; it stops its pool and sandboxes
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -167,19 +167,15 @@ def _until(predicate: Callable[[], bool], timeout: float, tmp_path: Path, what: 
     pytest.fail(f"{what} did not happen in {timeout:.0f} s:\n{_logs(tmp_path)}")
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_the_dispute_gets_one_verdict(  # type: ignore[no-untyped-def]
-    crew, owner, arbiter, tmp_path: Path
-) -> None:
+def _slow_dispute(owner, arbiter):  # type: ignore[no-untyped-def]
+    """A claimant with a committed watermark, filed against a suspect slow enough to be caught mid-run."""
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.utils import timezone
 
     from ownership import services as ownership_services
     from ownership.models import RegisteredModel
-    from timestamps.models import LogEntry
     from verification import services as verification_services
-    from verification.models import Dispute, Verdict, VerificationRun
 
-    # given a claimant with a committed watermark, and a suspect slow enough to be caught mid-run
     claimant = RegisteredModel.objects.create(
         owner=owner, name="digits", input_shape=[64], num_classes=10, artifact_format="torchscript",
         artifact_size=1, model_digest=uuid.uuid4().hex * 2, file_digests={}, created_at=timezone.now(),
@@ -188,27 +184,38 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_dispute_gets_one_verdict(  
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(_Slow()), buffer)
     suspect = SimpleUploadedFile("slow.pt", buffer.getvalue(), content_type="application/octet-stream")
-    first = crew()
-    dispute = verification_services.dispute_file(
+    return verification_services.dispute_file(
         arbiter=arbiter, title="slow suspect", claimant_model=claimant, methods=["watermark"],
         suspect_file=suspect, panel="tiny",
     )  # fmt: skip
 
-    def row() -> Dispute:
-        return Dispute.objects.get(pk=dispute.pk)
 
-    # when the worker is killed (its whole process group) while the suspect is being queried
-    _until(lambda: row().state == "running" and row().progress >= 30, 180, tmp_path, "the run's sandbox phase")
+def _in_the_sandbox(dispute, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    """Wait until the run queries the suspect; the log's size then."""
+    from timestamps.models import LogEntry
+    from verification.models import Dispute
+
+    def querying() -> bool:
+        row = Dispute.objects.get(pk=dispute.pk)
+        return row.state == "running" and row.progress >= 30
+
+    _until(querying, 180, tmp_path, "the run's sandbox phase")
     time.sleep(1.5)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=10)
-    assert row().state == "running"
-    entries_before = LogEntry.objects.count()
-    crew()
+    return LogEntry.objects.count()
 
-    # then the new worker's sweep queues it again and the new worker decides it, once
-    _until(lambda: row().state in ("decided", "failed"), 240, tmp_path, "the second attempt's verdict")
-    decided = row()
+
+def _decided_once(dispute, entries_before: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The second attempt decided the dispute: one verdict, one log entry, nothing left running."""
+    from timestamps.models import LogEntry
+    from verification.models import Dispute, Verdict, VerificationRun
+
+    _until(
+        lambda: Dispute.objects.get(pk=dispute.pk).state in ("decided", "failed"),
+        240,
+        tmp_path,
+        "the second attempt's verdict",
+    )
+    decided = Dispute.objects.get(pk=dispute.pk)
     assert decided.state == "decided", decided.failure_reason
     runs = list(VerificationRun.objects.filter(dispute=dispute).order_by("attempt").values_list("attempt", "state"))
     assert runs == [(1, "abandoned"), (2, "succeeded")], runs
@@ -217,3 +224,48 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_dispute_gets_one_verdict(  
     assert Verdict.objects.filter(dispute=dispute).count() == 1
     assert LogEntry.objects.count() == entries_before + 1  # the verdict's token, never two
     assert not VerificationRun.objects.filter(state="running").exists()
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_dispute_gets_one_verdict(  # type: ignore[no-untyped-def]
+    crew, owner, arbiter, tmp_path: Path
+) -> None:
+    # given a worker running a slow dispute
+    first = crew()
+    dispute = _slow_dispute(owner, arbiter)
+    entries_before = _in_the_sandbox(dispute, tmp_path)
+
+    # when the worker is killed with its whole process group, and another one is started
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    crew()
+
+    # then the new worker's sweep queues the dispute again and the new worker decides it, once
+    _decided_once(dispute, entries_before, tmp_path)
+
+
+def _pool_child(main: int) -> int:
+    """The worker's pool process: the child of the main process that has children of its own (sandboxes)."""
+
+    def children(pid: int) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+        return [int(line) for line in found.split()]
+
+    pool = [pid for pid in children(main) if children(pid)]
+    assert len(pool) == 1, f"expected one pool process with sandbox children under {main}, found {pool}"
+    return pool[0]
+
+
+def test_a_pool_process_killed_mid_run_is_replaced_by_the_same_worker(  # type: ignore[no-untyped-def]
+    crew, owner, arbiter, tmp_path: Path
+) -> None:
+    # given a worker running a slow dispute
+    worker = crew()
+    dispute = _slow_dispute(owner, arbiter)
+    entries_before = _in_the_sandbox(dispute, tmp_path)
+
+    # when only its pool process dies (the main process acknowledges the message: WorkerLostError)
+    os.kill(_pool_child(worker.pid), signal.SIGKILL)
+
+    # then the worker's own sweep queues the dispute again and its new pool process decides it, once
+    _decided_once(dispute, entries_before, tmp_path)
+    assert worker.poll() is None
