@@ -220,6 +220,24 @@ def test_public_addresses_pass(address: str) -> None:
     assert addresses == [ipaddress.ip_address(address)]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://127.1/",
+        "http://017700000001/",
+        "http://0/",
+        "http://[::ffff:7f00:1]/",
+        "http://[::1]:8000/",
+        "http://localhost:6379/",
+    ],
+)
+def test_loopback_in_any_spelling_is_refused_by_the_system_resolver(url: str) -> None:
+    with pytest.raises(egress.EgressError, match="not a public address"):
+        egress.check_destination(url, allowed_networks=())
+
+
 def test_one_non_global_address_among_public_ones_refuses_the_host() -> None:
     with pytest.raises(egress.EgressError, match=r"127\.0\.0\.1"):
         egress.check_destination(
