@@ -88,8 +88,11 @@ def test_onnx_with_a_different_input_shape_names_both_shapes(models: dict[str, P
 def test_torchscript_with_a_different_input_shape_reports_the_failed_forward_pass(models: dict[str, Path]) -> None:
     reason = _inspect(models["torchscript"], input_shape=(1, 28, 28))
 
-    assert reason.startswith("the model failed on a batch of 2 inputs of shape [1, 28, 28]: ")
-    assert "2x784 and 64x32" in reason
+    assert reason == (
+        "the model failed on a batch of 2 inputs of shape [1, 28, 28]; "
+        "check that the registered input shape is the one the model takes"
+    )
+    assert "2x784" not in reason  # the runtime's own text is not echoed
 
 
 @pytest.mark.parametrize("form", ["torchscript", "onnx"])
@@ -168,7 +171,7 @@ def test_rejects_a_model_with_two_inputs(tmp_path: Path) -> None:
     torch.jit.script(TwoInputs()).save(str(path))
 
     assert _inspect(path) == (
-        "the model's forward takes x: Tensor, y: Tensor; it must take exactly one Tensor, a batch of inputs"
+        "the model's forward takes 2 required arguments; it must take exactly one Tensor, a batch of inputs"
     )
 
 
@@ -178,7 +181,7 @@ def test_rejects_onnx_with_two_inputs(tmp_path: Path) -> None:
         TwoInputs(), (torch.zeros(1, *SHAPE), torch.zeros(1, *SHAPE)), str(path), input_names=["x", "y"], dynamo=False
     )
 
-    assert _inspect(path).startswith("the model takes 2 inputs (x, y); it must take exactly one")
+    assert _inspect(path) == "the model takes 2 inputs; it must take exactly one, a batch of inputs"
 
 
 def test_rejects_a_tuple_output(tmp_path: Path) -> None:
