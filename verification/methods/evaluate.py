@@ -108,7 +108,10 @@ def agreement_claim_test(
             p_value=1.0,
             statistics={"K": k, "p0": p0, "panel_size": len(panel_matches)},
             conclusive=False,
-            reason=f"the suspect did not answer: {exc}",
+            # the suspect's own error text is untrusted: it never reaches the report
+            reason="the suspect ran out of its query budget"
+            if isinstance(exc, QueryBudgetExceeded)
+            else "the suspect did not answer a batch of the evidence's queries",
         )
         return failed, screen
     matches = int((answers == claim.labels).sum())
