@@ -313,3 +313,35 @@ def test_evidence_that_does_not_open_its_commitment_is_still_the_claimants_fault
     assert verdict.outcome == "claim_rejected"
     assert "does not open its commitment" in " ".join(verdict.predicate["decision"]["reasons"])
     assert set(verdict.predicate["sandbox_policy"]) == {"name", "sha256"}
+
+
+def test_the_api_files_a_dispute_normally_while_the_broker_is_down(  # type: ignore[no-untyped-def]
+    arbiter, bare_claimant: Claimant, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks, settings
+) -> None:
+    from rest_framework.test import APIClient
+
+    from verification.tasks import verification_run_task
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(verification_run_task, "apply_async", broker_down)
+    client = APIClient()
+    client.force_authenticate(arbiter)
+    suspect = bare_model(bare_claimant.model.owner, "suspect")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/disputes/",
+            {"title": "t", "claimant_model": str(bare_claimant.model.public_id), "methods": ["watermark"],
+             "panel": PANEL, "suspect_model": str(suspect.public_id)},
+            format="json",
+        )  # fmt: skip
+
+    assert response.status_code == 201, response.content
+    assert response.json()["state"] == "queued"
+    # the row says it waits to be sent (the page and the API show the phase); the sweep sends it later
+    dispute = Dispute.objects.get(public_id=response.json()["id"])
+    assert (dispute.state, dispute.phase, dispute.dispatched_at) == ("queued", sweeps.WAITING_TO_BE_SENT, None)
