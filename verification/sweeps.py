@@ -50,10 +50,11 @@ _DEFAULTS = {
 
 def _setting(name: str) -> float:
     """A setting of this module: Django settings if set there, else the environment, else the default."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name, _DEFAULTS[name])
-    return float(value)
+    configured = getattr(settings, name, None)
+    if configured is not None:
+        return float(configured)
+    raw = os.environ.get(name)
+    return float(raw) if raw is not None else _DEFAULTS[name]
 
 
 def heartbeat_interval_s() -> float:
