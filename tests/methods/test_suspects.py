@@ -188,7 +188,10 @@ def server(mlp: torch.nn.Module) -> Iterator[tuple[str, ServerState]]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+        with pytest.MonkeyPatch.context() as patch:
+            # the stub listens on loopback, which endpoints may reach only where the operator allows it
+            patch.setenv("MODELCOURT_ENDPOINT_ALLOW_PRIVATE", "127.0.0.1/32")
+            yield f"http://127.0.0.1:{httpd.server_address[1]}", state
     finally:
         httpd.shutdown()
         httpd.server_close()
