@@ -45,22 +45,23 @@ logger = logging.getLogger(__name__)
 OPENING_CHECKS = frozenset({"opening format", "evidence digest", "commitment", "model digest"})
 LOG_CHECKS = frozenset({"log key", "checkpoint signature", "checkpoint size", "log inclusion"})
 
-LOG_BROKEN = (
-    "the service's transparency log failed its integrity check; an operator must repair it before disputes "
-    "can be decided (no verdict was signed)"
+# Operator-facing reasons; {blocked} is what waits for the repair.
+DISPUTES_BLOCKED = "disputes can be decided (no verdict was signed)"
+LOG_BROKEN_TEMPLATE = (
+    "the service's transparency log failed its integrity check; an operator must repair it before {blocked}"
 )
-TOKENS_BROKEN = (
+TOKENS_BROKEN_TEMPLATE = (
     "the service's time-stamp record of the claimant's evidence does not verify ({check}); an operator must "
-    "check the TSA keys and the stored tokens before disputes can be decided (no verdict was signed)"
+    "check the TSA keys and the stored tokens before {blocked}"
 )
-KEYS_BROKEN = (
-    "the service's signing keys are missing or unusable; an operator must repair the key configuration before "
-    "disputes can be decided (no verdict was signed)"
+KEYS_BROKEN_TEMPLATE = (
+    "the service's signing keys are missing or unusable; an operator must repair the key configuration before {blocked}"
 )
-ESCROW_BROKEN = (
+ESCROW_BROKEN_TEMPLATE = (
     "the escrowed evidence cannot be opened with the configured escrow keys; an operator must restore the "
-    "escrow keys before disputes can be decided (no verdict was signed)"
+    "escrow keys before {blocked}"
 )
+LOG_BROKEN = LOG_BROKEN_TEMPLATE.format(blocked=DISPUTES_BLOCKED)
 # Failures of the service's own trust layer: a run meeting one fails for the operators, never signs.
 TRUST_LAYER_ERRORS: tuple[type[Exception], ...] = (
     OperatorFault,
@@ -72,15 +73,15 @@ TRUST_LAYER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def operator_reason(exc: Exception) -> str:
+def operator_reason(exc: Exception, *, blocked: str = DISPUTES_BLOCKED) -> str:
     """The operator-facing reason for a trust-layer failure (the exception's own text goes to the log only)."""
     if isinstance(exc, OperatorFault):
         return str(exc)
     if isinstance(exc, timestamp_keys.KeyConfigurationError):
-        return KEYS_BROKEN
+        return KEYS_BROKEN_TEMPLATE.format(blocked=blocked)
     if isinstance(exc, EscrowError):
-        return ESCROW_BROKEN
-    return LOG_BROKEN
+        return ESCROW_BROKEN_TEMPLATE.format(blocked=blocked)
+    return LOG_BROKEN_TEMPLATE.format(blocked=blocked)
 
 
 def _trust_anchors() -> tuple[list[str], str]:
@@ -160,7 +161,7 @@ def _check_own_receipt(evidence_set: EvidenceSet, checks: list[Check]) -> None:
         )
         if check.name in LOG_CHECKS:
             raise OperatorFault(LOG_BROKEN)
-        raise OperatorFault(TOKENS_BROKEN.format(check=check.name))
+        raise OperatorFault(TOKENS_BROKEN_TEMPLATE.format(check=check.name, blocked=DISPUTES_BLOCKED))
 
 
 def evidence_spec(evidence_set: EvidenceSet, arrays: Mapping[str, Any]) -> dict[str, Any]:

@@ -1016,9 +1016,7 @@ def _stress_run(stress_test: StressTest) -> StressTest | None:
         return None
     except runs.TRUST_LAYER_ERRORS as exc:
         logger.error("stress test %s: the trust layer failed: %s", stress_test.pk, exc)
-        _stress_fail(
-            stress_test, runs.operator_reason(exc).replace("disputes can be decided", "tests can run"), timings
-        )
+        _stress_fail(stress_test, runs.operator_reason(exc, blocked="stress tests can run"), timings)
         return None
     except Exception:
         logger.exception("stress test %s stopped on an internal error", stress_test.pk)
