@@ -15,8 +15,11 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from ownership import services as ownership_services
+from ownership.escrow import EscrowError
 from timestamps import dbtriggers
 from timestamps import services as timestamp_services
+from timestamps.exceptions import LogIntegrityError
+from timestamps.keys import KeyConfigurationError
 from timestamps.models import LogEntry, LogNode
 from verification import runs, services, sweeps
 from verification.models import Dispute, StressTest, Verdict, VerificationRun
@@ -345,3 +348,45 @@ def test_the_api_files_a_dispute_normally_while_the_broker_is_down(  # type: ign
     # the row says it waits to be sent (the page and the API show the phase); the sweep sends it later
     dispute = Dispute.objects.get(public_id=response.json()["id"])
     assert (dispute.state, dispute.phase, dispute.dispatched_at) == ("queued", sweeps.WAITING_TO_BE_SENT, None)
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "reason"),
+    [
+        ("ownership.services.evidence_open", EscrowError("no key opens it"), "escrow keys"),
+        (
+            "timestamps.services.timestamp_digest",
+            LogIntegrityError("the TSA refused our own query"),
+            "transparency log",
+        ),
+        ("timestamps.keys.key_current", KeyConfigurationError("the verdict key cannot be read"), "signing keys"),
+    ],
+)
+def test_a_trust_layer_failure_fails_the_run_for_the_operators_and_signs_nothing(  # type: ignore[no-untyped-def]
+    arbiter, bare_claimant: Claimant, sent, monkeypatch: pytest.MonkeyPatch, target: str, error: Exception, reason: str
+) -> None:
+    # given a claim that would be rejected (its opening does not match), so the run goes straight to signing
+    dispute = _file(arbiter, bare_claimant)
+    genuine = ownership_services.evidence_open
+
+    def other_salt(*, evidence_set):  # type: ignore[no-untyped-def]
+        return {**genuine(evidence_set=evidence_set), "salt": base64.b64encode(b"\0" * 32).decode()}
+
+    monkeypatch.setattr(ownership_services, "evidence_open", other_salt)
+    entries = LogEntry.objects.count()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    # when one part of the service's own trust layer fails during the run
+    monkeypatch.setattr(target, broken)
+    assert services.verification_run_execute(dispute_id=dispute.pk) is None
+
+    # then the run fails for the operators; no verdict, no log entry, and the error's own text stays in the log
+    dispute.refresh_from_db()
+    assert dispute.state == "failed"
+    assert reason in dispute.failure_reason
+    assert "operator must" in dispute.failure_reason
+    assert str(error) not in dispute.failure_reason
+    assert not Verdict.objects.filter(dispute=dispute).exists()
+    assert LogEntry.objects.count() == entries
