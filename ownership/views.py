@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from django import forms
+from django.apps import apps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -254,6 +255,8 @@ def _render_model_page(
         "max_evidence": filesizeformat(settings.MODELCOURT_MAX_EVIDENCE_BYTES),
         # the page polls the API's view of the model until the sandbox has decided, then reloads
         "status_url": reverse("model-detail", kwargs={"model_id": model.public_id}),
+        # disputes live in the verification app, which ownership may not import: ask the app registry
+        "cases": apps.get_app_config("verification").model_cases(model),  # type: ignore[attr-defined]
     }
     return render(request, "ownership/model_detail.html", context, status=status)
 

@@ -12,3 +12,9 @@ class VerificationConfig(AppConfig):
         from verification.panel_fit import panel_names_for
 
         return panel_names_for(model)
+
+    def model_cases(self, model: Any) -> dict[str, list[Any]]:
+        """Published verdicts that name `model`, and its owner's dispute requests for it (for the owner's page)."""
+        from verification.selectors import model_cases
+
+        return model_cases(model=model)

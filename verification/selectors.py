@@ -5,6 +5,7 @@ anyone sees published verdicts.
 """
 
 import uuid
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Case, Q, QuerySet, When
@@ -99,3 +100,32 @@ def stress_test_get(*, owner: AbstractBaseUser, public_id: uuid.UUID | str) -> S
     if found is None:
         raise StressTestNotFoundError("no such stress test among yours")
     return found
+
+
+def model_cases(*, model: RegisteredModel) -> dict[str, list[Any]]:
+    """What concerns one registration, for its owner's page: published verdicts naming it, and their own requests.
+
+    A verdict concerns the model when it is the claimant, the registered suspect, or an uploaded suspect with the
+    same digest; only published verdicts are listed (anyone may read those), newest first.
+    """
+    verdicts = (
+        Verdict.objects.filter(published_at__isnull=False)
+        .filter(
+            Q(dispute__claimant_model=model)
+            | Q(dispute__suspect_registration=model)
+            | Q(dispute__suspect_digest=model.model_digest)
+        )
+        .select_related("dispute", "dispute__claimant_model")
+        .order_by("-published_at", "-id")[:50]
+    )
+    rows = [
+        {
+            "verdict": verdict,
+            "role": "claimant" if verdict.dispute.claimant_model_id == model.pk else "suspect",
+        }
+        for verdict in verdicts
+    ]
+    requests = list(
+        DisputeRequest.objects.filter(claimant_model=model, owner=model.owner).order_by("-created_at", "-id")[:50]
+    )
+    return {"verdicts": rows, "requests": requests}

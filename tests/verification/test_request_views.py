@@ -222,3 +222,21 @@ def test_requests_do_not_keep_models_from_being_deleted(owner: Any, bare_claiman
     assert named.suspect_digest == suspect.model_digest
     ownership_services.model_delete(model=bare_claimant.model)
     assert not DisputeRequest.objects.exists()
+
+
+def test_the_model_page_lists_the_owners_requests_and_published_verdicts(
+    owner: Any, arbiter: Any, bare_claimant: Claimant
+) -> None:
+    client = _signed_in(owner)
+    page = f"/owner/models/{bare_claimant.model.public_id}/"
+    assert "No published verdict names this model" in _text(client.get(page).content)
+
+    request = _open_request(owner, bare_claimant)
+    text = _text(client.get(page).content)
+    assert "Your dispute requests for this model" in text
+    assert f"/owner/requests/{request.public_id}" in client.get(page).content.decode()
+    assert "digits, resold Open" in text
+
+    # another owner's page of another model says nothing of it
+    stranger = _user("sasha", "owner")
+    assert str(request.public_id) not in _signed_in(stranger).get("/owner/models/").content.decode()
