@@ -364,6 +364,15 @@ class EvidenceUploadView(OwnerRequiredMixin, View):
         return _render_model_page(request, model, upload_form=form, status=400)
 
 
+class _GenerateThrottle(SimpleRateThrottle):
+    """The API's `evidence-generate` budget, keyed like ScopedRateThrottle keys it: the page and the API share it."""
+
+    scope = "evidence-generate"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
 class WatermarkGenerateView(OwnerRequiredMixin, View):
     """Generate a verifiable watermark from a fresh seed, then offer its trigger set."""
 
@@ -372,6 +381,11 @@ class WatermarkGenerateView(OwnerRequiredMixin, View):
         if not model.is_active:
             return _refuse_inactive(request, model)
         form = WatermarkGenerateForm(request.POST)
+        throttle = _GenerateThrottle()
+        if form.is_valid() and not throttle.allow_request(request, self):  # type: ignore[arg-type]
+            wait = throttle.wait() or 60
+            form.add_error(None, f"You have generated many watermarks recently; try again in {int(wait) + 1} s.")
+            return _render_model_page(request, model, generate_form=form, status=429)
         if form.is_valid():
             try:
                 evidence_set, _ = services.evidence_generate(model=model, **form.cleaned_data)

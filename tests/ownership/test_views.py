@@ -472,3 +472,21 @@ def test_a_model_in_a_dispute_is_not_deleted_and_the_page_says_why(
     assert response.status_code == 409
     assert "part of a dispute" in _form_error(response.content.decode())
     assert RegisteredModel.objects.filter(pk=model.pk).exists()
+
+
+def test_the_generate_form_shares_the_apis_per_owner_budget(
+    owner_client: Client, model: RegisteredModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rest_framework.throttling import SimpleRateThrottle
+
+    monkeypatch.setattr(
+        SimpleRateThrottle, "THROTTLE_RATES", {**SimpleRateThrottle.THROTTLE_RATES, "evidence-generate": "2/min"}
+    )
+    url = f"/owner/models/{model.public_id}/evidence/generate/"
+    codes = [owner_client.post(url, {"count": "5", "low": "0", "high": "1"}).status_code for _ in range(3)]
+
+    assert codes == [302, 302, 429]
+    assert model.evidence_sets.count() == 2
+    # the API sees the same budget spent
+    api = owner_client.post(f"/api/v1/models/{model.public_id}/evidence/generate", {"count": 5}, "application/json")
+    assert api.status_code == 429
