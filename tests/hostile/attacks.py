@@ -140,16 +140,12 @@ class Answers(_Model):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1)
+        if self.kind == "says":  # no secret: words of its own, for whoever reads the failure
+            raise RuntimeError("zz-hostile: the claimant forged this evidence\nTraceback: <a href=//evil>details</a>")
         if self.kind == "nan":
             return flat[:, : self.classes] * float("nan")
-        if self.kind == "inf":
-            return flat[:, : self.classes] + float("inf")
         if self.kind == "too_few_classes":
             return flat[:, :3]
-        if self.kind == "one_dimensional":
-            return flat.sum(1)
-        if self.kind == "integers":
-            return flat[:, : self.classes].to(torch.int64)
         if self.kind == "batch_dropped":
             return flat[:1, : self.classes]
         return flat[:, : self.classes]

@@ -7,6 +7,7 @@ error, the signed verdict, its report or bundle, the API's answers or the logs; 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def _spin(secrets: Secrets, untouched: Untouched, outside: Path) -> tuple[bytes,
 
 
 CASES: dict[str, Callable[..., tuple[bytes, tuple[str, ...]]]] = {
+    "says-its-own-words": lambda secrets, untouched, outside: (attacks.answers("says"), ()),
     "raise-verdict-key": _leak(attacks.read_and_raise, "verdict key"),
     "print-secret-key-file": _leak(lambda p, n: attacks.read_and_print(p, n, fail=True), "secret key file"),
     # behaves on zeros (so it could have passed registration); on the claimant's triggers it answers the key
@@ -68,6 +70,12 @@ CASES: dict[str, Callable[..., tuple[bytes, tuple[str, ...]]]] = {
     "writes": _writes,
     "spin": _spin,
 }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return json.dumps(value, default=repr) if not isinstance(value, str) else value
 
 
 def _verdict_places(verdict: Verdict, client: APIClient) -> dict[str, Any]:
@@ -84,6 +92,9 @@ def _verdict_places(verdict: Verdict, client: APIClient) -> dict[str, Any]:
     return places
 
 
+LOOPING = {"spin"}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[no-untyped-def]
     case: str,
@@ -94,8 +105,10 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
     untouched: Untouched,
     outside: Path,
     heard: Heard,
-    short_timeouts: float,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if case in LOOPING:  # the others run under the service's own limits: a short one could end them early
+        request.getfixturevalue("short_timeouts")
     claimant = registered_row(owner, "digits")
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
     artifact, paths = CASES[case](secrets, untouched, outside)
@@ -120,6 +133,8 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
         assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
     else:
         places |= _verdict_places(Verdict.objects.get(dispute=dispute), client)
+        for where, value in places.items():  # a signed verdict carries our words only
+            assert attacks.MARKER not in _text(value), f"the model's own words are in {where}"
     signed_and_stored(secrets, **places, logs=heard.text())
     untouched.check()
     assert_sandbox_still_works()
