@@ -7,7 +7,6 @@ Full-page screenshots of each main page go to $MODELCOURT_SCREENSHOTS (default: 
 import io
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +23,20 @@ PASSWORD = "a long passphrase 42"
 
 
 @pytest.fixture
-def slow_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold the registration a moment after the upload, so the "validating" state can be photographed.
+def caught_validation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The validation task the upload queues, caught here: the test thread runs it as a cpu worker would.
 
-    The live server runs in a thread of this process, so patching the service reaches it.
+    The live server runs in a thread of this process, so patching the task reaches it.
     """
-    from ownership import services
+    from ownership import tasks
 
-    register = services.model_register
-
-    def held(**kwargs: Any) -> Any:
-        time.sleep(1.5)
-        return register(**kwargs)
-
-    monkeypatch.setattr(services, "model_register", held)
+    queued: list[int] = []
+    monkeypatch.setattr(tasks, "model_validate_task", type("Caught", (), {"delay": staticmethod(queued.append)}))
+    return queued
 
 
 def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
-    live_server: Any, browser: Any, shots: Path, tmp_path: Path, slow_validation: None
+    live_server: Any, browser: Any, shots: Path, tmp_path: Path, caught_validation: list[int]
 ) -> None:
     artifact = fifty_megabyte_torchscript_file(tmp_path / "digits-mlp.pt")
     assert artifact.stat().st_size > 50_000_000
@@ -64,7 +59,7 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     assert "No models yet" in page.content()
     shot("02-models-empty")
 
-    # register: first a broken file, whose API error shows next to the artifact field
+    # register: first a pickle (refused at once, before any sandbox), whose API error shows next to the artifact field
     page.click("text=Register a model")
     page.wait_for_url(f"{url}/owner/models/new/")
     shot("03-register")
@@ -73,7 +68,7 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     page.fill("#id_input_shape", "1,8,8")
     page.fill("#id_num_classes", "10")
     page.set_input_files(
-        "#id_artifact", {"name": "broken.onnx", "mimeType": "application/octet-stream", "buffer": b"\x08\x01" * 500}
+        "#id_artifact", {"name": "model.pt", "mimeType": "application/octet-stream", "buffer": b"\x80\x04" * 500}
     )
     page.click("button[type=submit]")
     error = page.locator('[data-error-for="artifact"]')
@@ -104,6 +99,14 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     assert page.locator(".messages .success").inner_text().startswith("Registered digits-mlp")
     assert page.locator(".field-error:visible").count() == 0
     model_url = page.url
+    # the model page follows the sandbox's check, which a worker runs: here, the test thread
+    page.wait_for_selector("#model-validation")
+    shot("06-model-validating")
+    assert len(caught_validation) == 1
+    from ownership import services
+
+    services.model_validate(model_id=caught_validation[0])
+    page.wait_for_selector("#model-validation", state="detached")
     shot("06-model")
 
     # generate a watermark, then take its trigger set and receipt
