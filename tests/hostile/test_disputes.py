@@ -138,3 +138,23 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
     signed_and_stored(secrets, **places, logs=heard.text())
     untouched.check()
     assert_sandbox_still_works()
+
+
+def test_a_benign_suspect_is_decided(owner, arbiter, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The control: the run reaches the suspect under the sandbox's limits (else every case above passes idly)."""
+    claimant = registered_row(owner, "digits")
+    evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
+    dispute = services.dispute_file(
+        arbiter=arbiter,
+        title="benign",
+        claimant_model=claimant,
+        methods=["watermark"],
+        evidence_sets=[evidence_set],
+        suspect_file=SimpleUploadedFile("suspect.pt", attacks.benign(), content_type="application/octet-stream"),
+        panel=PANEL,
+    )
+
+    services.verification_run_execute(dispute_id=dispute.pk, task_id="benign")
+
+    dispute.refresh_from_db()
+    assert dispute.state == Dispute.State.DECIDED, dispute.failure_reason

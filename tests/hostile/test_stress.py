@@ -98,3 +98,15 @@ def test_a_hostile_model_fails_its_stress_test_without_a_trace(  # type: ignore[
     )
     untouched.check()
     assert_sandbox_still_works()
+
+
+def test_a_benign_model_is_stress_tested(owner, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The control: the stress test reaches the model under the sandbox's limits (else the cases above pass idly)."""
+    model = registered_row(owner, "benign", attacks.benign())
+    ownership_services.evidence_generate(model=model, count=10)
+    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+
+    services.stress_test_execute(stress_test_id=started.pk, task_id="benign")
+
+    stress_test = StressTest.objects.get(pk=started.pk)
+    assert stress_test.state == StressTest.State.DONE, stress_test.failure_reason
