@@ -66,7 +66,7 @@ def _needles(data: bytes, *, public: str = "") -> frozenset[str]:
 
 @dataclass
 class Secrets:
-    """The secrets of one test: the verdict and log private keys, the secret key file, /etc/passwd."""
+    """The secrets of one test: the verdict and log private keys, the escrow keys, the secret key file, /etc/passwd."""
 
     targets: dict[str, Target] = field(default_factory=dict)
 
@@ -121,12 +121,20 @@ def secrets(db, tmp_path: Path) -> Secrets:  # type: ignore[no-untyped-def]
     from timestamps import keys as timestamp_keys
 
     found = Secrets()
+    timestamp_keys.tsa_signer()  # every key file the service makes is there before the test looks at the folder
     for purpose in ("verdict", "log"):
         record = timestamp_keys.key_current(purpose).record
         path = Path(settings.MODELCOURT_KEY_DIR) / f"{purpose}-{record.kid[:16]}.pem"
         data = path.read_bytes()
         public = record.public_key_pem + (record.certificate_pem or "") + _common_key_text()
         found.targets[f"{purpose} key"] = Target(f"{purpose} key", str(path), len(data), _needles(data, public=public))
+    from ownership import escrow
+
+    escrow.escrow_keys()  # made on first use, like the signing keys
+    escrow_file = Path(settings.MODELCOURT_KEY_DIR) / "escrow.keys"
+    if escrow_file.is_file():  # absent where MODELCOURT_ESCROW_KEYS pins the keys
+        data = escrow_file.read_bytes()
+        found.targets["escrow keys"] = Target("escrow keys", str(escrow_file), len(data), _needles(data))
     secret_file = _secret_key_file(tmp_path)
     data = secret_file.read_bytes()
     found.targets["secret key file"] = Target("secret key file", str(secret_file), len(data), _needles(data))
@@ -308,9 +316,12 @@ def heard(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -
 # --- the sandbox: spares, short limits, and the caller alive afterwards ---------------------------
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _warm_spares() -> Iterator[None]:
-    """Use the worker's pre-warmed sandbox children (as Celery workers do): a cold one imports torch each time."""
+    """Use the worker's pre-warmed sandbox children (as Celery workers do): a cold one imports torch each time.
+
+    Package-scoped: the spares go (and the process opts out) when this folder's tests end.
+    """
     from workers import sandbox
 
     sandbox.warm_spare()

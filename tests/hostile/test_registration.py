@@ -135,6 +135,7 @@ CASES = {
     "raise-verdict-key": _leak(attacks.read_and_raise, "verdict key"),
     "raise-secret-key-file": _leak(attacks.read_and_raise, "secret key file"),
     "raise-etc-passwd": _leak(attacks.read_and_raise, "/etc/passwd"),
+    "raise-escrow-keys": _leak(attacks.read_and_raise, "escrow keys"),
     # reads, printed to stdout and stderr, then a failure (the child's output tail is reported on failures)
     "print-etc-passwd": _leak(lambda p, n: attacks.read_and_print(p, n, fail=True), "/etc/passwd"),
     # reads and prints, then answers well: the read itself must fail
