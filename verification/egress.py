@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def run_methods_relayed(spec: Mapping[str, Any]) -> dict[str, Any]:
+def run_methods_relayed(spec: Mapping[str, Any], *, claimant_path: str | None = None) -> dict[str, Any]:
     """:func:`verification.methods.runner.run_methods`, with endpoint queries sent through the worker's relay."""
     from verification.methods import egress
     from verification.methods.runner import run_methods
     from workers.sandbox import relay_call
 
     egress.install_relay(relay_call)
-    return run_methods(spec)
+    return run_methods(spec, claimant_path=claimant_path)

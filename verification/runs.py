@@ -249,6 +249,12 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             raise RunFailed(f"the suspect endpoint cannot be queried: {exc}") from exc
         fn = run_methods_relayed
+    # the child reads only private copies of the model files and, read-only, the panel
+    files: dict[str, str] = {}
+    if suspect.get("kind") in ("torchscript", "onnx"):
+        files["suspect_path"] = str(suspect["path"])
+    if spec.get("dataset") and spec["dataset"].get("claimant_path"):
+        files["claimant_path"] = str(spec["dataset"]["claimant_path"])
     try:
         return run_sandboxed(
             fn,
@@ -257,6 +263,8 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
             memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             gpu=sandbox_gpu(),
             relay=relay,
+            files=files,
+            readable=[str(spec["panel_dir"])],
         )
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc

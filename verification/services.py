@@ -930,12 +930,16 @@ def _stress_in_sandbox(spec: dict[str, Any], progress: StressProgress) -> dict[s
         seen: tuple[int, str] | None = None
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             # everything trains on the CPU (small models, the same table on every host): no GPU in the child
+            # the child reads a private copy of the model and the panel, and writes only its progress notes
             future = pool.submit(
                 run_sandboxed,
                 run_stress_test_reporting,
                 spec,
                 timeout_s=settings.MODELCOURT_STRESS_TIMEOUT_S,
                 memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
+                files={"model_path": str(spec["model"]["path"])},
+                readable=[str(spec["panel_dir"])],
+                writable=[workdir],
             )
             while True:
                 try:

@@ -108,10 +108,10 @@ def agreement_claim_test(
             p_value=1.0,
             statistics={"K": k, "p0": p0, "panel_size": len(panel_matches)},
             conclusive=False,
-            # the suspect's own error text is untrusted: it never reaches the report
-            reason="the suspect ran out of its query budget"
-            if isinstance(exc, QueryBudgetExceeded)
-            else "the suspect did not answer a batch of the evidence's queries",
+            # SuspectError and QueryBudgetExceeded speak our sentences; anything else is a library's text
+            reason=f"the suspect did not answer: {exc}"
+            if isinstance(exc, SuspectError | QueryBudgetExceeded)
+            else "the suspect did not answer: its answers could not be used",
         )
         return failed, screen
     matches = int((answers == claim.labels).sum())

@@ -69,8 +69,13 @@ def _claimant_module(path: str) -> torch.nn.Module:
     return module.eval()
 
 
-def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
+def run_methods(
+    spec: Mapping[str, Any], *, suspect_path: str | None = None, claimant_path: str | None = None
+) -> dict[str, Any]:
     """Run the requested methods against the suspect and decide; see the module docstring for the shape.
+
+    ``suspect_path`` and ``claimant_path``, when given, replace the spec's paths: in the sandbox they name
+    the private copies of the artifacts, the only model files the child can read.
 
     ``spec`` keys: ``suspect`` (for :func:`load_suspect`), ``num_classes``, ``input_shape``, ``low``,
     ``high``, ``alpha``, ``panel_dir``, optional ``panel_name`` (for messages), ``claims`` (list of
@@ -78,6 +83,10 @@ def run_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
     claimant_path, method, split_seed}``). Raises :class:`PanelMismatchError` before any query when the
     panel does not serve the claimant's classes and input layout.
     """
+    if suspect_path is not None:
+        spec = {**spec, "suspect": {**spec["suspect"], "path": suspect_path}}
+    if claimant_path is not None and spec.get("dataset"):
+        spec = {**spec, "dataset": {**spec["dataset"], "claimant_path": claimant_path}}
     timings: dict[str, float] = {}
     started = time.perf_counter()
     num_classes = int(spec["num_classes"])

@@ -446,11 +446,14 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     return {"results": results, "timings": timings}
 
 
-def run_stress_test_reporting(spec: Mapping[str, Any]) -> dict[str, Any]:
+def run_stress_test_reporting(spec: Mapping[str, Any], *, model_path: str | None = None) -> dict[str, Any]:
     """:func:`run_stress_test` for the sandbox child: progress goes to ``spec["progress_path"]`` as JSON.
 
+    ``model_path``, when given, replaces the spec's (in the sandbox: the private copy of the owner's model).
     A refusal comes back as ``{"failure": sentence}``, so that the parent shows it as it is.
     """
+    if model_path is not None:
+        spec = {**spec, "model": {**spec["model"], "path": model_path}}
     target = spec.get("progress_path")
 
     def write(percent: int, phase: str) -> None:

@@ -209,7 +209,8 @@ class _TorchSuspect(Suspect):
             with torch.inference_mode():
                 out = self._module(x.to(self.device))
         except Exception as exc:
-            raise SuspectError(f"{self.describe()} failed on a batch of {x.shape[0]} inputs: {exc}") from exc
+            # the runtime's text may carry what the model chose to say: our sentence only
+            raise SuspectError(f"{self.describe()} failed on a batch of {x.shape[0]} inputs") from exc
         if isinstance(out, torch.Tensor):
             return out.detach()
         raise SuspectError(f"{self.describe()} answered a {type(out).__name__}, not a tensor of logits")
@@ -233,7 +234,7 @@ class TorchScriptSuspect(_TorchSuspect):
         try:
             module = torch.jit.load(str(self.path), map_location=resolved)  # type: ignore[no-untyped-call]
         except Exception as exc:
-            raise SuspectError(f"could not load {self.path.name} as a TorchScript model: {exc}") from exc
+            raise SuspectError("the suspect file could not be loaded as a TorchScript model") from exc
         super().__init__(
             module,
             num_classes=num_classes,
@@ -244,7 +245,7 @@ class TorchScriptSuspect(_TorchSuspect):
         )
 
     def describe(self) -> str:
-        return f"TorchScript model {self.path.name}"
+        return "the TorchScript suspect"  # not its file name: the uploader chose that
 
 
 class TorchModuleSuspect(_TorchSuspect):
@@ -305,23 +306,24 @@ class OnnxSuspect(Suspect):
         try:
             self._session = onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:
-            raise SuspectError(f"could not load {self.path.name} as an ONNX model: {exc}") from exc
+            raise SuspectError("the suspect file could not be loaded as an ONNX model") from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise SuspectError(f"ONNX model {self.path.name} takes {len(inputs)} inputs; exactly one is supported")
+            raise SuspectError(f"the ONNX suspect takes {len(inputs)} inputs; exactly one is supported")
         if inputs[0].type != "tensor(float)":
-            raise SuspectError(f"ONNX model {self.path.name} takes {inputs[0].type}, not a float32 tensor")
+            raise SuspectError("the ONNX suspect does not take a float32 tensor")
         self._input_name: str = inputs[0].name
         self._output_name: str = self._session.get_outputs()[0].name
 
     def describe(self) -> str:
-        return f"ONNX model {self.path.name}"
+        return "the ONNX suspect"
 
     def _logits_batch(self, x: torch.Tensor) -> torch.Tensor:
         try:
             (out,) = self._session.run([self._output_name], {self._input_name: x.numpy()})
         except Exception as exc:
-            raise SuspectError(f"{self.describe()} failed on a batch of {x.shape[0]} inputs: {exc}") from exc
+            # the runtime's text may carry what the model chose to say: our sentence only
+            raise SuspectError(f"{self.describe()} failed on a batch of {x.shape[0]} inputs") from exc
         if not isinstance(out, np.ndarray) or out.dtype.kind != "f":
             raise SuspectError(f"{self.describe()} answered something other than a float tensor")
         return torch.from_numpy(np.ascontiguousarray(out))
