@@ -54,6 +54,18 @@ app.conf.update(
             "schedule": float(os.environ.get("MODELCOURT_SWEEP_SECONDS", "15")),
             "options": {"queue": "cpu", "expires": 60},
         },
+        # re-publishes upload validations that never left or whose worker died; cleans the upload spool
+        "sweep-validations": {
+            "task": "ownership.tasks.model_validation_sweep_task",
+            "schedule": float(os.environ.get("MODELCOURT_SWEEP_SECONDS", "15")),
+            "options": {"queue": "cpu", "expires": 60},
+        },
+        # re-derives the log from its entries; a mismatch halts checkpoint signing and alerts (manage.py log_fsck)
+        "check-log-integrity": {
+            "task": "timestamps.tasks.log_fsck_task",
+            "schedule": float(os.environ.get("MODELCOURT_LOG_FSCK_SECONDS", "3600")),
+            "options": {"queue": "cpu", "expires": 3000},
+        },
     },
 )
 app.autodiscover_tasks()
