@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from rest_framework.test import APIClient
 
 from ownership import services as ownership_services
@@ -83,6 +84,13 @@ def _register(client: APIClient, owner, attack: Attack, name: str) -> Registrati
         detail = client.get(f"/api/v1/models/{model.public_id}")
         assert detail.status_code == 200, detail.content
         bodies += [detail.content, client.get("/api/v1/models/").content]
+        # and the owner's pages, where a person reads the reason
+        web = Client()
+        web.force_login(owner)
+        for page in (f"/owner/models/{model.public_id}/", "/owner/models/"):
+            shown = web.get(page)
+            assert shown.status_code == 200, page
+            bodies.append(shown.content)
     return Registration(response.status_code, bodies, model)
 
 
@@ -194,9 +202,9 @@ def test_a_hostile_artifact_is_refused_or_contained_without_a_trace(  # type: ig
     if registration.state == REJECTED:
         assert_clean_sentence(registration.reason, attack_paths=attack.paths)
     row = RegisteredModel.objects.filter(pk=registration.model.pk).values().first() if registration.model else None
-    secrets.assert_absent(
-        reason=registration.reason, api_answers=b"\n".join(registration.bodies), row=row, logs=heard.text()
-    )
+    shown = b"\n".join(registration.bodies)
+    assert attacks.MARKER.encode() not in shown, "the model's own words reached an answer or a page"
+    secrets.assert_absent(reason=registration.reason, api_answers_and_pages=shown, row=row, logs=heard.text())
     untouched.check()
     assert_sandbox_still_works()
 
