@@ -18,15 +18,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## The embedded default: SQLite and the filesystem broker under ./data, one web server and one worker.
+## The embedded default: SQLite and the filesystem broker under ./data, the web server, a gpu-queue worker
+## (disputes, stress tests) and a cpu-queue worker with beat (upload checks, checkpoints, sweeps).
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v 0
 	$(BIN)/python manage.py rotate_keys --init
-	@echo "modelcourt on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
-	@trap 'kill -TERM $$web $$worker 2>/dev/null; wait' INT TERM; \
-	$(BIN)/celery -A workers.celery worker --beat -Q gpu,cpu --concurrency=1 --prefetch-multiplier=1 \
-		--schedule $${MODELCOURT_DATA_DIR:-data}/celerybeat-schedule --loglevel=INFO & worker=$$!; \
+	@echo "modelcourt on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the workers)"
+	@trap 'kill -TERM $$web $$gpu $$cpu 2>/dev/null; wait' INT TERM; \
+	$(BIN)/celery -A workers.celery worker -Q gpu --concurrency=1 --prefetch-multiplier=1 \
+		-n gpu@%h --loglevel=INFO & gpu=$$!; \
+	$(BIN)/celery -A workers.celery worker --beat -Q cpu --concurrency=1 --prefetch-multiplier=1 \
+		-n cpu@%h --schedule $${MODELCOURT_DATA_DIR:-data}/celerybeat-schedule --loglevel=INFO & cpu=$$!; \
 	$(BIN)/gunicorn config.wsgi --bind $(HOST):$(PORT) --workers 2 --access-logfile - & web=$$!; \
 	wait
 
