@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.http import FileResponse
 from django.urls import reverse
@@ -115,6 +116,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
     digest = serializers.SerializerMethodField()
     status_url = serializers.SerializerMethodField(help_text="poll this until state is no longer validating")
     evidence = EvidenceOutputSerializer(source="evidence_sets", many=True, read_only=True)
+    panels = serializers.SerializerMethodField()
 
     class Meta:
         model = RegisteredModel
@@ -134,7 +136,19 @@ class ModelOutputSerializer(serializers.ModelSerializer):
             "validated_at",
             "status_url",
             "evidence",
+            "panels",
         ]
+
+    @extend_schema_field(
+        serializers.ListField(
+            child=serializers.CharField(),
+            help_text="the reference panels that can judge this model; empty: no dispute or stress test can run",
+        )
+    )
+    def get_panels(self, obj: RegisteredModel) -> list[str]:
+        # ownership may not import verification: the verification app answers through the registry
+        fit = getattr(apps.get_app_config("verification"), "panel_names_for", None)
+        return list(fit(obj)) if fit else []
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_format(self, obj: RegisteredModel) -> str | None:

@@ -32,6 +32,7 @@ from verification import reference
 from verification.exceptions import OperatorFault, RunFailed
 from verification.methods.decision import decide
 from verification.models import Dispute, Verdict, VerificationRun
+from verification.panel_fit import panel_refusal
 from workers.confinement import policy_record
 
 Progress = Callable[[int, int, str], None]
@@ -348,6 +349,10 @@ def run_to_verdict(
     if integrity_ok:
         mark = time.perf_counter()
         progress(dispute.pk, 15, f"loading the reference panel {dispute.panel}")
+        # before a panel is trained or a sandbox started: a panel that cannot serve the claimant's layout
+        # is the filing's problem, and the suspect is not to blame
+        if refusal := panel_refusal(panel=dispute.panel, model=dispute.claimant_model):
+            raise RunFailed(refusal)
         try:
             panel_dir = reference.panel_directory(dispute.panel)
         except reference.PanelUnavailable as exc:
@@ -360,6 +365,7 @@ def run_to_verdict(
             "input_shape": list(model.input_shape),
             "alpha": dispute.alpha,
             "panel_dir": str(panel_dir),
+            "panel_name": dispute.panel,
             "claims": claims if set(dispute.methods) & {"watermark", "fingerprint"} else [],
             "dataset": dataset if "dataset_inference" in dispute.methods else None,
         }

@@ -39,6 +39,7 @@ from verification.models import (
     Verdict,
     VerificationRun,
 )
+from verification.panel_fit import panel_check
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def dispute_file(
         raise DisputeError(
             f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
         )
+    panel_check(panel=panel, model=claimant_model)
     now = timezone.now()
     dispute = Dispute(
         arbiter=arbiter,
@@ -409,6 +411,7 @@ def dispute_queue(*, dispute: Dispute) -> Dispute:
     dispute = Dispute.objects.select_for_update().get(pk=dispute.pk)
     if dispute.state not in (Dispute.State.FILED, Dispute.State.FAILED):
         raise DisputeStateError(f"a {dispute.state} dispute cannot be queued")
+    panel_check(panel=dispute.panel, model=dispute.claimant_model)  # a retry that cannot help is refused
     _set_state(
         dispute,
         Dispute.State.QUEUED,
@@ -736,6 +739,7 @@ def stress_test_start(
         raise StressTestError(
             f"no reference panel {panel!r}; available: {', '.join(reference.panel_list())}", code="panel"
         )
+    panel_check(panel=panel, model=model, error=StressTestError)
     # stress tests share the gpu queue with disputes: one owner must not fill it
     limit = settings.MODELCOURT_STRESS_MAX_ACTIVE
     active = StressTest.objects.filter(owner=owner, state__in=[StressTest.State.QUEUED, StressTest.State.RUNNING])
@@ -1002,6 +1006,7 @@ def _stress_run(stress_test: StressTest) -> StressTest | None:
             "num_classes": model.num_classes,
             "input_shape": list(model.input_shape),
             "panel_dir": str(panel_dir),
+            "panel_name": stress_test.panel,
             "thefts": list(stress_test.thefts),
             "alpha": stress_test.alpha,
             "seed": stress_test.seed,

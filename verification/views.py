@@ -38,6 +38,7 @@ from verification.forms import (
     as_sentence,
 )
 from verification.models import Dispute, DisputeRequest, StressTest, Verdict
+from verification.panel_fit import panel_refusal
 
 # The states after which a dispute's page stops polling for progress.
 SETTLED = frozenset({Dispute.State.DECIDED, Dispute.State.PUBLISHED, Dispute.State.FAILED, Dispute.State.WITHDRAWN})
@@ -303,7 +304,9 @@ class DisputeDetailView(ArbiterRequiredMixin, View):
             "settled": dispute.state in SETTLED,
             "can_publish": dispute.state == Dispute.State.DECIDED,
             "can_withdraw": dispute.state in WITHDRAWABLE,
-            "can_retry": dispute.state == Dispute.State.FAILED,
+            # a retry cannot help a dispute whose panel does not fit the claimant's registration
+            "can_retry": dispute.state == Dispute.State.FAILED
+            and not panel_refusal(panel=dispute.panel, model=dispute.claimant_model),
             "methods": [m.replace("_", " ") for m in dispute.methods],
         }
         if verdict is not None:

@@ -128,3 +128,21 @@ def test_the_panel_list_shows_what_each_panel_serves(arbiter: Any, data_dir: Pat
     assert "digits" in digits["description"]
     assert panels["letters-images"]["accepted_input_shapes"] == [[784], [28, 28], [1, 28, 28]]
     assert panels["letters"]["size"] == 4
+
+
+@pytest.mark.django_db
+def test_a_registration_says_which_panels_can_judge_it(owner: Any, data_dir: Path) -> None:
+    from django.utils import timezone
+
+    from ownership.api import ModelOutputSerializer
+
+    def registered(name: str, shape: list[int]) -> RegisteredModel:
+        return RegisteredModel.objects.create(
+            owner=owner, name=name, task="t", input_shape=shape, num_classes=10, model_digest=name * 64,
+            artifact_size=1, file_digests={}, created_at=timezone.now(),
+        )  # fmt: skip
+
+    fits, alone = registered("a", [1, 8, 8]), registered("b", [3, 32, 32])
+
+    assert "digits" in ModelOutputSerializer(fits, context={"request": None}).data["panels"]
+    assert ModelOutputSerializer(alone, context={"request": None}).data["panels"] == []
