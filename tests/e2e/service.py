@@ -218,6 +218,8 @@ def base_env(data_dir: Path) -> dict[str, str]:
         "MODELCOURT_HEARTBEAT_STALE_S": "12",
         "MODELCOURT_SWEEP_SECONDS": "3",
         "MODELCOURT_CHECKPOINT_SECONDS": "5",
+        # a model that never answers is given up on sooner than in production
+        "MODELCOURT_VALIDATION_TIMEOUT_S": "8",
         "PYTHONUNBUFFERED": "1",
     }
     return env
