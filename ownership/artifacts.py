@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal, NoReturn, TypeVar
 
-from workers.sandbox import SandboxError, SandboxRejection, run_sandboxed
+from workers.sandbox import SandboxError, SandboxRejection, SandboxUnavailable, run_sandboxed
 
 Format = Literal["onnx", "torchscript"]
 R = TypeVar("R")
@@ -112,6 +112,8 @@ def _sandboxed(
         return run_sandboxed(
             fn, timeout_s=timeout_s, memory_bytes=memory_bytes, files={"path": os.path.abspath(path)}, **kwargs
         )
+    except SandboxUnavailable:
+        raise  # the host cannot confine models: not the artifact's fault, and not a verdict on it
     except SandboxError as exc:
         if exc.kind == "rejected":
             raise ArtifactRejected(exc.reason) from None

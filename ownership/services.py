@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLa
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import services as timestamp_services
 from workers import sandbox
+
+logger = logging.getLogger(__name__)
 
 MAX_NAME = 200
 
@@ -217,6 +220,10 @@ def model_validate(*, model_id: int) -> RegisteredModel | None:
             timeout_s=settings.MODELCOURT_VALIDATION_TIMEOUT_S,
             memory_bytes=settings.MODELCOURT_VALIDATION_MEMORY_BYTES,
         )
+    except sandbox.SandboxUnavailable:
+        # the host cannot confine models: the registration stays validating and the sweep re-sends it
+        logger.error("registration %s cannot be checked: this host cannot confine models", model.pk)
+        return model
     except artifacts.ArtifactRejected as exc:
         sentence = _rejection_sentence(exc.reason, input_shape=model.input_shape, num_classes=model.num_classes)
         fields = {"state": RegisteredModel.State.REJECTED, "rejection_reason": sentence}

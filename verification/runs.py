@@ -226,7 +226,7 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
     from verification.methods import egress
     from verification.methods.runner import run_methods
     from workers.device import sandbox_gpu
-    from workers.sandbox import SandboxError, run_sandboxed
+    from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
 
     fn: Callable[[dict[str, Any]], dict[str, Any]] = run_methods
     relay = None
@@ -267,6 +267,12 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
             files=files,
             readable=[str(spec["panel_dir"])],
         )
+    except SandboxUnavailable as exc:
+        # this host cannot confine models: the operators' to fix, and nothing to do with the suspect
+        raise OperatorFault(
+            "this worker cannot confine uploaded models (a sandbox layer is missing on its host); an operator must "
+            f"repair the host before {DISPUTES_BLOCKED}"
+        ) from exc
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
 

@@ -326,3 +326,21 @@ def test_filing_a_dispute_with_an_uploaded_suspect_never_runs_the_sandbox(
     assert (dispute.suspect_kind, dispute.suspect_format) == ("artifact", "torchscript")
     assert Path(dispute.suspect_artifact.path).read_bytes() == suspect
     assert dispute.suspect_digest == artifacts.model_digest({"suspect.pt": hashlib.sha256(suspect).hexdigest()})
+
+
+def test_a_host_that_cannot_confine_leaves_the_model_validating(
+    owner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from workers import confinement
+
+    model = _validating(owner, torchscript_file(tmp_path / "mlp.pt"))
+
+    def missing() -> tuple[str, ...]:
+        raise confinement.ConfinementUnavailable("landlock is not available")
+
+    monkeypatch.setattr(confinement, "ensure_enforceable", missing)
+    tasks.model_validate_task.run(model.pk)
+
+    model.refresh_from_db()
+    # not the upload's fault: no rejection, and the sweep will send it again once the host is repaired
+    assert (model.state, model.rejection_reason) == ("validating", "")
