@@ -7,12 +7,14 @@ This module imports no torch, so a cold child runs it in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from typing import Any
 
 MARKER = "zz-hostile"
+_PR_SET_NAME = 15  # linux/prctl.h
 
 
 def sandboxed_connect(port: int) -> str:
@@ -25,8 +27,9 @@ def sandboxed_connect(port: int) -> str:
     return "connected"
 
 
-def sandboxed_fork_and_linger(seconds: float) -> dict[str, Any]:
-    """Forks a grandchild that leaves the sandbox's process group and sleeps; returns its pid, if any."""
+def sandboxed_fork_and_linger(seconds: float, name: str) -> dict[str, Any]:
+    """Forks a grandchild that leaves the sandbox's process group, drops the sandbox's pipes (so the call
+    returns at once), renames itself `name` (to be found in /proc) and sleeps; returns its pid, if any."""
     try:
         pid = os.fork()
     except OSError as exc:
@@ -34,10 +37,19 @@ def sandboxed_fork_and_linger(seconds: float) -> dict[str, Any]:
     if pid == 0:  # the grandchild
         try:
             os.setsid()
+            os.closerange(3, 1 << 16)
+            _rename(name)
             time.sleep(seconds)
         finally:
             os._exit(0)
     return {"pid": pid, "error": ""}
+
+
+def _rename(name: str) -> None:
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def sandboxed_exec(target: str) -> str:
