@@ -144,6 +144,8 @@ class Answers(_Model):
             raise RuntimeError("zz-hostile: the claimant forged this evidence\nTraceback: <a href=//evil>details</a>")
         if self.kind == "nan":
             return flat[:, : self.classes] * float("nan")
+        if self.kind == "inf":
+            return flat[:, : self.classes] + float("inf")
         if self.kind == "too_few_classes":
             return flat[:, :3]
         if self.kind == "batch_dropped":

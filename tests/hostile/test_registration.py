@@ -160,6 +160,7 @@ CASES = {
     "hog": _plain(attacks.hog),
     # bad answers (the rest of the interface checks: tests/ownership)
     "nan": _plain(lambda: attacks.answers("nan")),
+    "inf": _plain(lambda: attacks.answers("inf")),
     "too-few-classes": _plain(lambda: attacks.answers("too_few_classes")),
     "batch-dropped": _plain(lambda: attacks.answers("batch_dropped")),
     # ONNX: what the format can express
