@@ -51,6 +51,7 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.trust_layer
 	$(BIN)/python -m benchmarks.dispute_latency
+	$(BIN)/python -m benchmarks.sandbox_layers
 
 ## Outcome rates of every method against every kind of suspect, over five seeds (pure methods, no services).
 bench-validity: install

@@ -6,11 +6,12 @@ The run is called the way the gpu worker calls it (no broker here, so no queue w
 test with a real worker records that). The baseline is the same 40 queries on the same TorchScript
 file, loaded and answered in this process with no sandbox, receipts or signature.
 
-Each dispute runs three ways, interleaved, in the same run: *cold* (no spare: every sandbox child
-imports torch itself), *warm* (the filing and the run each find a spare sandbox child that finished
-its imports, as the web process and a worker that has been up a while each hold one; the wait for
-it is not counted) and *back to back* (filing and run in one process at once: the run takes the
-spare the filing's call started, possibly still importing).
+Each dispute runs four ways, interleaved, in the same run: *cold* (no spare: every sandbox child
+imports torch itself), *warm* (the run finds a spare sandbox child that finished its imports, as a
+worker that has been up a while holds one; the wait for it is not counted), *back to back* (the
+spare is started as the filing returns, possibly still importing) and *warm, unconfined*: warm with
+the sandbox's kernel layers off (`MODELCOURT_SANDBOX_LAYERS=rlimits`), which prices Landlock,
+seccomp and the network namespace against the same run without them.
 """
 
 import os
@@ -77,10 +78,12 @@ def main() -> None:
                         trigger_inputs=arrays["inputs"], trigger_labels=arrays["labels"], epochs=15)  # fmt: skip
         stolen = _bytes(fine_tune(base, task.public_x, task.public_y, seed=2))
 
-        modes: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "back to back": []}
+        modes: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "back to back": [], "unconfined": []}
+        layers = os.environ.get("MODELCOURT_SANDBOX_LAYERS", "landlock,seccomp,netns,rlimits")
         for i in range(REPEATS):
             for mode, runs in modes.items():
                 os.environ["MODELCOURT_SANDBOX_PREWARM"] = "0" if mode == "cold" else "1"
+                os.environ["MODELCOURT_SANDBOX_LAYERS"] = "rlimits" if mode == "unconfined" else layers
                 discard_spares()
                 if mode != "cold":
                     assert warm_spare(wait_s=120), "the spare did not warm up"
@@ -90,13 +93,13 @@ def main() -> None:
                     suspect_file=SimpleUploadedFile("suspect.pt", stolen), panel="bench",
                 )  # fmt: skip
                 filing = time.perf_counter() - started
-                if mode == "warm":
+                if mode in ("warm", "unconfined"):
                     assert warm_spare(wait_s=120), "the spare did not warm up"
                 started = time.perf_counter()
                 verdict = services.verification_run_execute(dispute_id=dispute.pk)
                 assert verdict is not None, "no verdict"
                 total = filing + time.perf_counter() - started
-                runs.append({"filing (upload check in the sandbox)": filing, **verdict.run.timings, "total": total})
+                runs.append({"filing (upload stored, no sandbox)": filing, **verdict.run.timings, "total": total})
         discard_spares()
 
         path = Path(settings.DATA_DIR) / "bare.pt"
@@ -113,9 +116,9 @@ def main() -> None:
 
         print(f"40-trigger watermark dispute, fine-tuned suspect, panel of 20, {REPEATS} runs (median), 1 thread")
         print(f"outcome: {verdict.outcome}\n")
-        print(f"  {'':<52} {'cold':>9}    {'warm':>9}    cold/warm")
+        print(f"  {'':<52} {'cold':>9}    {'warm':>9}    cold/warm  {'unconfined':>10}  warm/unconfined")
         keys = [
-            ("filing (upload check in the sandbox)", "filing: format check of the upload in the sandbox"),
+            ("filing (upload stored, no sandbox)", "filing: the upload stored and sniffed, no sandbox"),
             ("open_evidence_s", "open escrow, check commitment, receipt, proofs"),
             ("panel_s", "find the reference panel"),
             ("sandbox_s", "sandbox child, in all"),
@@ -129,11 +132,16 @@ def main() -> None:
             mode: {key: statistics.median([r[key] for r in runs if key in r]) for key, _ in keys if runs[0].get(key)}
             for mode, runs in modes.items()
         }
-        cold, warm = medians["cold"], medians["warm"]
+        cold, warm, bare_sandbox = medians["cold"], medians["warm"], medians["unconfined"]
         for key, label in keys:
             if key in cold and key in warm:
-                ratio = f"{cold[key] / warm[key]:8.1f}x" if warm[key] > 0 else ""
-                print(f"  {label:<52} {cold[key] * 1e3:9.1f} ms {warm[key] * 1e3:9.1f} ms {ratio}")
+                ratio = f"{cold[key] / warm[key]:8.1f}x" if warm[key] > 0 else f"{'':9}"
+                unconfined = bare_sandbox.get(key, 0.0)
+                cost = f"{warm[key] / unconfined:8.2f}x" if unconfined > 0 else ""
+                print(
+                    f"  {label:<52} {cold[key] * 1e3:9.1f} ms {warm[key] * 1e3:9.1f} ms {ratio} "
+                    f"{unconfined * 1e3:9.1f} ms {cost}"
+                )
         together = medians["back to back"]["total"]
         print(
             f"  {'filing to verdict, back to back in one process':<52} {'':>12} {together * 1e3:9.1f} ms "

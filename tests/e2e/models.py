@@ -99,3 +99,25 @@ def looping_torchscript(path: Path) -> Path:
     """A model that never answers: it must not slow the site down while it is checked."""
     torch.jit.script(_Looping()).save(str(path))
     return path
+
+
+class _Slow(nn.Module):
+    """Answers as the wrapped model does, after a fixed amount of pointless arithmetic per batch."""
+
+    def __init__(self, inner: nn.Module, rounds: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rounds = rounds
+        self.register_buffer("work", torch.ones(256, 256) / 256.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = self.work
+        for _ in range(self.rounds):
+            acc = torch.mm(acc, self.work)
+        return self.inner(x) + 0.0 * acc.sum()
+
+
+def slow_torchscript(model: nn.Module, path: Path, rounds: int = 4000) -> Path:
+    """A suspect slow enough to be caught mid-run (the kill test): the same answers, seconds per batch."""
+    torch.jit.script(_Slow(model.eval(), rounds)).save(str(path))
+    return path

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tests.e2e import models
 from tests.e2e.service import ROOT, Service, make_run, sandbox_orphans, separate_processes, start_worker
@@ -242,12 +243,16 @@ def test_separate_processes_on_postgres_and_redis_survive_a_killed_worker(
         service.manage("grant_role", arbiter_name, "arbiter")
         claim = _owner_registers_a_watermarked_model(service, artifacts, owner)
         size_before = _log_size(service)
-        dispute_id, _ = _file(service, arbiter, claim, claim["stolen_pt"], "killed mid-run")
+        # the same stolen copy, made slow (seconds per batch of queries), so the kill lands inside the sandbox call
+        slow = models.slow_torchscript(torch.jit.load(str(claim["stolen_pt"])), workdir / "slow-stolen.pt", 30000)
+        dispute_id, _ = _file(service, arbiter, claim, slow, "killed mid-run")
         deadline = time.monotonic() + 300
-        while service.get(f"/api/v1/disputes/{dispute_id}", token=arbiter).json()["state"] != "running":
+        while service.get(f"/api/v1/disputes/{dispute_id}", token=arbiter).json()["progress"] < 30:
             assert time.monotonic() < deadline, service.logs()
             time.sleep(0.2)
-        time.sleep(1.0)
+        time.sleep(3.0)
+        running = service.get(f"/api/v1/disputes/{dispute_id}", token=arbiter).json()
+        assert running["state"] == "running", running
         service.kill("worker")
         time.sleep(2.0)
         assert sandbox_orphans() == [], "sandbox children outlived their worker"
