@@ -33,7 +33,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PTH_NAME = "zz_modelcourt_test.pth"
 # caches of the tooling, and the folders the service itself writes while it works (uploads spooled, artifacts
 # stored, broker messages): new files there are the service's; changed or planted ones are still caught below
-_SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", "node_modules"}
+_SKIPPED_DIRS = {
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    ".hypothesis",
+    "node_modules",
+}
 _SERVICE_WRITES = ("tmp", "broker", "artifacts", "suspects", "cache", "panels")
 _NEEDLE = 12
 _SAFE_RUN = re.compile(rb"[A-Za-z0-9+/=:_.,@-]{%d,}" % _NEEDLE)
