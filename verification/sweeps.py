@@ -181,60 +181,35 @@ def abandon_runs(dispute: Dispute, now: datetime) -> None:
     )
 
 
-def _dispute_recover(dispute_id: int, now: datetime) -> str:
+def _recover(model: type[Dispute] | type[StressTest], pk: int, now: datetime) -> str:
+    """Re-queue (or, past the attempt limit, fail) one running dispute or stress test whose heartbeat is stale."""
+    is_dispute = model is Dispute
+    label = "dispute" if is_dispute else "stress test"
     with transaction.atomic():
-        dispute = Dispute.objects.select_for_update().filter(pk=dispute_id).first()
-        if dispute is None or dispute.state != Dispute.State.RUNNING or not is_stale(dispute.heartbeat_at, now):
+        row = model.objects.select_for_update().filter(pk=pk).first()
+        if row is None or row.state != model.State.RUNNING or not is_stale(row.heartbeat_at, now):
             return "live"
-        abandon_runs(dispute, now)
+        if isinstance(row, Dispute):
+            abandon_runs(row, now)
         limit = max_attempts()
-        if dispute.attempts >= limit:
-            reason = DISPUTE_WORKERS_LOST.format(n=dispute.attempts)
-            logger.error("dispute %s: %s", dispute.pk, reason)
-            Dispute.objects.filter(pk=dispute.pk).update(
-                state=Dispute.State.FAILED, failure_reason=reason, phase="failed", heartbeat_at=None, updated_at=now
-            )
-            return "failed"
-        logger.warning(
-            "dispute %s: its worker stopped (attempt %s of %s); queued again", dispute.pk, dispute.attempts, limit
-        )
-        Dispute.objects.filter(pk=dispute.pk).update(
-            state=Dispute.State.QUEUED,
-            progress=0,
-            phase=f"the worker stopped; waiting for another (attempt {dispute.attempts + 1} of {limit})",
-            heartbeat_at=None,
-            dispatched_at=None,
-            updated_at=now,
-        )
-        # left waiting to be sent: the outbox pass below sends it
-        return "requeued"
-
-
-def _stress_recover(stress_test_id: int, now: datetime) -> str:
-    with transaction.atomic():
-        test = StressTest.objects.select_for_update().filter(pk=stress_test_id).first()
-        if test is None or test.state != StressTest.State.RUNNING or not is_stale(test.heartbeat_at, now):
-            return "live"
-        limit = max_attempts()
-        if test.attempts >= limit:
-            reason = STRESS_WORKERS_LOST.format(n=test.attempts)
-            logger.error("stress test %s: %s", test.pk, reason)
-            StressTest.objects.filter(pk=test.pk).update(
-                state=StressTest.State.FAILED,
+        if row.attempts >= limit:
+            reason = (DISPUTE_WORKERS_LOST if is_dispute else STRESS_WORKERS_LOST).format(n=row.attempts)
+            logger.error("%s %s: %s", label, row.pk, reason)
+            finished = {} if is_dispute else {"finished_at": now}
+            model.objects.filter(pk=row.pk).update(
+                state=model.State.FAILED,
                 failure_reason=reason,
                 phase="failed",
                 heartbeat_at=None,
-                finished_at=now,
                 updated_at=now,
+                **finished,
             )
             return "failed"
-        logger.warning(
-            "stress test %s: its worker stopped (attempt %s of %s); queued again", test.pk, test.attempts, limit
-        )
-        StressTest.objects.filter(pk=test.pk).update(
-            state=StressTest.State.QUEUED,
+        logger.warning("%s %s: its worker stopped (attempt %s of %s); queued again", label, row.pk, row.attempts, limit)
+        model.objects.filter(pk=row.pk).update(
+            state=model.State.QUEUED,
             progress=0,
-            phase=f"the worker stopped; waiting for another (attempt {test.attempts + 1} of {limit})",
+            phase=f"the worker stopped; waiting for another (attempt {row.attempts + 1} of {limit})",
             heartbeat_at=None,
             dispatched_at=None,
             updated_at=now,
@@ -254,14 +229,14 @@ def runs_sweep(*, now: datetime | None = None) -> dict[str, int]:
         .order_by("pk")
         .values_list("pk", flat=True)[:SWEEP_BATCH]
     ):
-        outcome = _dispute_recover(pk, now)
+        outcome = _recover(Dispute, pk, now)
         counts[outcome] = counts.get(outcome, 0) + 1
     for pk in (
         StressTest.objects.filter(stale, state=StressTest.State.RUNNING)
         .order_by("pk")
         .values_list("pk", flat=True)[:SWEEP_BATCH]
     ):
-        outcome = _stress_recover(pk, now)
+        outcome = _recover(StressTest, pk, now)
         counts[outcome] = counts.get(outcome, 0) + 1
     # never sent, or sent so long ago that the message was probably lost with a broker
     resend = Q(dispatched_at__isnull=True) | Q(
