@@ -110,6 +110,19 @@ _SCRATCH = (
     | _FS["truncate"]
 )
 
+# numbers from 424 on are the same on every architecture (the unified syscall table)
+_UNIFIED_SYSCALLS = {
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+}
 # seccomp (include/uapi/linux/seccomp.h, filter.h, audit.h)
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FILTER_FLAG_TSYNC = 1
@@ -155,16 +168,7 @@ _ARCHES: dict[str, dict[str, Any]] = {
             "init_module": 175,
             "finit_module": 313,
             "delete_module": 176,
-            "io_uring_setup": 425,
-            "io_uring_enter": 426,
-            "io_uring_register": 427,
-            "open_tree": 428,
-            "move_mount": 429,
-            "fsopen": 430,
-            "fsconfig": 431,
-            "fsmount": 432,
-            "fspick": 433,
-            "mount_setattr": 442,
+            **_UNIFIED_SYSCALLS,
         },
     },
     "aarch64": {
@@ -197,16 +201,7 @@ _ARCHES: dict[str, dict[str, Any]] = {
             "init_module": 105,
             "finit_module": 273,
             "delete_module": 106,
-            "io_uring_setup": 425,
-            "io_uring_enter": 426,
-            "io_uring_register": 427,
-            "open_tree": 428,
-            "move_mount": 429,
-            "fsopen": 430,
-            "fsconfig": 431,
-            "fsmount": 432,
-            "fspick": 433,
-            "mount_setattr": 442,
+            **_UNIFIED_SYSCALLS,
         },
     },
 }
