@@ -63,6 +63,10 @@ ESCROW_BROKEN_TEMPLATE = (
     "escrow keys before {blocked}"
 )
 LOG_BROKEN = LOG_BROKEN_TEMPLATE.format(blocked=DISPUTES_BLOCKED)
+HOST_UNCONFINED = (
+    "this worker cannot confine uploaded models (a sandbox layer is missing on its host); an operator must "
+    f"repair the host before {DISPUTES_BLOCKED}"
+)
 # Failures of the service's own trust layer: a run meeting one fails for the operators, never signs.
 TRUST_LAYER_ERRORS: tuple[type[Exception], ...] = (
     OperatorFault,
@@ -250,12 +254,14 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             raise RunFailed(f"the suspect endpoint cannot be queried: {exc}") from exc
         fn = run_methods_relayed
-    # the child reads only private copies of the model files and, read-only, the panel
+    # the claimant's model and the suspect never share a process: the claimant's half of dataset
+    # inference runs first, in a call of its own, and the suspect's call gets only its numbers
+    if spec.get("dataset") and spec["dataset"].get("claimant_path"):
+        spec = {**spec, "dataset": _claimant_features(spec, str(suspect.get("kind")))}
+    # the child reads only a private copy of the suspect's file and, read-only, the panel
     files: dict[str, str] = {}
     if suspect.get("kind") in ("torchscript", "onnx"):
         files["suspect_path"] = str(suspect["path"])
-    if spec.get("dataset") and spec["dataset"].get("claimant_path"):
-        files["claimant_path"] = str(spec["dataset"]["claimant_path"])
     try:
         return run_sandboxed(
             fn,
@@ -269,12 +275,33 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         )
     except SandboxUnavailable as exc:
         # this host cannot confine models: the operators' to fix, and nothing to do with the suspect
-        raise OperatorFault(
-            "this worker cannot confine uploaded models (a sandbox layer is missing on its host); an operator must "
-            f"repair the host before {DISPUTES_BLOCKED}"
-        ) from exc
+        raise OperatorFault(HOST_UNCONFINED) from exc
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
+
+
+def _claimant_features(spec: dict[str, Any], suspect_kind: str) -> dict[str, Any]:
+    """The run's dataset spec with the claimant's measured features in place of its model file."""
+    from verification.methods.runner import claimant_dataset_features, dataset_inference_method
+    from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
+
+    dataset = dict(spec["dataset"])
+    claimant_path = str(dataset.pop("claimant_path"))
+    method = dataset_inference_method(suspect_kind=suspect_kind, requested=dataset.get("method"))
+    try:
+        dataset["claimant_features"] = run_sandboxed(
+            claimant_dataset_features,
+            {key: spec[key] for key in ("num_classes", "input_shape", "low", "high") if key in spec}
+            | {"dataset": dataset, "method": method},
+            timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
+            memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
+            files={"claimant_path": claimant_path},
+        )
+    except SandboxUnavailable as exc:
+        raise OperatorFault(HOST_UNCONFINED) from exc
+    except SandboxError as exc:
+        dataset["claimant_failure"] = f"the claimant's own model could not be measured ({exc.reason})"
+    return dataset
 
 
 def _plots(result: dict[str, Any]) -> dict[str, bytes]:

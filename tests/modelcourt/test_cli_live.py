@@ -12,6 +12,18 @@ from modelcourt.cli import main
 from tests.ownership.model_files import torchscript_file
 
 
+@pytest.fixture(autouse=True)
+def inline_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cpu worker here: the upload's check runs when its task is published, as a worker would run it."""
+    from ownership import services, tasks
+
+    monkeypatch.setattr(
+        tasks,
+        "model_validate_task",
+        type("Inline", (), {"delay": staticmethod(lambda model_id: services.model_validate(model_id=model_id))}),
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_register_generate_fetch_and_verify_through_the_cli(
     live_server: Any,
@@ -72,5 +84,6 @@ def test_the_cli_reports_service_errors_in_one_line(
 
     assert status == 1
     err = capsys.readouterr().err
-    assert err.startswith("error (400):")
+    # progress lines, then one line with the reason
+    assert err.splitlines()[-1] == "error: the model was rejected: the file is not an ONNX or TorchScript model"
     assert "Traceback" not in err

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -663,62 +663,57 @@ def _claimant_module(claimant: nn.Module | Suspect) -> nn.Module:
     return claimant.module()
 
 
-def dataset_inference_test(
+@dataclass(frozen=True)
+class _Measuring:
+    """What both halves of dataset inference share: the checked samples, the split and the distance measures."""
+
+    private: torch.Tensor
+    public: torch.Tensor
+    split: _Split
+    groups: int
+    used: Method
+    measure_labels: Callable[[LabelFn], Callable[[torch.Tensor], FloatArray]]
+    measure_gradients: Callable[[nn.Module], Callable[[torch.Tensor], FloatArray]]
+
+    def claimant_features(self, claimant: nn.Module | Suspect) -> tuple[FloatArray, FloatArray]:
+        """Boundary features of the claimant's model on the training halves (what the scorer learns from)."""
+        if self.used == "mingd":
+            on_claimant = self.measure_gradients(_claimant_module(claimant))
+        else:
+            labels = _module_labels(claimant) if isinstance(claimant, nn.Module) else claimant.labels
+            on_claimant = self.measure_labels(labels)
+        return (
+            boundary_features(on_claimant(self.private[self.split.private_train]), self.groups),
+            boundary_features(on_claimant(self.public[self.split.public_train]), self.groups),
+        )
+
+
+def _measuring(
     *,
-    claimant: nn.Module | Suspect,
-    suspect: Suspect,
     private_x: InputBatch,
     public_x: InputBatch,
+    input_shape: tuple[int, ...],
+    subject: str,
     num_classes: int,
     split_seed: int,
-    method: Method = "mingd",
-    train_fraction: float = 0.5,
-    low: float = 0.0,
-    high: float = 1.0,
-    fallback_to_blind_walk: bool = False,
-    scorer: ScorerKind = "mlp",
-    mingd_steps: int = MINGD_STEPS,
-    walk_directions: int = WALK_DIRECTIONS,
-    walk_step: float = WALK_STEP,
-    walk_max_steps: int = WALK_MAX_STEPS,
-    name: str = "dataset_inference",
-) -> TestResult:
-    """Dataset inference of the claimant's private samples in the suspect, as a :class:`TestResult`.
-
-    ``train_fraction`` of each side (drawn from ``split_seed``) trains the scorer on the claimant's
-    features; the rest is measured on the suspect. MinGD needs a white-box suspect: a black-box one
-    raises ``ValueError`` unless ``fallback_to_blind_walk`` (then both sides use Blind Walk).
-    ``QueryBudgetExceeded`` and ``SuspectError`` from the suspect propagate: the caller decides
-    whether a suspect that stopped answering makes the verdict inconclusive.
-    """
-    started = time.perf_counter()
-    _check_range(low, high)
-    _check_count(2, num_classes=num_classes)
-    _check_count(0, split_seed=split_seed)
-    if not name:
-        raise ValueError("a test needs a name")
-    if method not in get_args(Method):
-        raise ValueError(f"unknown method {method!r}; expected one of {get_args(Method)}")
-    if num_classes != suspect.num_classes:
-        raise ValueError(f"num_classes is {num_classes} but {suspect.describe()} has {suspect.num_classes} classes")
+    used: Method,
+    train_fraction: float,
+    low: float,
+    high: float,
+    mingd_steps: int,
+    walk_directions: int,
+    walk_step: float,
+    walk_max_steps: int,
+) -> _Measuring:
     private = _as_batch(private_x, "private_x", low=low, high=high)
     public = _as_batch(public_x, "public_x", low=low, high=high)
     for batch, what in ((private, "private_x"), (public, "public_x")):
-        if tuple(batch.shape[1:]) != suspect.input_shape:
+        if tuple(batch.shape[1:]) != input_shape:
             raise ValueError(
-                f"{what} must have shape [N, {', '.join(map(str, suspect.input_shape))}] like the inputs of "
-                f"{suspect.describe()}, got {list(batch.shape)}"
+                f"{what} must have shape [N, {', '.join(map(str, input_shape))}] like the inputs of "
+                f"{subject}, got {list(batch.shape)}"
             )
-    used = method
-    if method == "mingd" and not suspect.white_box:
-        if not fallback_to_blind_walk:
-            raise ValueError(
-                f"MinGD needs gradients, but {suspect.describe()} is black-box: use method='blind_walk' "
-                "or allow fallback_to_blind_walk"
-            )
-        used = "blind_walk"
     split = _split(private.shape[0], public.shape[0], seed=split_seed, train_fraction=train_fraction)
-
     if used == "mingd":
         _check_count(1, mingd_steps=mingd_steps)
         groups = len(NORMS)
@@ -753,16 +748,111 @@ def dataset_inference_test(
 
         return measure
 
-    if used == "mingd":
-        on_claimant = descender(_claimant_module(claimant))
+    return _Measuring(private, public, split, groups, used, walker, descender)
+
+
+def claimant_side_features(
+    *,
+    claimant: nn.Module,
+    private_x: InputBatch,
+    public_x: InputBatch,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    split_seed: int,
+    method: Method,
+    train_fraction: float = 0.5,
+    low: float = 0.0,
+    high: float = 1.0,
+    mingd_steps: int = MINGD_STEPS,
+    walk_directions: int = WALK_DIRECTIONS,
+    walk_step: float = WALK_STEP,
+    walk_max_steps: int = WALK_MAX_STEPS,
+) -> dict[str, Any]:
+    """The claimant's half of :func:`dataset_inference_test`, for a process of its own.
+
+    The claimant's model and the suspect's code never share a process: the suspect's run gets these
+    numbers (``claimant_features=``), never the claimant's file. ``method`` is the one the test will use.
+    """
+    if method not in get_args(Method):
+        raise ValueError(f"unknown method {method!r}; expected one of {get_args(Method)}")
+    measuring = _measuring(
+        private_x=private_x, public_x=public_x, input_shape=input_shape, subject="the claimant model",
+        num_classes=num_classes, split_seed=split_seed, used=method, train_fraction=train_fraction, low=low,
+        high=high, mingd_steps=mingd_steps, walk_directions=walk_directions, walk_step=walk_step,
+        walk_max_steps=walk_max_steps,
+    )  # fmt: skip
+    private, public = measuring.claimant_features(claimant)
+    return {"method": method, "private": private, "public": public}
+
+
+def dataset_inference_test(
+    *,
+    claimant: nn.Module | Suspect | None,
+    suspect: Suspect,
+    private_x: InputBatch,
+    public_x: InputBatch,
+    num_classes: int,
+    split_seed: int,
+    method: Method = "mingd",
+    train_fraction: float = 0.5,
+    low: float = 0.0,
+    high: float = 1.0,
+    fallback_to_blind_walk: bool = False,
+    scorer: ScorerKind = "mlp",
+    mingd_steps: int = MINGD_STEPS,
+    walk_directions: int = WALK_DIRECTIONS,
+    walk_step: float = WALK_STEP,
+    walk_max_steps: int = WALK_MAX_STEPS,
+    name: str = "dataset_inference",
+    claimant_features: Mapping[str, Any] | None = None,
+) -> TestResult:
+    """Dataset inference of the claimant's private samples in the suspect, as a :class:`TestResult`.
+
+    ``claimant_features`` (from :func:`claimant_side_features`, measured in another process so that the
+    claimant's model and the suspect never meet) replaces ``claimant``; its method must be this test's.
+
+    ``train_fraction`` of each side (drawn from ``split_seed``) trains the scorer on the claimant's
+    features; the rest is measured on the suspect. MinGD needs a white-box suspect: a black-box one
+    raises ``ValueError`` unless ``fallback_to_blind_walk`` (then both sides use Blind Walk).
+    ``QueryBudgetExceeded`` and ``SuspectError`` from the suspect propagate: the caller decides
+    whether a suspect that stopped answering makes the verdict inconclusive.
+    """
+    started = time.perf_counter()
+    _check_range(low, high)
+    _check_count(2, num_classes=num_classes)
+    _check_count(0, split_seed=split_seed)
+    if not name:
+        raise ValueError("a test needs a name")
+    if method not in get_args(Method):
+        raise ValueError(f"unknown method {method!r}; expected one of {get_args(Method)}")
+    if num_classes != suspect.num_classes:
+        raise ValueError(f"num_classes is {num_classes} but {suspect.describe()} has {suspect.num_classes} classes")
+    used: Method = method
+    if method == "mingd" and not suspect.white_box:
+        if not fallback_to_blind_walk:
+            raise ValueError(
+                f"MinGD needs gradients, but {suspect.describe()} is black-box: use method='blind_walk' "
+                "or allow fallback_to_blind_walk"
+            )
+        used = "blind_walk"
+    measuring = _measuring(
+        private_x=private_x, public_x=public_x, input_shape=suspect.input_shape, subject=suspect.describe(),
+        num_classes=num_classes, split_seed=split_seed, used=used, train_fraction=train_fraction, low=low,
+        high=high, mingd_steps=mingd_steps, walk_directions=walk_directions, walk_step=walk_step,
+        walk_max_steps=walk_max_steps,
+    )  # fmt: skip
+    private, public, split, groups = measuring.private, measuring.public, measuring.split, measuring.groups
+    walker, descender = measuring.measure_labels, measuring.measure_gradients
+    if claimant_features is not None:
+        if claimant_features.get("method") != used:
+            raise ValueError("the claimant's features were measured with another method than this test uses")
+        private_features = np.asarray(claimant_features["private"], dtype=np.float64)
+        public_features = np.asarray(claimant_features["public"], dtype=np.float64)
+    elif claimant is not None:
+        private_features, public_features = measuring.claimant_features(claimant)
     else:
-        on_claimant = walker(_module_labels(claimant) if isinstance(claimant, nn.Module) else claimant.labels)
-    fitted = fit_scorer(
-        boundary_features(on_claimant(private[split.private_train]), groups),
-        boundary_features(on_claimant(public[split.public_train]), groups),
-        kind=scorer,
-        seed=split_seed,
-    )
+        raise ValueError("dataset inference needs the claimant's model or its measured features")
+    fitted = fit_scorer(private_features, public_features, kind=scorer, seed=split_seed)
 
     before = suspect.queries
     on_suspect = descender(suspect.module()) if used == "mingd" else walker(suspect.labels)

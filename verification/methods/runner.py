@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from verification.methods.dataset_inference import Method, dataset_inference_test
+from verification.methods.dataset_inference import Method, claimant_side_features, dataset_inference_test
 from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, TestResult, decide
 from verification.methods.evaluate import AgreementClaim, agreement_claim_test
 from verification.methods.panels import ReferencePanel
@@ -144,9 +144,15 @@ def run_methods(
             method: Method = "mingd" if suspect.white_box else "blind_walk"
             if dataset.get("method") in ("mingd", "blind_walk"):
                 method = dataset["method"]
+            measured = dataset.get("claimant_features")
+            if measured is not None:
+                method = measured["method"]  # measured in the claimant's own sandbox call, for this method
             try:
+                if dataset.get("claimant_failure"):
+                    raise _ClaimantUnmeasured(str(dataset["claimant_failure"]))
                 result = dataset_inference_test(
-                    claimant=_claimant_module(str(dataset["claimant_path"])),
+                    claimant=None if measured is not None else _claimant_module(str(dataset["claimant_path"])),
+                    claimant_features=measured,
                     suspect=suspect,
                     private_x=np.asarray(dataset["members"], dtype=np.float32),
                     public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
@@ -158,6 +164,8 @@ def run_methods(
                     fallback_to_blind_walk=True,
                     name=name,
                 )
+            except _ClaimantUnmeasured as exc:
+                result = TestResult(name, "dataset_inference", 1.0, {}, False, str(exc))
             except (SuspectError, QueryBudgetExceeded) as exc:
                 why = (
                     "its query budget ran out"
@@ -179,3 +187,35 @@ def run_methods(
         "device": str(getattr(suspect, "device", "remote")),
         "timings": timings,
     }
+
+
+class _ClaimantUnmeasured(Exception):  # noqa: N818 (a condition the test reports, not a program error)
+    """The claimant's own model could not be measured for dataset inference; the sentence is ours."""
+
+
+def dataset_inference_method(*, suspect_kind: str, requested: str | None) -> Method:
+    """The method dataset inference will use against a suspect of this kind (MinGD needs a TorchScript file)."""
+    white_box = suspect_kind == "torchscript"
+    if requested == "blind_walk" or not white_box:
+        return "blind_walk"
+    return "mingd"
+
+
+def claimant_dataset_features(spec: Mapping[str, Any], *, claimant_path: str) -> dict[str, Any]:
+    """The claimant's half of dataset inference, run in a sandbox call of its own (the suspect is not there).
+
+    ``spec``: the run's ``num_classes``, ``input_shape``, ``low``, ``high`` and its ``dataset`` (members,
+    nonmembers, split_seed) plus ``method`` from :func:`dataset_inference_method`.
+    """
+    dataset = spec["dataset"]
+    return claimant_side_features(
+        claimant=_claimant_module(claimant_path),
+        private_x=np.asarray(dataset["members"], dtype=np.float32),
+        public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
+        input_shape=tuple(int(d) for d in spec["input_shape"]),
+        num_classes=int(spec["num_classes"]),
+        split_seed=int(dataset.get("split_seed", 0)),
+        method=spec["method"],
+        low=float(spec.get("low", 0.0)),
+        high=float(spec.get("high", 1.0)),
+    )
