@@ -119,6 +119,7 @@ _NAME = re.compile(rf"{_NAME_PART}(?:/{_NAME_PART}){{0,7}}")
 _RECEIPT_NAME = re.compile(r"receipts/([0-9a-f]{64})\.json")
 _PEM_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\r?\n.*?-----END PUBLIC KEY-----", re.DOTALL)
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_END_RECORD = struct.Struct("<4s4H2LH")  # end of central directory: signature ... comment length
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
 
 
@@ -462,6 +463,14 @@ def _check_entries(raw: bytes, infos: Sequence[zipfile.ZipInfo], central_directo
             raise _CheckError(f"the entry {info.filename} runs past the end of the archive")
     if end != central_directory:
         raise _CheckError("something lies between the last entry and the central directory")
+    # ... and the central directory runs to the end record, which ends the file: no comment, nothing after
+    # it (a verified file must be exactly the bytes that were served, not a polyglot with a tail)
+    record = raw[-_END_RECORD.size :]
+    signature, _, _, _, entries, size, offset, comment = _END_RECORD.unpack(record)
+    if signature != b"PK\x05\x06" or comment != 0 or entries != len(infos):
+        raise _CheckError("the archive does not end with its end-of-central-directory record")
+    if offset != central_directory or offset + size != len(raw) - _END_RECORD.size:
+        raise _CheckError("something lies between the central directory and the end of the archive")
 
 
 def _check_manifest(files: Mapping[str, bytes], state: _State) -> str:

@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -35,6 +36,16 @@ class CliError(Exception):
 
 
 # --- HTTP -----------------------------------------------------------------------------------
+
+
+# C0 controls but the newline, DEL and C1 controls: what a terminal acts on. Titles, phases and reasons come
+# from other people (an owner's request title, say), so they are shown escaped, never raw.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _show(text: str, **options: Any) -> None:
+    """Print text that came from the service, its control characters escaped."""
+    print(_TERMINAL_CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text), **options)
 
 
 def encode_multipart(fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
@@ -456,7 +467,7 @@ def cmd_dispute_status(args: argparse.Namespace, client: Client) -> int:
         while True:
             line = _progress_line(dispute)
             if line != shown:
-                print(line, flush=True)
+                _show(line, flush=True)
                 shown = line
             if dispute.get("state") in SETTLED:
                 break
@@ -467,17 +478,17 @@ def cmd_dispute_status(args: argparse.Namespace, client: Client) -> int:
                 )
             time.sleep(min(args.interval, left))
             dispute = client.get(path)
-    print(f"dispute {dispute.get('id')}: {dispute.get('title')}")
-    print(f"state: {dispute.get('state')}")
-    print(f"progress: {dispute.get('progress')}%")
-    print(f"phase: {dispute.get('phase') or '-'}")
+    _show(f"dispute {dispute.get('id')}: {dispute.get('title')}")
+    _show(f"state: {dispute.get('state')}")
+    _show(f"progress: {dispute.get('progress')}%")
+    _show(f"phase: {dispute.get('phase') or '-'}")
     if dispute.get("failure_reason"):
-        print(f"failure: {dispute['failure_reason']}")
+        _show(f"failure: {dispute['failure_reason']}")
     verdict = dispute.get("verdict")
     if verdict:
         published = "published" if verdict.get("published_at") else "not published"
         url = client.base_url + _verdict_path(str(verdict.get("id")))
-        print(f"verdict: {verdict.get('id')} ({verdict.get('outcome')}, {published}) {url}")
+        _show(f"verdict: {verdict.get('id')} ({verdict.get('outcome')}, {published}) {url}")
     return 1 if args.wait and dispute.get("state") in ("failed", "withdrawn") else 0
 
 
@@ -492,11 +503,11 @@ def cmd_verdict_get(args: argparse.Namespace, client: Client) -> int:
     verdict = client.get(_verdict_path(args.verdict_id))
     predicate = verdict.get("predicate") or {}
     decision = predicate.get("decision") or {}
-    print(f"verdict {verdict.get('id')}: {verdict.get('outcome')}")
-    print(f"dispute: {verdict.get('title')}")
+    _show(f"verdict {verdict.get('id')}: {verdict.get('outcome')}")
+    _show(f"dispute: {verdict.get('title')}")
     published = verdict.get("published_at") or "not yet (only the dispute's arbiter can read it)"
-    print(f"published: {published}")
-    print(f"alpha: {_statistic(predicate.get('alpha'))}  log index: {verdict.get('log_index')}")
+    _show(f"published: {published}")
+    _show(f"alpha: {_statistic(predicate.get('alpha'))}  log index: {verdict.get('log_index')}")
     rejects = decision.get("holm") or {}
     for test in decision.get("tests") or []:
         stats = test.get("statistics") or {}
@@ -506,16 +517,16 @@ def cmd_verdict_get(args: argparse.Namespace, client: Client) -> int:
             verdict_of_test = f"inconclusive: {test.get('reason', '')}".rstrip(": ")
         numbers = ", ".join(f"{key} = {_statistic(stats[key])}" for key in VERDICT_STATISTICS if key in stats)
         p_value = _statistic(test.get("p_value"))
-        print(f"test {name} ({test.get('kind', '?')}): p = {p_value}; {numbers}; {verdict_of_test}")
+        _show(f"test {name} ({test.get('kind', '?')}): p = {p_value}; {numbers}; {verdict_of_test}")
     for screen in decision.get("screens") or []:
         result = "rejects the claim" if screen.get("rejected") else "passed"
-        print(f"false-claim screen {screen.get('name', '?')}: p = {_statistic(screen.get('p_value'))}; {result}")
+        _show(f"false-claim screen {screen.get('name', '?')}: p = {_statistic(screen.get('p_value'))}; {result}")
     for reason in decision.get("reasons") or []:
-        print(f"reason: {reason}")
+        _show(f"reason: {reason}")
     if args.bundle:
         data = client.download(_verdict_path(args.verdict_id, "/bundle"), "application/zip")
         _write_bytes(args.bundle, data)
-        print(f"bundle: {args.bundle} ({len(data)} bytes); check it offline with: modelcourt verify {args.bundle}")
+        _show(f"bundle: {args.bundle} ({len(data)} bytes); check it offline with: modelcourt verify {args.bundle}")
     return 0
 
 

@@ -26,6 +26,7 @@ from ownership import selectors, services
 from ownership.evidence import dump_evidence
 from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
+from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsOwner, user_roles
 from timestamps.api import PublicApiView as PublicReadApiView
 
@@ -33,6 +34,7 @@ from timestamps.api import PublicApiView as PublicReadApiView
 class TokenApi(ObtainAuthToken):
     """Exchange a username and password for an API token."""
 
+    parser_classes = (FormParser, MultiPartParser, BoundedJSONParser)
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "login"
 

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,8 @@ def model_register(
     name = name.strip()
     if not name or len(name) > MAX_NAME:
         raise RegistryError(f"name must be 1 to {MAX_NAME} characters", code="name")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in name):
+        raise RegistryError("the name must not contain control or formatting characters", code="name")
     if RegisteredModel.objects.filter(owner=owner, name=name).exists():
         raise RegistryError(f"you already have a model named {name!r}", code="duplicate_name")
     if artifact.size is None or artifact.size == 0:

@@ -15,7 +15,7 @@ from django.utils.http import quote_etag
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +27,7 @@ from ownership import selectors as ownership_selectors
 from ownership.api import refuse_oversized
 from ownership.exceptions import RegistryNotFoundError
 from ownership.models import EvidenceSet, RegisteredModel
+from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsArbiter, IsOwner, Role, user_has_role
 from verification import reference, selectors, services
 from verification.exceptions import DisputeNotFoundError
@@ -275,7 +276,7 @@ class PanelListApi(ArbiterApiView):
 class DisputeListApi(ArbiterApiView):
     """Your disputes, or file one: the claimant's registration against exactly one suspect."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
 
     class InputSerializer(ClaimAndSuspectInput):
         class Meta:
@@ -432,7 +433,7 @@ class DisputeRequestListApi(APIView):
     """Your dispute requests (owners), or request one: your registration against a suspect you found."""
 
     permission_classes = [IsAuthenticated, IsOwner]
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
 
     class InputSerializer(ClaimAndSuspectInput):
         class Meta:

@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -142,6 +143,7 @@ def _describe_suspect(
     elif suspect_url:
         target.suspect_kind = Dispute.SuspectKind.ENDPOINT
         target.suspect_url = _check_url(suspect_url)
+        _check_public_endpoint(target.suspect_url)  # arbiters' filings and owners' requests alike
         if suspect_protocol not in Dispute.Protocol.values:
             raise DisputeError("suspect_protocol must be v2 or json", code="suspect_protocol")
         if suspect_protocol == Dispute.Protocol.V2 and not suspect_model_name.strip():
@@ -173,6 +175,9 @@ def _check_title(title: str) -> str:
     title = title.strip()
     if not title or len(title) > MAX_TITLE:
         raise DisputeError(f"title must be 1 to {MAX_TITLE} characters", code="title")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in title):
+        # others read titles in pages, logs and terminals: no control or invisible formatting characters
+        raise DisputeError("the title must not contain control or formatting characters", code="title")
     return title
 
 
@@ -263,8 +268,6 @@ def dispute_request_create(
     if len(statement) > MAX_STATEMENT:
         raise DisputeError(f"the statement is limited to {MAX_STATEMENT} characters", code="statement")
     chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
-    if suspect_url:
-        _check_public_endpoint(_check_url(suspect_url))
     now = timezone.now()
     request = DisputeRequest(
         owner=owner,

@@ -6,7 +6,7 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from ownership import selectors as ownership_selectors
 from ownership.exceptions import RegistryNotFoundError
 from ownership.models import RegisteredModel
+from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsOwner
 from verification import selectors, services
 from verification.api import CommaListField, evidence_sets_of
@@ -78,7 +79,7 @@ class StressTestListApi(APIView):
     """Your stress tests, or start one: simulated thefts of your model, your evidence tested on each."""
 
     permission_classes = [IsAuthenticated, IsOwner]
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
 
     class InputSerializer(serializers.Serializer):
         class Meta:

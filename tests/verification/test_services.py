@@ -172,3 +172,13 @@ def test_state_rules(arbiter, registration, digits_models: Models) -> None:  # t
     assert services.verification_run_execute(dispute_id=dispute.pk) is None
     with pytest.raises(DisputeStateError):
         services.dispute_withdraw(dispute=dispute)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("title", ["evil\x1b]0;pwned\x07", "fake\u202everdict", "nul\x00byte"])
+def test_titles_with_control_or_formatting_characters_are_refused(title: str) -> None:
+    from verification.exceptions import DisputeError
+    from verification.services import _check_title
+
+    with pytest.raises(DisputeError, match="control or formatting characters"):
+        _check_title(title)
