@@ -28,7 +28,7 @@ run: install
 	@trap 'kill -TERM $$web $$gpu $$cpu 2>/dev/null; wait' INT TERM; \
 	$(BIN)/celery -A workers.celery worker -Q gpu --concurrency=1 --prefetch-multiplier=1 \
 		-n gpu@%h --loglevel=INFO & gpu=$$!; \
-	$(BIN)/celery -A workers.celery worker --beat -Q cpu --concurrency=1 --prefetch-multiplier=1 \
+	$(BIN)/celery -A workers.celery worker --beat -Q cpu --concurrency=2 --prefetch-multiplier=1 \
 		-n cpu@%h --schedule $${MODELCOURT_DATA_DIR:-data}/celerybeat-schedule --loglevel=INFO & cpu=$$!; \
 	$(BIN)/gunicorn config.wsgi --bind $(HOST):$(PORT) --workers 2 --access-logfile - & web=$$!; \
 	wait

@@ -12,7 +12,13 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from ownership.escrow import EscrowError
-from ownership.exceptions import ModelInDisputeError, RegistryError, RegistryNotFoundError, UploadTooLargeError
+from ownership.exceptions import (
+    ModelInDisputeError,
+    RegistryError,
+    RegistryNotFoundError,
+    UploadTooLargeError,
+    ValidationBusyError,
+)
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.keys import KeyConfigurationError
 from verification.exceptions import (
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 DOMAIN_ERRORS: dict[type[Exception], int] = {
     UploadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    ValidationBusyError: status.HTTP_429_TOO_MANY_REQUESTS,
     ModelInDisputeError: status.HTTP_409_CONFLICT,
     RegistryError: status.HTTP_400_BAD_REQUEST,
     DisputeStateError: status.HTTP_409_CONFLICT,

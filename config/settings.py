@@ -277,6 +277,7 @@ FILE_UPLOAD_PERMISSIONS = 0o640
 FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp" / "uploads"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 MODELCOURT_VALIDATION_TIMEOUT_S = float(os.environ.get("MODELCOURT_VALIDATION_TIMEOUT_S", "60"))
+MODELCOURT_MAX_VALIDATING = int(os.environ.get("MODELCOURT_MAX_VALIDATING", "2"))  # per owner, at once
 MODELCOURT_VALIDATION_MEMORY_BYTES = int(os.environ.get("MODELCOURT_VALIDATION_MEMORY_BYTES", str(4 << 30)))
 # a registration still `validating` this long after its task was published is published again
 MODELCOURT_VALIDATION_RESEND_MINUTES = float(os.environ.get("MODELCOURT_VALIDATION_RESEND_MINUTES", "15"))

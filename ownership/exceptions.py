@@ -18,6 +18,12 @@ class UploadTooLargeError(RegistryError):
     code = "too_large"
 
 
+class ValidationBusyError(RegistryError):
+    """Too many of this owner's uploads are still waiting for their check (answered 429)."""
+
+    code = "busy"
+
+
 class ModelInDisputeError(RegistryError):
     """A model that a dispute refers to cannot be deleted."""
 

@@ -19,7 +19,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from ownership import artifacts, commitments, escrow, evidence, tasks, watermarks
-from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError
+from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError, ValidationBusyError
 from ownership.models import EvidenceSet, RegisteredModel
 from timestamps import services as timestamp_services
 from workers import sandbox
@@ -90,6 +90,12 @@ def model_register(
         raise RegistryError("the name must not contain control or formatting characters", code="name")
     if RegisteredModel.objects.filter(owner=owner, name=name).exists():
         raise RegistryError(f"you already have a model named {name!r}", code="duplicate_name")
+    # every check holds the cpu queue for up to its time limit: one owner must not hold it for everyone
+    limit = settings.MODELCOURT_MAX_VALIDATING
+    if RegisteredModel.objects.filter(owner=owner, state=RegisteredModel.State.VALIDATING).count() >= limit:
+        raise ValidationBusyError(
+            f"you have {limit} upload(s) waiting for their check; register another when one has finished"
+        )
     if artifact.size is None or artifact.size == 0:
         raise RegistryError("the artifact file is empty", code="artifact")
     if artifact.size > settings.MODELCOURT_MAX_ARTIFACT_BYTES:

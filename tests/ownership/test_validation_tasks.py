@@ -237,7 +237,10 @@ def test_a_failed_publish_leaves_the_row_undispatched_and_the_sweep_resends_it(
 
 
 @override_settings(MODELCOURT_VALIDATION_RESEND_MINUTES=15)
-def test_the_sweep_resends_only_long_unfinished_validations(owner, tmp_path: Path, published: list[int]) -> None:  # type: ignore[no-untyped-def]
+def test_the_sweep_resends_only_long_unfinished_validations(
+    owner, tmp_path: Path, published: list[int], settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings.MODELCOURT_MAX_VALIDATING = 3
     artifact = torchscript_file(tmp_path / "mlp.pt")
     lost, recent, done = (_validating(owner, artifact, name) for name in ("lost", "recent", "done"))
     now = timezone.now()
@@ -344,3 +347,20 @@ def test_a_host_that_cannot_confine_leaves_the_model_validating(
     model.refresh_from_db()
     # not the upload's fault: no rejection, and the sweep will send it again once the host is repaired
     assert (model.state, model.rejection_reason) == ("validating", "")
+
+
+def test_an_owner_may_have_only_a_few_uploads_waiting_for_their_check(
+    owner, tmp_path: Path, published: list[int], settings
+) -> None:  # type: ignore[no-untyped-def]
+    from ownership.exceptions import ValidationBusyError
+    from tests.conftest import _user
+
+    settings.MODELCOURT_MAX_VALIDATING = 2
+    artifact = torchscript_file(tmp_path / "mlp.pt")
+    _validating(owner, artifact, "one")
+    _validating(owner, artifact, "two")
+
+    with pytest.raises(ValidationBusyError):
+        _validating(owner, artifact, "three")
+    # another owner's uploads are not held up by it
+    assert _validating(_user("otto", "owner"), artifact, "three").state == RegisteredModel.State.VALIDATING
