@@ -90,12 +90,9 @@ def test_an_owner_signs_up_registers_a_model_and_generates_a_watermark(
     )
     page.set_input_files("#id_artifact", str(artifact))
     page.click("button[type=submit]")
-    page.wait_for_selector("#upload-progress[data-state=validating]")
-    assert page.locator("[data-progress-percent]").inner_text() == "100%"
-    shot("05-register-validating")
     page.wait_for_url(re.compile(rf"{re.escape(url)}/owner/models/{UUID}/$"))
-    assert "validating:100" in seen, seen
     assert any(value.startswith("uploading:") for value in seen), seen
+    # the upload answers at once (202); the check runs in a worker, and the model page follows it
     assert page.locator(".messages .success").inner_text().startswith("Registered digits-mlp")
     assert page.locator(".field-error:visible").count() == 0
     model_url = page.url
