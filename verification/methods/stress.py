@@ -124,7 +124,7 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, QueryBudgetExceeded):
         return "the query budget ran out"
     if isinstance(exc, SuspectError):
-        return "it raised an error on a batch of queries"
+        return str(exc)  # the adapters' sentences are ours: they never quote what the model said
     return "its answers could not be used"
 
 
@@ -347,7 +347,9 @@ def run_stress_test(spec: Mapping[str, Any], progress: Progress | None = None) -
     try:
         owner_holdout = owner.labels(task.holdout_x)
     except (SuspectError, ValueError) as exc:
-        raise StressSpecError(f"your model does not answer like a {task.num_classes}-class classifier") from exc
+        raise StressSpecError(
+            f"your model does not answer like a {task.num_classes}-class classifier ({_failure(exc)})"
+        ) from exc
     owner_accuracy = float((owner_holdout == task.holdout_y).mean())
     owner_module = _load_script(path) if datasets else None
     screens: dict[str, dict[str, Any]] = {}
