@@ -169,6 +169,7 @@ def _endpoint_spec(url: str, **suspect: Any) -> dict[str, Any]:
     return {
         "suspect": {"kind": "http", "url": url, "protocol": "json", "model_name": "", "budget": None, **suspect},
         "num_classes": 10,
+        "panel_dir": "/nowhere/panel",
     }
 
 
@@ -193,11 +194,16 @@ def test_an_endpoint_run_gets_a_relay_bound_to_the_disputes_url(
 def test_a_file_run_gets_no_relay(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _capture_sandbox(monkeypatch)
 
-    runs._run_methods({"suspect": {"kind": "onnx", "path": "/nowhere/model.onnx", "budget": None}})
+    runs._run_methods(
+        {"suspect": {"kind": "onnx", "path": "/nowhere/model.onnx", "budget": None}, "panel_dir": "/nowhere/panel"}
+    )
 
     ((fn, _, kwargs),) = calls
     assert fn.__name__ == "run_methods"
     assert kwargs["relay"] is None
+    # the child reads a private copy of the suspect's file and the panel, nothing else
+    assert kwargs["files"] == {"suspect_path": "/nowhere/model.onnx"}
+    assert kwargs["readable"] == ["/nowhere/panel"]
 
 
 def test_an_invalid_allowance_fails_the_run_for_the_operators(monkeypatch: pytest.MonkeyPatch) -> None:
