@@ -1,9 +1,11 @@
 """Shared fixtures: an isolated data folder, users with roles, log-table hygiene."""
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +127,16 @@ def arbiter(db):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def staff(db):  # type: ignore[no-untyped-def]
     return _user("stella", "staff")
+
+
+@pytest.fixture(autouse=True)
+def _example_names_resolve_publicly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endpoint URLs in tests name example.org hosts; filing resolves them, and this machine has no DNS."""
+    real = socket.getaddrinfo
+
+    def resolve(host: object, port: object, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and (host in ("example.org", "x.example") or host.endswith(".example.org")):
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("93.184.215.14", port or 0))]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)

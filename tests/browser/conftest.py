@@ -15,7 +15,6 @@ from tests.verification import conftest as verification_fixtures
 digits_models = verification_fixtures.digits_models
 panel_root = verification_fixtures.panel_root
 data_dir = verification_fixtures.data_dir
-_example_names_resolve_publicly = verification_fixtures._example_names_resolve_publicly  # autouse there and here
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -71,7 +71,7 @@ def test_an_arbiter_files_follows_and_publishes_a_dispute(
     page.fill("#id_username", arbiter.get_username())
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{url}/")
+    page.wait_for_url(f"{url}/disputes/")  # arbiters land on their disputes
     page.click("header nav >> text=Disputes")
     page.wait_for_url(f"{url}/disputes/")
     assert "No disputes yet" in page.content()

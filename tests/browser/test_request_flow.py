@@ -28,7 +28,8 @@ def _sign_in(context: Any, url: str, user: Any) -> Any:
     page.fill("#id_username", user.get_username())
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{url}/")
+    # owners land on their models, arbiters on their disputes
+    page.wait_for_url(re.compile(rf"{re.escape(url)}/(owner/models|disputes)/$"))
     return page
 
 

@@ -59,7 +59,7 @@ def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
     page.fill("#id_username", owner.get_username())
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{url}/")
+    page.wait_for_url(f"{url}/owner/models/")  # owners land on their models
     page.goto(f"{url}/owner/models/{model.public_id}")
     page.click("text=Stress-test this model's evidence")
     page.wait_for_url(re.compile(rf"{re.escape(url)}/owner/stress-tests/new\?model={UUID}$"))

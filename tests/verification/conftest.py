@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,16 +137,3 @@ def bare_claimant(owner, data_dir) -> Claimant:  # type: ignore[no-untyped-def]
     model = bare_model(owner, "digits")
     evidence_set, arrays = ownership_services.evidence_generate(model=model, count=10)
     return Claimant(model, evidence_set, arrays)
-
-
-@pytest.fixture(autouse=True)
-def _example_names_resolve_publicly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Endpoint URLs in tests name example.org hosts; filing resolves them, and this machine has no DNS."""
-    real = socket.getaddrinfo
-
-    def resolve(host: object, port: object, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(host, str) and (host in ("example.org", "x.example") or host.endswith(".example.org")):
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("93.184.215.14", port or 0))]
-        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
