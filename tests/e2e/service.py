@@ -273,18 +273,33 @@ def start_worker(service: Service, name: str = "worker") -> subprocess.Popen[byt
     )  # fmt: skip
 
 
-def sandbox_orphans() -> list[int]:
-    """Sandbox children whose parent is gone (re-parented to init or a subreaper)."""
-    found = []
+def _processes() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of every process we can see."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"workers.sandbox" not in cmdline:
-                continue
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == 1 or not Path(f"/proc/{ppid}/cmdline").read_bytes().count(b"celery"):
-                found.append(int(entry.name))
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), (entry / "cmdline").read_bytes())
     return found
+
+
+def sandbox_children_of(root: int) -> list[int]:
+    """The sandbox child processes below process `root` (a worker): its pool processes' children."""
+    table = _processes()
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - below
+        below |= frontier
+    return sorted(pid for pid in below if b"workers.sandbox" in table[pid][1])
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """Those of `pids` that are alive (not gone, not a zombie)."""
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.append(pid)
+    return alive
