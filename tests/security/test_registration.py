@@ -19,8 +19,8 @@ from rest_framework.test import APIClient
 
 from ownership import services as ownership_services
 from ownership.models import RegisteredModel
-from tests.hostile import attacks
-from tests.hostile.conftest import (
+from tests.security import attacks
+from tests.security.conftest import (
     PTH_PAYLOAD,
     Heard,
     Secrets,
@@ -104,7 +104,7 @@ def _leak(builder: Callable[[str, int], bytes], secret: str, expected: str | Non
 
 def _write(where: str):  # type: ignore[no-untyped-def]
     def build(secrets: Secrets, untouched: Untouched, outside: Path) -> Attack:
-        from tests.hostile.conftest import ROOT
+        from tests.security.conftest import ROOT
 
         if where == "checkout":
             path, payload = ROOT / "zz_hostile_planted.txt", b"zz-hostile planted"

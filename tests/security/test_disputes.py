@@ -17,8 +17,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from ownership import services as ownership_services
-from tests.hostile import attacks
-from tests.hostile.conftest import (
+from tests.security import attacks
+from tests.security.conftest import (
     PANEL,
     PTH_PAYLOAD,
     ROOT,

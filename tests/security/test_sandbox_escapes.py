@@ -1,7 +1,7 @@
 """What model code could do in the sandbox child had it escaped its interpreter, and what a model answers there.
 
 TorchScript reaches files (`torch.from_file`) but no socket, fork or exec, and ONNX none of them; the
-`tests.hostile.escapes` functions try those directly, as the worst case. A well-behaved-looking model
+`tests.security.escapes` functions try those directly, as the worst case. A well-behaved-looking model
 that encodes a secret into its scores is run here too: registration cannot see it (it behaves on
 zeros), so the only defence is that the read fails in the child.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from tests.hostile import attacks, escapes
-from tests.hostile.conftest import (
+from tests.security import attacks, escapes
+from tests.security.conftest import (
     PTH_NAME,
     ROOT,
     Heard,

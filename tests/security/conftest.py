@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from tests.hostile import attacks
+from tests.security import attacks
 
 ROOT = Path(__file__).resolve().parents[2]
 PTH_NAME = "zz_modelcourt_test.pth"

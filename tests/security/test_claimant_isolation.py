@@ -6,7 +6,7 @@ TorchScript suspect doing `torch.from_file("../files/1.pt", size=...)` from its 
 claimant's weights; its answers (and so the published statistics) can depend on them. docs/sandbox.md lists
 "other owners' uploads" among what the model must never read.
 
-Here the real sandbox runs a stand-in for the suspect's code (`tests.redteam.probes`) in place of the
+Here the real sandbox runs a stand-in for the suspect's code (`tests.security.probes`) in place of the
 methods runner, with exactly the files and folders `_run_methods` grants; it must find none of the claimant.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.redteam import probes
+from tests.security import probes
 
 
 def test_the_suspects_code_cannot_read_the_claimants_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ Each builder returns the bytes of a TorchScript or ONNX artifact for the digits 
 (input `[batch, 64]`, 10 class scores) that does one thing an attacker would try. TorchScript has
 `torch.from_file`, which maps any path the process can open (read, or with `shared=True` create and
 write), `print` (stdout) and `warnings.warn` (stderr); it has no socket, process or exec builtins.
-What TorchScript cannot reach is tried by `tests.hostile.escapes`, run through the sandbox as "model
+What TorchScript cannot reach is tried by `tests.security.escapes`, run through the sandbox as "model
 code that achieved arbitrary Python".
 
 Every message an attack raises or prints starts with MARKER, so a test can tell the model's own words
