@@ -189,7 +189,7 @@ def run_sandboxed(
     cpu_s = math.ceil(timeout_s) + 1  # a backstop for threads burning CPU in parallel; wall time is the real limit
     job = tempfile.mkdtemp(prefix="modelcourt-sandbox-")  # files/ (read-only copies) and work/ (the scratch)
     try:
-        scratch = os.path.join(job, "work")
+        scratch = os.path.join(job, "scratch")
         os.mkdir(scratch, 0o700)
         kwargs = kwargs | _copy_files(files or {}, job, taken=kwargs)
         granted = [os.fspath(p) for p in readable] + ([os.path.join(job, "files")] if files else [])
