@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.conftest import nothing_connected
 from verification.methods import egress
 from verification.methods.suspects import HttpSuspect, SuspectError
 
@@ -108,25 +109,6 @@ def target() -> Iterator[tuple[int, Recorder]]:
 @pytest.fixture
 def labels_server() -> Iterator[tuple[int, Recorder]]:
     yield from serve(answer_labels)
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A loopback port that listens but never accepts: anything connecting to it is queued, and seen."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        yield sock
-
-
-def nothing_connected(sock: socket.socket) -> bool:
-    try:
-        connection, _ = sock.accept()
-    except BlockingIOError:
-        return True
-    connection.close()
-    return False
 
 
 def label_suspect(url: str, **options: Any) -> HttpSuspect:

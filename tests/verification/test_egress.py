@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
+from tests.conftest import nothing_connected
 from verification import runs
 from verification.egress import run_methods_relayed
 from verification.exceptions import DisputeError, RunFailed
@@ -43,25 +43,6 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Names:
     monkeypatch.setattr(socket, "getaddrinfo", table)
     monkeypatch.delenv(egress.ALLOW_PRIVATE_ENV, raising=False)
     return table
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A loopback port that listens but never accepts: a connection to it would be queued, and seen."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        yield sock
-
-
-def nothing_connected(sock: socket.socket) -> bool:
-    try:
-        connection, _ = sock.accept()
-    except BlockingIOError:
-        return True
-    connection.close()
-    return False
 
 
 # --- at filing --------------------------------------------------------------------------------------
