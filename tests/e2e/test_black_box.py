@@ -164,9 +164,31 @@ def _git_status() -> str:
     ).stdout
 
 
+def _an_owner_stress_tests_the_watermark(service: Service, artifacts: dict[str, Any]) -> float:
+    """The owner simulates copying its own deployed model: the watermark survives, the control never matches."""
+    owner = service.sign_up(f"stella-{uuid.uuid4().hex[:6]}")
+    claim = _owner_registers_a_watermarked_model(service, artifacts, owner)
+    started = time.monotonic()
+    answer = service.post(
+        "/api/v1/stress-tests/", token=owner, json_body={"model": claim["model"]["id"], "thefts": ["copy"]}
+    )
+    assert answer.status == 202, answer.body  # accepted: a worker runs it
+    path = f"/api/v1/stress-tests/{answer.json()['id']}"
+    deadline = time.monotonic() + VERDICT_TIMEOUT_S
+    while (test := service.get(path, token=owner).json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, service.logs()
+        time.sleep(1.0)
+    assert test["state"] == "done", test
+    rows = {row["theft"]: row for row in test["results"]["rows"]}
+    assert [cell["confirmed"] for cell in rows["copy"]["cells"]] == [True], rows["copy"]
+    assert not any(cell["confirmed"] for row in rows.values() if row["control"] for cell in row["cells"]), rows
+    return time.monotonic() - started
+
+
 def test_make_run_takes_a_dispute_to_a_verified_verdict(artifacts: dict[str, Any], workdir: Path) -> None:
     with make_run(workdir) as service:
         seconds = _the_whole_story(service, artifacts, workdir)
+        seconds["stress test (copy)"] = _an_owner_stress_tests_the_watermark(service, artifacts)
         _a_looping_upload_does_not_slow_the_site(service, artifacts)
         _no_secret_in_logs(service)
     print(f"\nmake run: seconds from filing to verdict: {seconds}")
