@@ -39,11 +39,11 @@ from django.db import connection  # noqa: E402
 from modelcourt.embed import embed_watermark  # noqa: E402
 from ownership import services as ownership_services  # noqa: E402
 from ownership.roles import Role, role_grant  # noqa: E402
-from verification import services  # noqa: E402
 from verification.methods.datasets import digits_task  # noqa: E402
 from verification.methods.panels import train_panel  # noqa: E402
 from verification.methods.thefts import fine_tune  # noqa: E402
 from verification.methods.training import build_model, train_classifier  # noqa: E402
+from verification.services import disputes as dispute_services  # noqa: E402
 from workers.sandbox import discard_spares, warm_spare  # noqa: E402
 
 REPEATS = 3
@@ -88,7 +88,7 @@ def main() -> None:
                 if mode != "cold":
                     assert warm_spare(wait_s=120), "the spare did not warm up"
                 started = time.perf_counter()
-                dispute = services.dispute_file(
+                dispute = dispute_services.dispute_file(
                     arbiter=user, title=f"bench {mode} {i}", claimant_model=model, methods=["watermark"],
                     suspect_file=SimpleUploadedFile("suspect.pt", stolen), panel="bench",
                 )  # fmt: skip
@@ -96,7 +96,7 @@ def main() -> None:
                 if mode in ("warm", "unconfined"):
                     assert warm_spare(wait_s=120), "the spare did not warm up"
                 started = time.perf_counter()
-                verdict = services.verification_run_execute(dispute_id=dispute.pk)
+                verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
                 assert verdict is not None, "no verdict"
                 total = filing + time.perf_counter() - started
                 runs.append({"filing (upload stored, no sandbox)": filing, **verdict.run.timings, "total": total})

@@ -13,6 +13,7 @@ from rest_framework.views import exception_handler
 
 from ownership.escrow import EscrowError
 from ownership.exceptions import (
+    DrawLimitError,
     ModelInDisputeError,
     RegistryError,
     RegistryNotFoundError,
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 DOMAIN_ERRORS: dict[type[Exception], int] = {
     UploadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     ValidationBusyError: status.HTTP_429_TOO_MANY_REQUESTS,
+    DrawLimitError: status.HTTP_429_TOO_MANY_REQUESTS,
     ModelInDisputeError: status.HTTP_409_CONFLICT,
     RegistryError: status.HTTP_400_BAD_REQUEST,
     DisputeStateError: status.HTTP_409_CONFLICT,

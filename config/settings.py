@@ -213,6 +213,7 @@ REST_FRAMEWORK = {
         "signup": os.environ.get("MODELCOURT_THROTTLE_SIGNUP", "10/hour"),
         # watermark generations per owner
         "evidence-generate": os.environ.get("MODELCOURT_THROTTLE_GENERATE", "30/hour"),
+        "sighting": os.environ.get("MODELCOURT_THROTTLE_SIGHTING", "60/hour"),
         # bundle downloads, the API's and the web page's together, per client
         "verdict-bundle": os.environ.get("MODELCOURT_THROTTLE_BUNDLE", "60/min"),
     },
@@ -278,6 +279,8 @@ FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp" / "uploads"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 MODELCOURT_VALIDATION_TIMEOUT_S = float(os.environ.get("MODELCOURT_VALIDATION_TIMEOUT_S", "60"))
 MODELCOURT_MAX_VALIDATING = int(os.environ.get("MODELCOURT_MAX_VALIDATING", "2"))  # per owner, at once
+# generated watermarks per owner in any 24 hours (each draw also multiplies the p-values of its generated claims)
+MODELCOURT_WATERMARK_DRAWS_PER_DAY = int(os.environ.get("MODELCOURT_WATERMARK_DRAWS_PER_DAY", "20"))
 MODELCOURT_VALIDATION_MEMORY_BYTES = int(os.environ.get("MODELCOURT_VALIDATION_MEMORY_BYTES", str(4 << 30)))
 # a registration still `validating` this long after its task was published is published again
 MODELCOURT_VALIDATION_RESEND_MINUTES = float(os.environ.get("MODELCOURT_VALIDATION_RESEND_MINUTES", "15"))

@@ -229,6 +229,19 @@ def cmd_evidence_generate(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_evidence_adopt(args: argparse.Namespace, client: Client) -> int:
+    """Commit a generated watermark again for the model it was embedded in (the model you deploy)."""
+    _print_json(client.post_json(_model_path(args.model_id, "evidence/adopt"), {"source": args.source}))
+    return 0
+
+
+def cmd_sighting_record(args: argparse.Namespace, client: Client) -> int:
+    """Time-stamp the digest of a model file: a later dispute counts it as the suspect's first known time."""
+    files = [("file", Path(args.file).name, _read_bytes(args.file))]
+    _print_json(client.post_form("/api/v1/sightings/", [("note", args.note)], files))
+    return 0
+
+
 def cmd_receipt_get(args: argparse.Namespace, client: Client) -> int:
     """Fetch the public receipt of a commitment."""
     receipt = client.get(f"/api/v1/receipts/{urllib.parse.quote(args.commitment, safe='')}")
@@ -440,7 +453,14 @@ def _default_title(args: argparse.Namespace) -> str:
 
 def cmd_dispute_file(args: argparse.Namespace, client: Client) -> int:
     """File a dispute: the claimant's registration against one suspect (file, registered model or endpoint)."""
-    optional = {"title": _default_title(args), "alpha": args.alpha, "query_budget": args.budget, "panel": args.panel}
+    optional = {
+        "title": _default_title(args),
+        "alpha": args.alpha,
+        "query_budget": args.budget,
+        "panel": args.panel,
+        "suspect_released_at": args.released_at,
+        "suspect_release_source": args.release_source,
+    }
     fields, files = _suspect_form(args, optional)
     _print_json(client.post_form("/api/v1/disputes/", fields, files))
     return 0
@@ -622,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--high", type=float, default=1.0)
     generate.add_argument("--out", help="where to write the trigger set (.npz)")
     generate.set_defaults(handler=cmd_evidence_generate)
+    adopt = evidence.add_parser(
+        "adopt", help="commit a generated watermark again for the model it was embedded in (the deployed model)"
+    )
+    adopt.add_argument("model_id", help="the embedded (deployed) model")
+    adopt.add_argument("source", help="id of the generated watermark, as `evidence generate` printed it")
+    adopt.set_defaults(handler=cmd_evidence_adopt)
 
     receipt = commands.add_parser("receipt", help="fetch or verify receipts").add_subparsers(
         dest="receipt_command", required=True
@@ -670,7 +696,18 @@ def build_parser() -> argparse.ArgumentParser:
     filing.add_argument("--alpha", type=float, help="significance level (default 0.001)")
     filing.add_argument("--budget", type=int, help="the most queries the suspect may be sent")
     filing.add_argument("--panel", help="reference panel (default digits)")
+    filing.add_argument(
+        "--released-at", help="when the suspect was first released, if known (ISO 8601, e.g. 2026-05-01T12:00:00Z)"
+    )
+    filing.add_argument("--release-source", help="where the release time comes from (a URL or a document)")
     filing.set_defaults(handler=cmd_dispute_file)
+    sighting = commands.add_parser(
+        "sighting", help="time-stamp the digest of a model file you came across (it is not uploaded to be kept)"
+    ).add_subparsers(dest="sighting_command", required=True)
+    seen = sighting.add_parser("record", help="record that this model file existed now")
+    seen.add_argument("file")
+    seen.add_argument("--note", default="", help="where you saw it (at most 300 characters)")
+    seen.set_defaults(handler=cmd_sighting_record)
     asking = dispute.add_parser("request", help="ask the arbiters to file a dispute for your model (owner)")
     _add_claim_arguments(asking)
     asking.add_argument("--statement", help="why you suspect this model, for the arbiter")

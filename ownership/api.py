@@ -100,7 +100,25 @@ class EvidenceOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = EvidenceSet
         ref_name = "EvidenceSet"
-        fields = ["id", "kind", "size", "commitment", "verifiable", "generator", "serial", "created_at", "receipt_url"]
+        fields = [
+            "id",
+            "kind",
+            "size",
+            "commitment",
+            "verifiable",
+            "generator",
+            "derived_from",
+            "serial",
+            "created_at",
+            "receipt_url",
+        ]
+
+    derived_from = serializers.UUIDField(
+        source="derived_from.public_id",
+        allow_null=True,
+        default=None,
+        help_text="the generated watermark this set commits again (adopted for the model it was embedded in)",
+    )
 
     def get_receipt_url(self, obj: EvidenceSet) -> str:
         return reverse("receipt", kwargs={"commitment": obj.commitment})
@@ -299,6 +317,30 @@ class EvidenceGenerateApi(OwnerApiView):
         evidence_set, arrays = services.evidence_generate(model=model, **serializer.validated_data)
         evidence_set.evidence_npz_b64 = base64.b64encode(dump_evidence(arrays)).decode()
         return Response(self.OutputSerializer(evidence_set).data, status=status.HTTP_201_CREATED)
+
+
+class EvidenceAdoptApi(OwnerApiView):
+    """Commit one of your generated watermarks again for this model: the model you embedded it in.
+
+    The verifiable flow: generate a watermark for a registered model, embed it, register the embedded model,
+    then adopt the watermark for it. Disputes name the embedded model as the claimant, and the service checks
+    that this model carries the watermark. An adopted set is not a new draw.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "WatermarkAdoption"
+
+        source = serializers.UUIDField(help_text="id of the generated watermark (on another of your models)")
+
+    @extend_schema(request=InputSerializer, responses={201: EvidenceOutputSerializer}, summary="Adopt a watermark")
+    def post(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        source = selectors.evidence_of_owner(owner=request.user, public_id=serializer.validated_data["source"])
+        adopted = services.evidence_adopt(model=model, source=source)
+        return Response(EvidenceOutputSerializer(adopted).data, status=status.HTTP_201_CREATED)
 
 
 class EvidenceOpeningApi(OwnerApiView):

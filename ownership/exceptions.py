@@ -34,3 +34,9 @@ class RegistryNotFoundError(LookupError):
     """No such model, evidence set or receipt (for this caller)."""
 
     code = "not_found"
+
+
+class DrawLimitError(RegistryError):
+    """The owner drew the most generated watermarks allowed in 24 hours (answered 429)."""
+
+    code = "draw_limit"

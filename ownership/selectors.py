@@ -38,6 +38,14 @@ def evidence_get(*, model: RegisteredModel, public_id: uuid.UUID | str) -> Evide
     return evidence_set
 
 
+def evidence_of_owner(*, owner: AbstractBaseUser, public_id: uuid.UUID | str) -> EvidenceSet:
+    """One evidence set of any of the owner's models (another owner's sets do not exist for this caller)."""
+    evidence_set = EvidenceSet.objects.select_related("model").filter(model__owner=owner, public_id=public_id).first()
+    if evidence_set is None:
+        raise RegistryNotFoundError("no such evidence set among your models")
+    return evidence_set
+
+
 def evidence_by_commitment(*, commitment: str) -> EvidenceSet:
     """The evidence set behind a public commitment."""
     if not HEX64.fullmatch(commitment):

@@ -7,6 +7,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +20,14 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from ownership import artifacts, commitments, escrow, evidence, tasks, watermarks
-from ownership.exceptions import ModelInDisputeError, RegistryError, UploadTooLargeError, ValidationBusyError
-from ownership.models import EvidenceSet, RegisteredModel
+from ownership.exceptions import (
+    DrawLimitError,
+    ModelInDisputeError,
+    RegistryError,
+    UploadTooLargeError,
+    ValidationBusyError,
+)
+from ownership.models import EvidenceSet, RegisteredModel, WatermarkDraw
 from timestamps import services as timestamp_services
 from workers import sandbox
 
@@ -131,6 +138,8 @@ def model_register(
         model.model_digest = artifacts.model_digest(model.file_digests)
         model.full_clean(exclude=["artifact"])
         with transaction.atomic():
+            # our time-stamp over the digest: whoever registered it, the file provably existed from then on
+            model.digest_token = timestamp_services.timestamp_digest(digest=bytes.fromhex(model.model_digest))
             model.save()
             if validate == "async":
                 pk = model.pk
@@ -325,6 +334,7 @@ def evidence_generate(
     MODELCOURT_MAX_GENERATED_ELEMENTS.
     """
     model_require_active(model=model)
+    _check_draw_rate(owner=model.owner)
     limit = settings.MODELCOURT_MAX_GENERATED_ELEMENTS
     per_input = 1
     for dim in model.input_shape:
@@ -348,10 +358,71 @@ def evidence_generate(
             code="generate",
         ) from exc
     generator = {"name": watermarks.GENERATOR, "count": count, "low": repr(float(low)), "high": repr(float(high))}
-    evidence_set = evidence_commit(
-        model=model, kind=EvidenceSet.Kind.WATERMARK, arrays=arrays, seed=seed.hex(), generator=generator
-    )
+    with transaction.atomic():
+        evidence_set = evidence_commit(
+            model=model, kind=EvidenceSet.Kind.WATERMARK, arrays=arrays, seed=seed.hex(), generator=generator
+        )
+        # every draw counts against the owner's later disputes, even if the set or model is deleted
+        WatermarkDraw.objects.create(owner=model.owner, commitment=evidence_set.commitment, created_at=timezone.now())
     return evidence_set, arrays
+
+
+def _check_draw_rate(*, owner: Any) -> None:
+    """At most MODELCOURT_WATERMARK_DRAWS_PER_DAY generated watermarks per owner in any 24 hours."""
+    limit = settings.MODELCOURT_WATERMARK_DRAWS_PER_DAY
+    since = timezone.now() - timedelta(days=1)
+    if WatermarkDraw.objects.filter(owner=owner, created_at__gte=since).count() >= limit:
+        raise DrawLimitError(
+            f"at most {limit} watermarks are generated per owner in 24 hours (each draw also weakens the owner's "
+            "later claims with generated watermarks: their p-values are multiplied by the number drawn)"
+        )
+
+
+def watermark_draws_before(*, owner: Any, moment: datetime) -> int:
+    """How many watermarks the service generated for ``owner`` before ``moment`` (at least 1 for a claim)."""
+    return max(1, WatermarkDraw.objects.filter(owner=owner, created_at__lt=moment).count())
+
+
+def evidence_adopt(*, model: RegisteredModel, source: EvidenceSet) -> EvidenceSet:
+    """Commit a generated watermark again for the model it was embedded in (the deployed model).
+
+    The source must be a generated watermark of another model of the same owner. The new set keeps the
+    seed (so it stays verifiable) and records where it came from; it is not a new draw.
+    """
+    model_require_active(model=model)
+    if source.model.owner_id != model.owner_id:
+        raise RegistryError("only the owner's own generated watermarks can be adopted", code="not_found")
+    if not source.verifiable or source.derived_from_id is not None:
+        raise RegistryError(
+            "only a watermark the service generated (not an adopted copy) can be adopted", code="not_generated"
+        )
+    if source.model_id == model.pk:
+        raise RegistryError("this watermark is already committed for this model", code="already_committed")
+    if model.evidence_sets.filter(derived_from=source).exists():
+        raise RegistryError("this watermark is already adopted by this model", code="already_committed")
+    if (list(model.input_shape), model.num_classes) != (list(source.model.input_shape), source.model.num_classes):
+        raise RegistryError(
+            "the watermark was generated for another input shape or number of classes than this model's",
+            code="shape_mismatch",
+        )
+    opening = evidence_open(evidence_set=source)
+    arrays = evidence.load_evidence(
+        base64.b64decode(opening["evidence_npz_b64"]),
+        kind=source.kind,
+        input_shape=model.input_shape,
+        num_classes=model.num_classes,
+    )
+    with transaction.atomic():
+        adopted = evidence_commit(
+            model=model,
+            kind=source.kind,
+            arrays={"inputs": arrays["inputs"], "labels": arrays["labels"]},
+            seed=opening["seed"],
+            generator={**source.generator, "adopted_from": str(source.public_id)},
+        )
+        adopted.derived_from = source
+        adopted.save(update_fields=["derived_from"])
+    return adopted
 
 
 def evidence_open(*, evidence_set: EvidenceSet) -> dict[str, Any]:

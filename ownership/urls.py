@@ -8,6 +8,7 @@ urlpatterns = [
     path("models/<uuid:model_id>/artifact", api.ModelArtifactApi.as_view(), name="model-artifact"),
     path("models/<uuid:model_id>/evidence/", api.EvidenceListApi.as_view(), name="evidence-list"),
     path("models/<uuid:model_id>/evidence/generate", api.EvidenceGenerateApi.as_view(), name="evidence-generate"),
+    path("models/<uuid:model_id>/evidence/adopt", api.EvidenceAdoptApi.as_view(), name="evidence-adopt"),
     path(
         "models/<uuid:model_id>/evidence/<uuid:evidence_id>/opening",
         api.EvidenceOpeningApi.as_view(),

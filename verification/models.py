@@ -81,6 +81,13 @@ class Dispute(SuspectDescription):
     dispatch_attempts = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="runs started since the dispute was queued")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="the running attempt's last sign of life")
+    # precedence: a release time the arbiter knows of, with where it comes from (signed into the verdict as such)
+    suspect_released_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the suspect was first released, as the arbiter found it"
+    )
+    suspect_release_source = models.CharField(
+        max_length=300, blank=True, help_text="where the release time comes from (a URL, a document, a filing)"
+    )
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -92,6 +99,10 @@ class Dispute(SuspectDescription):
             models.CheckConstraint(condition=Q(progress__lte=100), name="dispute_progress_at_most_100"),
             models.CheckConstraint(
                 condition=~Q(state="failed") | ~Q(failure_reason=""), name="dispute_failure_has_a_reason"
+            ),
+            models.CheckConstraint(
+                condition=Q(suspect_released_at__isnull=True) | ~Q(suspect_release_source=""),
+                name="dispute_release_time_has_a_source",
             ),
         ]
 
@@ -253,3 +264,26 @@ class StressTest(models.Model):
 
     def __str__(self) -> str:
         return f"stress test {self.public_id} ({self.state})"
+
+
+class Sighting(models.Model):
+    """A time-stamped record that a model file existed: its digest, in our log, at the token's time.
+
+    Anyone signed in may record one; a later dispute over a suspect with that digest counts the
+    sighting as a first known time of the suspect (see verification.precedence). Only the digest is
+    kept, never the file.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sightings")
+    model_digest = models.CharField(max_length=64, db_index=True, help_text="hex SHA-256 model digest of the file")
+    file_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices)
+    note = models.CharField(max_length=300, blank=True, help_text="where the file was seen")
+    timestamp_token = models.OneToOneField(TimestampToken, on_delete=models.PROTECT, related_name="sighting")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"sighting of {self.model_digest[:12]}"

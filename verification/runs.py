@@ -1,6 +1,6 @@
 """The body of a verification run: open and check the evidence, run the methods in the sandbox, sign.
 
-Called by :func:`verification.services.verification_run_execute` inside a Celery task on the gpu queue.
+Called by :func:`verification.services.disputes.verification_run_execute` inside a Celery task on the gpu queue.
 Untrusted code (the suspect's artifact, answers from its endpoint) only ever runs in the sandbox's
 child process; this process opens the escrow, checks commitments and proofs, and signs.
 """
@@ -23,16 +23,17 @@ from modelcourt.receipts import Check, all_ok, verify_receipt
 from ownership import services as ownership_services
 from ownership.escrow import EscrowError
 from ownership.evidence import EvidenceRejected, load_evidence
-from ownership.models import EvidenceSet, RegisteredModel
+from ownership.models import EvidenceSet
 from timestamps import dsse
 from timestamps import keys as timestamp_keys
 from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeError
 from timestamps.selectors import signing_key_list
-from verification import reference
+from verification import precedence, reference
 from verification.exceptions import OperatorFault, RunFailed
 from verification.methods.decision import decide
 from verification.models import Dispute, Verdict, VerificationRun
 from verification.panel_fit import panel_refusal
+from verification.services.verdicts import verdict_record
 from workers.confinement import policy_record
 
 Progress = Callable[[int, int, str], None]
@@ -104,6 +105,7 @@ class _Opened:
     problems: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    first_known: list[precedence.FirstKnown] = field(default_factory=list)
 
 
 def _open_claims(dispute: Dispute) -> _Opened:
@@ -113,7 +115,13 @@ def _open_claims(dispute: Dispute) -> _Opened:
     opened = _Opened()
     claims, problems, records = opened.claims, opened.problems, opened.records
     dataset: dict[str, Any] | None = None
-    for evidence_set in dispute.evidence_sets.order_by("created_at", "id"):
+    first_known = precedence.suspect_first_known(dispute=dispute)
+    opened.first_known = first_known
+    draws = ownership_services.watermark_draws_before(owner=model.owner, moment=dispute.created_at)
+    for evidence_set in dispute.evidence_sets.select_related(
+        "derived_from__timestamp_token", "timestamp_token"
+    ).order_by("created_at", "id"):
+        standing = precedence.evidence_precedence(evidence_set=evidence_set, first_known=first_known)
         opening = ownership_services.evidence_open(evidence_set=evidence_set)
         receipt = ownership_services.receipt_build(evidence_set=evidence_set)
         opened.receipts.append(receipt)
@@ -129,6 +137,8 @@ def _open_claims(dispute: Dispute) -> _Opened:
                 "timestamp": evidence_set.timestamp_token.gen_time.isoformat(),
                 "log_index": evidence_set.timestamp_token.log_entry_id,
                 "opened": not failed and all_ok(checks),
+                "precedence": standing.to_dict(),
+                **({"derived_from": evidence_set.derived_from.commitment} if evidence_set.derived_from else {}),
             }
         )
         if failed:
@@ -145,6 +155,13 @@ def _open_claims(dispute: Dispute) -> _Opened:
             problems.append(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}")
             continue
         spec = evidence_spec(evidence_set, arrays)
+        spec["standing"] = {
+            # a generated watermark cannot be crafted on the suspect; everything else could have been
+            "chosen": not evidence_set.verifiable,
+            "precedes": standing.precedes,
+            "precedence_detail": standing.detail,
+            "draws": draws if evidence_set.verifiable else 1,
+        }
         if evidence_set.kind == EvidenceSet.Kind.DATASET:
             dataset = {**spec, "claimant_path": model.artifact.path}
         else:
@@ -189,22 +206,28 @@ def evidence_spec(evidence_set: EvidenceSet, arrays: Mapping[str, Any]) -> dict[
     }
 
 
-def _precedence(dispute: Dispute, records: list[dict[str, Any]]) -> tuple[bool, str]:
-    """The claimant's earliest commitment must precede the suspect's first known timestamp."""
-    if not records:
-        return False, "no evidence was committed"
-    claimant_first = min(r["timestamp"] for r in records)
-    suspect: RegisteredModel | None = dispute.suspect_registration
-    if suspect is None:
-        return True, f"the claimant's evidence was time-stamped at {claimant_first}; the suspect has no registration"
-    stamps = [s.timestamp_token.gen_time for s in suspect.evidence_sets.all()] + [suspect.created_at]
-    suspect_first = min(stamps).isoformat()
-    if suspect_first <= claimant_first:
-        return False, (
-            f"the suspect was registered or time-stamped at {suspect_first}, before the claimant's first "
-            f"commitment at {claimant_first}"
+def _precedence_record(opened: _Opened) -> dict[str, Any]:
+    """The precedence block of the verdict: the suspect's first known times and each set's standing."""
+    sets = [r["precedence"] for r in opened.records]
+    first = opened.first_known[0] if opened.first_known else None
+    if not sets:
+        detail = "no evidence was committed"
+    elif all(s["precedes"] for s in sets):
+        detail = (
+            f"every evidence set was committed before the suspect's first known time ({first.source if first else ''})"
         )
-    return True, f"claimant first time-stamped at {claimant_first}, suspect first known at {suspect_first}"
+    elif not any(s["precedes"] for s in sets):
+        detail = "no evidence set was committed before the suspect's first known time"
+    else:
+        late = sum(1 for s in sets if not s["precedes"])
+        detail = f"{late} of {len(sets)} evidence sets were committed after the suspect's first known time"
+    return {
+        # true only when every set came first (the public page shows "claimant first" on this alone)
+        "ok": bool(sets) and all(s["precedes"] for s in sets),
+        "detail": detail,
+        "first_known": [m.to_dict() for m in opened.first_known],
+        "sets": sets,
+    }
 
 
 def _suspect_spec(dispute: Dispute) -> dict[str, Any]:
@@ -258,6 +281,11 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
     # inference runs first, in a call of its own, and the suspect's call gets only its numbers
     if spec.get("dataset") and spec["dataset"].get("claimant_path"):
         spec = {**spec, "dataset": _claimant_features(spec, str(suspect.get("kind")))}
+    # binding: the claimant's own model labels every claimed set, in a call of its own
+    if spec.get("claims"):
+        labels = _claimant_labels(spec)
+        spec = {**spec, "claims": [{**c, "claimant_labels": labels[c["name"]]} for c in spec["claims"]]}
+    spec = {key: value for key, value in spec.items() if key != "claimant"}
     # the child reads only a private copy of the suspect's file and, read-only, the panel
     files: dict[str, str] = {}
     if suspect.get("kind") in ("torchscript", "onnx"):
@@ -278,6 +306,41 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         raise OperatorFault(HOST_UNCONFINED) from exc
     except SandboxError as exc:
         raise RunFailed(f"the suspect could not be evaluated: {exc.reason}") from exc
+
+
+def _claimant_labels(spec: dict[str, Any]) -> dict[str, list[int]]:
+    """The claimant's own model's labels on every claimed set (for binding), from a sandbox call of its own."""
+    from verification.methods.runner import claimant_claim_labels
+    from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
+
+    try:
+        labels: dict[str, list[int]] = run_sandboxed(
+            claimant_claim_labels,
+            {key: spec[key] for key in ("num_classes", "input_shape", "claimant")}
+            | {"claims": [{"name": c["name"], "inputs": c["inputs"]} for c in spec["claims"]]},
+            timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
+            memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
+            files={"claimant_path": str(spec["claimant"]["path"])},
+        )
+    except SandboxUnavailable as exc:
+        raise OperatorFault(HOST_UNCONFINED) from exc
+    except SandboxError as exc:
+        raise RunFailed(
+            f"the claimant's own registered model could not be asked whether it carries its evidence ({exc.reason})"
+        ) from exc
+    # the child ran the claimant's model: its answer is checked like any other untrusted output
+    sizes = {c["name"]: len(c["labels"]) for c in spec["claims"]}
+    num_classes = int(spec["num_classes"])
+    if not isinstance(labels, dict) or set(labels) != set(sizes):
+        raise RunFailed("the claimant's own registered model gave no usable labels for its evidence")
+    for name, values in labels.items():
+        if (
+            not isinstance(values, list)
+            or len(values) != sizes[name]
+            or not all(type(v) is int and 0 <= v < num_classes for v in values)
+        ):
+            raise RunFailed("the claimant's own registered model gave no usable labels for its evidence")
+    return labels
 
 
 def _claimant_features(spec: dict[str, Any], suspect_kind: str) -> dict[str, Any]:
@@ -347,6 +410,14 @@ def _report(dispute: Dispute, predicate: dict[str, Any], plots: dict[str, bytes]
         for s in decision.get("screens", [])
     )
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision.get("reasons", []))
+    known = "".join(
+        f"<li>{html.escape(m['when'])} (±{m['accuracy_s']:g} s): {html.escape(m['source'])}</li>"
+        for m in predicate["precedence"].get("first_known", [])
+    )
+    sets = "".join(
+        f"<li><code>{html.escape(s['commitment'][:16])}</code>: {html.escape(s['detail'])}</li>"
+        for s in predicate["precedence"].get("sets", [])
+    )
     images = "".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(n)}"></figure>' for n in sorted(plots))
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>Verdict {predicate["verdict_id"]}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
@@ -361,6 +432,8 @@ td,th{{border:1px solid #ccc;padding:.3rem;vertical-align:top}}table{{border-col
 {"".join(rows)}</table>
 <h2>False-claim screens</h2><ul>{screens or "<li>none</li>"}</ul>
 <h2>Precedence</h2><p>{html.escape(predicate["precedence"]["detail"])}</p>
+<p>The suspect is known to have existed at:</p><ul>{known or "<li>no record</li>"}</ul>
+<p>Each evidence set:</p><ul>{sets or "<li>none</li>"}</ul>
 <h2>Plots</h2>{images or "<p>none</p>"}
 <p>Check this verdict offline: <code>modelcourt verify bundle.zip</code>.</p></body></html>"""
     return page.encode()
@@ -374,11 +447,11 @@ def run_to_verdict(
     progress(dispute.pk, 5, "opening the escrowed evidence and checking its receipts")
     opened = _open_claims(dispute)
     claims, dataset, problems, records = opened.claims, opened.dataset, opened.problems, opened.records
-    precedence_ok, precedence_detail = _precedence(dispute, records)
+    precedence_record = _precedence_record(opened)
     timings["open_evidence_s"] = time.perf_counter() - mark
 
     result: dict[str, Any] = {}
-    integrity_ok = not problems and precedence_ok
+    integrity_ok = not problems
     if integrity_ok:
         mark = time.perf_counter()
         progress(dispute.pk, 15, f"loading the reference panel {dispute.panel}")
@@ -401,6 +474,9 @@ def run_to_verdict(
             "panel_name": dispute.panel,
             "claims": claims if set(dispute.methods) & {"watermark", "fingerprint"} else [],
             "dataset": dataset if "dataset_inference" in dispute.methods else None,
+            # precedence and draws per set, decided here from our own records (binding is measured later)
+            "standings": {c["name"]: c["standing"] for c in [*claims, *([dataset] if dataset else [])]},
+            "claimant": {"kind": model.artifact_format, "path": model.artifact.path},
         }
         progress(dispute.pk, 30, "querying the suspect in the sandbox")
         mark = time.perf_counter()
@@ -410,9 +486,8 @@ def run_to_verdict(
             timings[f"child_{key}"] = float(value)
         decision = result["decision"]
     else:
-        reasons = problems + ([] if precedence_ok else [f"precedence: {precedence_detail}"])
         record = decide(tests=[], integrity_ok=False, alpha=dispute.alpha).to_dict()
-        record["reasons"] = reasons + record["reasons"]
+        record["reasons"] = problems + record["reasons"]
         decision = record
 
     progress(dispute.pk, 90, "signing the verdict")
@@ -427,7 +502,7 @@ def run_to_verdict(
         "decision": decision,
         "methods": list(dispute.methods),
         "claims": records,
-        "precedence": {"ok": precedence_ok, "detail": precedence_detail},
+        "precedence": precedence_record,
         "suspect": {
             "kind": dispute.suspect_kind,
             "digest": dispute.suspect_digest,
@@ -458,8 +533,6 @@ def run_to_verdict(
     )
     envelope_bytes = dsse.envelope_bytes(envelope)
     timings["sign_s"] = time.perf_counter() - mark
-    from verification.services import verdict_record
-
     return verdict_record(
         dispute=dispute,
         run=run,

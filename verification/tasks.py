@@ -1,4 +1,7 @@
-"""Celery tasks of disputes and stress tests: an id in, a service called; and `enqueue`, how services queue them.
+"""Celery tasks of disputes and stress tests: an id in, a service called; and how services queue them.
+
+Services queue work with `enqueue_on_commit`, imported from here at module level; the tasks import the
+services inside their bodies (torch stays out of web processes), so this module loads no service when imported.
 
 workers.celery routes run tasks to the gpu queue and the sweep to the cpu queue (a GPU worker busy
 with a long run must not hold the sweep up).
@@ -14,7 +17,7 @@ logger = logging.getLogger(__name__)
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-untyped-def]
     """Run a queued dispute to its verdict; a redelivered message finds it decided (or running) and does nothing."""
-    from verification.services import verification_run_execute  # torch stays out of web processes
+    from verification.services.disputes import verification_run_execute  # torch stays out of web processes
 
     verification_run_execute(dispute_id=dispute_id, task_id=self.request.id or "")
 
@@ -22,7 +25,7 @@ def verification_run_task(self, dispute_id: int) -> None:  # type: ignore[no-unt
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def stress_test_task(self, stress_test_id: int) -> None:  # type: ignore[no-untyped-def]
     """Run an owner's stress test; a redelivered message finds it done, or running under a live worker."""
-    from verification.services import stress_test_execute  # torch stays out of web processes
+    from verification.services.stress import stress_test_execute  # torch stays out of web processes
 
     stress_test_execute(stress_test_id=stress_test_id, task_id=self.request.id or "")
 
@@ -48,3 +51,14 @@ def enqueue(kind: str, pk: int) -> bool:
         logger.warning("%s %s: the task queue refused the message; the sweep sends it again", kind, pk, exc_info=True)
         return False
     return True
+
+
+def enqueue_on_commit(kind: str, pk: int) -> None:
+    """Queue one dispute or stress test: its message is published once the transaction that queued it commits.
+
+    The queued row is its own outbox entry (verification.sweeps): if the broker refuses the message, the sweep
+    sends it later.
+    """
+    from verification.sweeps import dispatch_on_commit  # as in run_sweep_task: importing this module loads no models
+
+    dispatch_on_commit(kind, pk)

@@ -3,7 +3,7 @@ TorchScript model, follow the progress bar, read the outcome and its plot, publi
 public verdict page and download the bundle, which verifies offline.
 
 No worker runs here: the filing's task message is caught, and the test thread runs the verification itself
-(`services.verification_run_execute`), as a worker would. Full-page screenshots of each main page go to
+(`dispute_services.verification_run_execute`), as a worker would. Full-page screenshots of each main page go to
 $MODELCOURT_SCREENSHOTS (default: the test's tmp_path); their paths are printed.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
 from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
-from verification import services
+from verification.services import disputes as dispute_services
 
 from .conftest import PASSWORD, UUID, assert_fits
 
@@ -114,7 +114,7 @@ def test_an_arbiter_files_follows_and_publishes_a_dispute(
         route.continue_()
 
     page.route(re.compile(r".*/progress\.json$"), answer)
-    report_progress = services._progress
+    report_progress = dispute_services._progress
 
     def progress_shown(dispute_id: int, percent: int, phase: str) -> None:
         report_progress(dispute_id, percent, phase)
@@ -125,8 +125,8 @@ def test_an_arbiter_files_follows_and_publishes_a_dispute(
             assert page.locator("#dispute-state").inner_text() == "Running"
             shot("05-running")
 
-    monkeypatch.setattr(services, "_progress", progress_shown)
-    verdict = services.verification_run_execute(dispute_id=queued[0])
+    monkeypatch.setattr(dispute_services, "_progress", progress_shown)
+    verdict = dispute_services.verification_run_execute(dispute_id=queued[0])
     assert verdict is not None
     assert verdict.outcome == "ownership_confirmed"
 

@@ -13,7 +13,8 @@ import pytest
 
 from ownership import services as ownership_services
 from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
-from verification import services, tasks
+from verification import tasks
+from verification.services import stress as stress_services
 
 from .conftest import PASSWORD, UUID, assert_fits
 
@@ -72,7 +73,7 @@ def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
     assert page.locator("#dispute-state").inner_text() == "Queued"
     assert len(queued) == 1
 
-    done = services.stress_test_execute(stress_test_id=queued[0])
+    done = stress_services.stress_test_execute(stress_test_id=queued[0])
     assert done is not None
     assert done.state == "done", done.failure_reason
 

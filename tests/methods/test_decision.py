@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 
 from verification.methods.decision import (
     ClaimScreen,
     Decision,
+    Standing,
     TestResult,
     agreement_test,
-    decide,
 )
+from verification.methods.decision import decide as _decide
+from verification.methods.nulls import agreement_null
 from verification.methods.statistics import binomial_test, panel_rank_p_value
 
 ALPHA = 1e-3
+
+
+def decide(**kwargs: Any) -> Decision:
+    """decide() where every set's precedence is established (the standing rules: test_standing.py)."""
+    kwargs.setdefault("standings", [Standing(t.name, precedes=True) for t in kwargs.get("tests", [])])
+    return _decide(**kwargs)
 
 
 def _test(name: str, p: float, *, conclusive: bool = True, kind: str = "watermark") -> TestResult:
@@ -130,15 +139,20 @@ def test_decide_rejects_inconsistent_inputs() -> None:
 
 
 def test_agreement_test_records_every_number() -> None:
-    panel = [20, 25, 18]
+    panel = [20, 25, 18, 22, 27, 19, 24, 21, 23, 26] * 2  # twenty models: the null has the model as its unit
     t = agreement_test(name="wm", kind="watermark", matches=90, trials=100, p0=0.3, panel_matches=panel, alpha=ALPHA)
+    null = agreement_null(panel_matches=panel, trials=100, num_classes=None, alpha=ALPHA, rate_floor=0.3)
     assert t.conclusive
-    assert t.p_value == pytest.approx(binomial_test(90, 100, 0.3))
+    assert t.p_value == pytest.approx(null.p_value(90))
+    assert t.p_value >= binomial_test(90, 100, 0.3)  # never below the old pooled rule
+    assert t.statistics["pooled_binomial_p_value"] == pytest.approx(binomial_test(90, 100, 0.3))
     assert t.statistics["K"] == 100
     assert t.statistics["m"] == 90
     assert t.statistics["p0"] == 0.3
+    assert t.statistics["panel_size"] == 20
     assert t.statistics["panel_rank_p_value"] == pytest.approx(panel_rank_p_value(90, panel))
-    assert t.statistics["min_achievable_p_value"] == pytest.approx(0.3**100)
+    assert t.statistics["min_achievable_p_value"] == pytest.approx(null.min_achievable_p_value())
+    assert t.statistics["pooled_min_achievable_p_value"] == pytest.approx(0.3**100)
     assert decide(tests=[t], alpha=ALPHA).outcome == "ownership_confirmed"
 
 

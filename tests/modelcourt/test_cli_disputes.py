@@ -24,10 +24,11 @@ from modelcourt.cli import main
 from ownership import services as ownership_services
 from ownership.roles import Role, role_grant
 from tests.ownership.model_files import digits_mlp, torchscript_file
-from verification import services
 from verification.methods.datasets import digits_task
 from verification.methods.panels import train_panel
 from verification.models import Dispute
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PANEL = "cli-digits"
@@ -75,7 +76,7 @@ class WorkerBetweenPolls:
     def sleep(self, seconds: float) -> None:
         self.sleeps += 1
         while self.dispute_ids:
-            services.verification_run_execute(dispute_id=self.dispute_ids.pop(0), task_id="cli-test")
+            dispute_services.verification_run_execute(dispute_id=self.dispute_ids.pop(0), task_id="cli-test")
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_file_follow_and_fetch_a_verdict_through_the_cli(
     out = capsys.readouterr().out
     assert outcome in out
     assert "not yet" in out
-    services.verdict_publish(dispute=Dispute.objects.get(public_id=filed["id"]))
+    verdict_services.verdict_publish(dispute=Dispute.objects.get(public_id=filed["id"]))
     bundle = tmp_path / "verdict.zip"
     assert main(["--url", arbiter_cli[1], "verdict", "get", str(verdict_id), "--bundle", str(bundle)]) == 0
     out = capsys.readouterr().out

@@ -297,8 +297,8 @@ def test_the_first_look_refuses_empty_files_and_pickles(head: bytes) -> None:
 def test_filing_a_dispute_with_an_uploaded_suspect_never_runs_the_sandbox(
     owner, arbiter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from verification import services as verification_services
     from verification.exceptions import DisputeError
+    from verification.services import disputes as dispute_services
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the sandbox ran while a dispute was filed")
@@ -313,7 +313,7 @@ def test_filing_a_dispute_with_an_uploaded_suspect_never_runs_the_sandbox(
     suspect = torchscript_file(tmp_path / "suspect.pt").read_bytes()
 
     def file(data: bytes, name: str):  # type: ignore[no-untyped-def]
-        return verification_services.dispute_file(
+        return dispute_services.dispute_file(
             arbiter=arbiter,
             title="x",
             claimant_model=claimant,

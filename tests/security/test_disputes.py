@@ -31,8 +31,9 @@ from tests.security.conftest import (
     signed_and_stored,
     site_packages_pth,
 )
-from verification import services
 from verification.models import Dispute, Verdict
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -86,7 +87,7 @@ def _verdict_places(verdict: Verdict, client: APIClient) -> dict[str, Any]:
         "verdict_api": client.get(f"/api/v1/verdicts/{verdict.public_id}").content,
     }
     try:
-        places["bundle"] = services.verdict_bundle(verdict=verdict)
+        places["bundle"] = verdict_services.verdict_bundle(verdict=verdict)
     except Exception as exc:  # a bundle that cannot be built is not what is tested here
         places["bundle_error"] = repr(exc)
     return places
@@ -112,7 +113,7 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
     claimant = registered_row(owner, "digits")
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
     artifact, paths = CASES[case](secrets, untouched, outside)
-    dispute = services.dispute_file(
+    dispute = dispute_services.dispute_file(
         arbiter=arbiter,
         title=f"hostile {case}",
         claimant_model=claimant,
@@ -122,7 +123,7 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
         panel=PANEL,
     )
 
-    services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-{case}")
+    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-{case}")
 
     dispute.refresh_from_db()
     client = APIClient()
@@ -144,7 +145,7 @@ def test_a_benign_suspect_is_decided(owner, arbiter, data_dir: Path) -> None:  #
     """The control: the run reaches the suspect under the sandbox's limits (else every case above passes idly)."""
     claimant = registered_row(owner, "digits")
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
-    dispute = services.dispute_file(
+    dispute = dispute_services.dispute_file(
         arbiter=arbiter,
         title="benign",
         claimant_model=claimant,
@@ -154,7 +155,7 @@ def test_a_benign_suspect_is_decided(owner, arbiter, data_dir: Path) -> None:  #
         panel=PANEL,
     )
 
-    services.verification_run_execute(dispute_id=dispute.pk, task_id="benign")
+    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id="benign")
 
     dispute.refresh_from_db()
     assert dispute.state == Dispute.State.DECIDED, dispute.failure_reason

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from ownership import services as ownership_services
-from verification import services
 from verification.exceptions import DisputeError
+from verification.services import disputes as dispute_services
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +37,7 @@ def test_filing_refuses_a_non_public_endpoint(url: str, owner: Any, arbiter: Any
     model = bare_model(owner, "digits")
     ownership_services.evidence_generate(model=model, count=10)
     with pytest.raises(DisputeError) as refused:
-        services.dispute_file(
+        dispute_services.dispute_file(
             arbiter=arbiter, title="x", claimant_model=model, methods=["watermark"], suspect_url=url, start=False
         )
     assert refused.value.code == "suspect_url"

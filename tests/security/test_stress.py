@@ -28,8 +28,8 @@ from tests.security.conftest import (
     signed_and_stored,
     site_packages_pth,
 )
-from verification import services
 from verification.models import StressTest
+from verification.services import stress as stress_services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 Build = Callable[[Secrets, Untouched, Path], tuple[bytes, tuple[str, ...]]]
@@ -81,9 +81,9 @@ def test_a_hostile_model_fails_its_stress_test_without_a_trace(  # type: ignore[
     artifact, paths = CASES[case](secrets, untouched, outside)
     model = registered_row(owner, f"hostile-{case}", artifact)
     ownership_services.evidence_generate(model=model, count=10)
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
 
-    services.stress_test_execute(stress_test_id=started.pk, task_id=f"hostile-{case}")
+    stress_services.stress_test_execute(stress_test_id=started.pk, task_id=f"hostile-{case}")
 
     stress_test = StressTest.objects.get(pk=started.pk)
     assert stress_test.state == StressTest.State.FAILED, (stress_test.state, stress_test.failure_reason)
@@ -104,9 +104,9 @@ def test_a_benign_model_is_stress_tested(owner, data_dir: Path) -> None:  # type
     """The control: the stress test reaches the model under the sandbox's limits (else the cases above pass idly)."""
     model = registered_row(owner, "benign", attacks.benign())
     ownership_services.evidence_generate(model=model, count=10)
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
 
-    services.stress_test_execute(stress_test_id=started.pk, task_id="benign")
+    stress_services.stress_test_execute(stress_test_id=started.pk, task_id="benign")
 
     stress_test = StressTest.objects.get(pk=started.pk)
     assert stress_test.state == StressTest.State.DONE, stress_test.failure_reason

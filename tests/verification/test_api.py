@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
-from verification import services
 from verification.models import Dispute
+from verification.services import disputes as dispute_services
 
 from .conftest import PANEL, Claimant, Models, bare_model, mark_and_steal, upload
 
@@ -97,7 +97,7 @@ def test_an_uploaded_theft_is_filed_run_published_and_its_bundle_verifies(
     url = f"{DISPUTES}{body['id']}"
     assert arbiter_client.get(url).json()["state"] == "queued"
 
-    services.verification_run_execute(dispute_id=_dispute_pk(body))
+    dispute_services.verification_run_execute(dispute_id=_dispute_pk(body))
 
     decided = arbiter_client.get(url).json()
     assert (decided["state"], decided["progress"], decided["phase"]) == ("decided", 100, "decided")
@@ -175,7 +175,7 @@ def test_a_dispute_against_a_registered_model_runs_to_a_verdict(
     assert body["suspect"]["kind"] == "registered"
     assert body["suspect"]["registered_model"] == str(suspect.public_id)
     assert body["suspect"]["digest"] == suspect.model_digest
-    services.verification_run_execute(dispute_id=_dispute_pk(body))
+    dispute_services.verification_run_execute(dispute_id=_dispute_pk(body))
     decided = arbiter_client.get(f"{DISPUTES}{body['id']}").json()
     assert decided["state"] == "decided"
     assert decided["verdict"]["outcome"] == "not_confirmed"
@@ -374,7 +374,7 @@ def test_an_oversized_suspect_is_refused_before_it_is_read(
         raise AssertionError("the body was read")
 
     with monkeypatch.context() as patch:
-        patch.setattr(services, "dispute_file", must_not_run)
+        patch.setattr(dispute_services, "dispute_file", must_not_run)
         body = _assert_error(_file_upload(arbiter_client, bare_claimant, b"\0" * (2 << 20)), 413, "too_large")
     assert "limit" in body["detail"]
     # under the Content-Length slack, the service measures the file itself

@@ -19,8 +19,9 @@ from modelcourt.bundle import all_ok, verify_bundle
 from timestamps import keys
 from timestamps import services as timestamp_services
 from timestamps.models import Checkpoint, SigningKey
-from verification import services
 from verification.models import Dispute, Verdict
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Claimant, Models, upload
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def decided(arbiter: Any, claimant: Claimant, digits_models: Models) -> tuple[Dispute, Verdict]:
     """A dispute against an independent model, run to its verdict (unpublished); the outcome does not matter here."""
-    dispute = services.dispute_file(
+    dispute = dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits vs. independent",
         claimant_model=claimant.model,
@@ -38,7 +39,7 @@ def decided(arbiter: Any, claimant: Claimant, digits_models: Models) -> tuple[Di
         suspect_file=upload("independent.pt", digits_models.independent),
         panel=PANEL,
     )
-    verdict = services.verification_run_execute(dispute_id=dispute.pk)
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
     assert verdict is not None
     dispute.refresh_from_db()
     return dispute, verdict
@@ -46,7 +47,7 @@ def decided(arbiter: Any, claimant: Claimant, digits_models: Models) -> tuple[Di
 
 @pytest.fixture
 def published(decided: tuple[Dispute, Verdict]) -> Verdict:
-    return services.verdict_publish(dispute=decided[0])
+    return verdict_services.verdict_publish(dispute=decided[0])
 
 
 def _urls(verdict: Verdict) -> tuple[str, str]:
@@ -89,8 +90,8 @@ def test_the_zip_is_built_once_per_checkpoint(published: Verdict, monkeypatch: p
     build = bundle.build_bundle
     monkeypatch.setattr(bundle, "build_bundle", lambda **parts: built.append(1) or build(**parts))
 
-    first = services.verdict_bundle(verdict=published)
-    second = services.verdict_bundle(verdict=published)
+    first = verdict_services.verdict_bundle(verdict=published)
+    second = verdict_services.verdict_bundle(verdict=published)
 
     assert first == second
     assert len(built) == 1
@@ -198,13 +199,13 @@ def test_no_checkpoint_by_a_retired_log_key_covering_the_verdict_is_a_503(publis
 
 def test_the_cache_holds_one_zip_per_verdict_replaced_with_the_checkpoint(published: Verdict) -> None:
     key = f"verdict-bundle:{bundle.BUNDLE_FORMAT}:{published.pk}"
-    first = services.verdict_bundle(verdict=published)
+    first = verdict_services.verdict_bundle(verdict=published)
     cached = cache.get(key)
     assert cached[2] == first
 
     timestamp_services.timestamp_digest(digest=hashlib.sha256(b"another commitment").digest())
     newer = timestamp_services.checkpoint_publish()
-    second = services.verdict_bundle(verdict=published)
+    second = verdict_services.verdict_bundle(verdict=published)
 
     assert second != first
     assert cache.get(key) == (newer.pk, newer.size, second)

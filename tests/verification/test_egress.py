@@ -14,7 +14,7 @@ from verification.egress import run_methods_relayed
 from verification.exceptions import DisputeError, RunFailed
 from verification.methods import egress
 from verification.models import DisputeRequest
-from verification.services import _check_public_endpoint, _check_url
+from verification.services.disputes import _check_public_endpoint, _check_url
 
 from .conftest import Claimant
 

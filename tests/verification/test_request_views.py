@@ -10,8 +10,8 @@ import pytest
 from django.test import Client
 
 from tests.conftest import _user
-from verification import services
 from verification.models import Dispute, DisputeRequest
+from verification.services import requests as request_services
 
 from .conftest import PANEL, Claimant
 
@@ -50,7 +50,7 @@ def _request_form(claimant: Claimant, **fields: Any) -> dict[str, Any]:
 
 
 def _open_request(owner: Any, claimant: Claimant) -> DisputeRequest:
-    return services.dispute_request_create(
+    return request_services.dispute_request_create(
         owner=owner,
         title="digits, resold",
         statement="It answers our triggers.",
@@ -210,11 +210,11 @@ def test_requests_do_not_keep_models_from_being_deleted(owner: Any, bare_claiman
     from .conftest import bare_model
 
     suspect = bare_model(_user("mallory", "owner"), "theirs")
-    named = services.dispute_request_create(
+    named = request_services.dispute_request_create(
         owner=owner, title="t", claimant_model=bare_claimant.model, methods=["watermark"],
         suspect_registration=suspect,
     )  # fmt: skip
-    services.dispute_request_withdraw(request=named)
+    request_services.dispute_request_withdraw(request=named)
 
     ownership_services.model_delete(model=suspect)
     named.refresh_from_db()

@@ -9,8 +9,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from ownership.roles import Role, role_grant
-from verification import services
+from verification.exceptions import DisputeError
 from verification.models import Dispute, DisputeRequest
+from verification.services import disputes as dispute_services
+from verification.services import requests as request_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Claimant, Models, bare_model, mark_and_steal
 
@@ -96,12 +99,12 @@ def test_a_requested_dispute_is_accepted_run_and_the_owner_sees_the_published_ve
     }
 
     dispute = Dispute.objects.get(public_id=dispute_body["id"])
-    services.verification_run_execute(dispute_id=dispute.pk)
+    dispute_services.verification_run_execute(dispute_id=dispute.pk)
     decided = owner_client.get(f"{REQUESTS}{body['id']}").json()["dispute"]
     # decided but unpublished: the owner sees the state, not the outcome
     assert (decided["state"], decided["verdict_url"]) == ("decided", None)
 
-    services.verdict_publish(dispute=dispute)
+    verdict_services.verdict_publish(dispute=dispute)
     published = owner_client.get(f"{REQUESTS}{body['id']}").json()["dispute"]
     assert published["state"] == "published"
     verdict = owner_client.get(published["verdict_url"])
@@ -282,8 +285,8 @@ def test_an_arbiter_cannot_accept_their_own_request(bare_claimant: Claimant, dja
 
     assert _client(both).get(f"{REQUESTS}inbox").json() == []
     request = DisputeRequest.objects.get(public_id=made.json()["id"])
-    with pytest.raises(services.DisputeError, match="cannot accept a request they made"):
-        services.dispute_request_accept(request=request, arbiter=both, panel=PANEL)
+    with pytest.raises(DisputeError, match="cannot accept a request they made"):
+        request_services.dispute_request_accept(request=request, arbiter=both, panel=PANEL)
 
 
 def test_a_registered_suspect_can_be_requested(owner: Any, arbiter: Any, bare_claimant: Claimant) -> None:

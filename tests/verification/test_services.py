@@ -11,9 +11,11 @@ import torch
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
 from timestamps.selectors import log_size
-from verification import selectors, services
+from verification import selectors
 from verification.exceptions import DisputeError, DisputeStateError
 from verification.models import Dispute, VerificationRun
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Models, mark_and_steal, upload
 
@@ -36,7 +38,7 @@ def registration(owner, digits_models: Models, data_dir):  # type: ignore[no-unt
 
 
 def _file(arbiter, model, data: bytes, name: str = "suspect.pt", **kw):  # type: ignore[no-untyped-def]
-    return services.dispute_file(
+    return dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits theft?",
         claimant_model=model,
@@ -53,7 +55,7 @@ def test_a_stolen_copy_is_confirmed_and_the_bundle_verifies(arbiter, registratio
     assert dispute.suspect_format == "torchscript"
     size_before = log_size()
 
-    verdict = services.verification_run_execute(dispute_id=dispute.pk, task_id="t1")
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id="t1")
     assert verdict is not None
     dispute.refresh_from_db()
     assert dispute.state == Dispute.State.DECIDED
@@ -71,15 +73,15 @@ def test_a_stolen_copy_is_confirmed_and_the_bundle_verifies(arbiter, registratio
     assert {"queue_wait_s", "open_evidence_s", "sandbox_s", "sign_s", "child_model_load_s"} <= set(run.timings)
 
     # a redelivered message finds nothing to do: no second verdict, no second log entry
-    assert services.verification_run_execute(dispute_id=dispute.pk, task_id="t1-again") is None
+    assert dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id="t1-again") is None
     assert log_size() == size_before + 1
     assert dispute.runs.count() == 1
 
     with pytest.raises(Exception, match="no such verdict"):
         selectors.verdict_get(public_id=verdict.public_id)  # not public yet
-    services.verdict_publish(dispute=dispute)
+    verdict_services.verdict_publish(dispute=dispute)
     public = selectors.verdict_get(public_id=verdict.public_id)
-    data = services.verdict_bundle(verdict=public)
+    data = verdict_services.verdict_bundle(verdict=public)
     checks = verify_bundle(data)
     assert all_ok(checks), [c for c in checks if not c.ok]
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
@@ -90,7 +92,7 @@ def test_a_stolen_copy_is_confirmed_and_the_bundle_verifies(arbiter, registratio
 def test_an_independent_model_is_not_confirmed(arbiter, registration, digits_models: Models) -> None:  # type: ignore[no-untyped-def]
     model, *_ = registration
     dispute = _file(arbiter, model, digits_models.independent)
-    verdict = services.verification_run_execute(dispute_id=dispute.pk)
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
     assert verdict is not None
     assert verdict.outcome == "not_confirmed"
 
@@ -105,7 +107,7 @@ def test_a_suspect_answering_nan_is_inconclusive(arbiter, registration) -> None:
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(Garbage()), buffer)
     dispute = _file(arbiter, model, buffer.getvalue(), name="nan.pt")
-    verdict = services.verification_run_execute(dispute_id=dispute.pk)
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
     assert verdict is not None
     assert verdict.outcome == "inconclusive"
     assert "NaN" in verdict.predicate["decision"]["tests"][0]["reason"]
@@ -125,20 +127,20 @@ def test_a_hanging_suspect_fails_the_run_and_the_worker_survives(arbiter, regist
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(Hang()), buffer)
     dispute = _file(arbiter, model, buffer.getvalue(), name="hang.pt")
-    assert services.verification_run_execute(dispute_id=dispute.pk) is None
+    assert dispute_services.verification_run_execute(dispute_id=dispute.pk) is None
     dispute.refresh_from_db()
     assert dispute.state == Dispute.State.FAILED
     assert "took longer than 15 s" in dispute.failure_reason
     run = dispute.runs.get()
     assert run.state == VerificationRun.State.FAILED
     # a failed dispute can be queued again
-    assert services.dispute_queue(dispute=dispute).state == Dispute.State.QUEUED
+    assert dispute_services.dispute_queue(dispute=dispute).state == Dispute.State.QUEUED
 
 
 def test_filing_errors_are_readable(arbiter, registration, digits_models: Models) -> None:  # type: ignore[no-untyped-def]
     model, *_ = registration
     with pytest.raises(DisputeError, match="no fingerprint evidence"):
-        services.dispute_file(
+        dispute_services.dispute_file(
             arbiter=arbiter,
             title="x",
             claimant_model=model,
@@ -147,13 +149,15 @@ def test_filing_errors_are_readable(arbiter, registration, digits_models: Models
             panel=PANEL,
         )
     with pytest.raises(DisputeError, match="exactly one suspect"):
-        services.dispute_file(arbiter=arbiter, title="x", claimant_model=model, methods=["watermark"], panel=PANEL)
+        dispute_services.dispute_file(
+            arbiter=arbiter, title="x", claimant_model=model, methods=["watermark"], panel=PANEL
+        )
     with pytest.raises(DisputeError, match="refused"):
         _file(arbiter, model, b"\x80\x04 not a model", name="evil.pkl")
     with pytest.raises(DisputeError, match="reference panel"):
         _file(arbiter, model, digits_models.independent, panel="cifar")
     with pytest.raises(DisputeError, match="http"):
-        services.dispute_file(
+        dispute_services.dispute_file(
             arbiter=arbiter,
             title="x",
             claimant_model=model,
@@ -167,18 +171,18 @@ def test_state_rules(arbiter, registration, digits_models: Models) -> None:  # t
     model, *_ = registration
     dispute = _file(arbiter, model, digits_models.independent)
     with pytest.raises(DisputeStateError):
-        services.verdict_publish(dispute=dispute)
-    services.dispute_withdraw(dispute=dispute)
-    assert services.verification_run_execute(dispute_id=dispute.pk) is None
+        verdict_services.verdict_publish(dispute=dispute)
+    dispute_services.dispute_withdraw(dispute=dispute)
+    assert dispute_services.verification_run_execute(dispute_id=dispute.pk) is None
     with pytest.raises(DisputeStateError):
-        services.dispute_withdraw(dispute=dispute)
+        dispute_services.dispute_withdraw(dispute=dispute)
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("title", ["evil\x1b]0;pwned\x07", "fake\u202everdict", "nul\x00byte"])
 def test_titles_with_control_or_formatting_characters_are_refused(title: str) -> None:
     from verification.exceptions import DisputeError
-    from verification.services import _check_title
+    from verification.services.disputes import _check_title
 
     with pytest.raises(DisputeError, match="control or formatting characters"):
         _check_title(title)

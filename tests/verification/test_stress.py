@@ -21,10 +21,11 @@ from ownership import services as ownership_services
 from ownership.evidence import dump_evidence
 from ownership.models import EvidenceSet, RegisteredModel
 from ownership.watermarks import generate_watermark
-from verification import selectors, services
+from verification import selectors
 from verification.exceptions import StressTestError, StressTestNotFoundError
 from verification.methods.datasets import digits_task
 from verification.models import StressTest
+from verification.services import stress as stress_services
 
 from .conftest import PANEL, Models, bare_model, upload
 
@@ -110,11 +111,11 @@ def _broken_model(owner: Any) -> RegisteredModel:
 
 def test_a_stress_test_runs_to_its_table_and_a_redelivery_is_harmless(owner, registered) -> None:  # type: ignore[no-untyped-def]
     model, evidence_set = registered
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy", "fine_tune"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy", "fine_tune"], panel=PANEL)
     assert started.state == StressTest.State.QUEUED
     assert list(started.evidence_sets.all()) == [evidence_set]
 
-    done = services.stress_test_execute(stress_test_id=started.pk, task_id="t1")
+    done = stress_services.stress_test_execute(stress_test_id=started.pk, task_id="t1")
     assert done is not None
     assert (done.state, done.progress, done.attempts) == (StressTest.State.DONE, 100, 1)
     assert done.finished_at is not None
@@ -128,7 +129,7 @@ def test_a_stress_test_runs_to_its_table_and_a_redelivery_is_harmless(owner, reg
     assert {"prepare_s", "sandbox_s", "child_copy_simulate_s", "total_s"} <= set(done.timings)
 
     # the message delivered again: nothing runs, nothing changes
-    assert services.stress_test_execute(stress_test_id=started.pk, task_id="t1-again") is None
+    assert stress_services.stress_test_execute(stress_test_id=started.pk, task_id="t1-again") is None
     again = StressTest.objects.get(pk=started.pk)
     assert (again.state, again.attempts, again.results) == (StressTest.State.DONE, 1, results)
 
@@ -146,11 +147,11 @@ def test_a_stress_test_runs_to_its_table_and_a_redelivery_is_harmless(owner, reg
 def test_a_broken_model_fails_the_test_with_a_reason(owner, data_dir) -> None:  # type: ignore[no-untyped-def]
     model = _broken_model(owner)
     ownership_services.evidence_generate(model=model, count=10)
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
     # as if a worker had died while running it: the redelivered message runs it again (attempt 2)
     StressTest.objects.filter(pk=started.pk).update(state=StressTest.State.RUNNING, attempts=1)
 
-    assert services.stress_test_execute(stress_test_id=started.pk) is None
+    assert stress_services.stress_test_execute(stress_test_id=started.pk) is None
     failed = StressTest.objects.get(pk=started.pk)
     assert failed.state == StressTest.State.FAILED
     assert failed.attempts == 2
@@ -161,15 +162,15 @@ def test_a_broken_model_fails_the_test_with_a_reason(owner, data_dir) -> None:  
 def test_a_test_whose_worker_keeps_dying_is_given_up(owner, data_dir) -> None:  # type: ignore[no-untyped-def]
     model = bare_model(owner, "digits")
     ownership_services.evidence_generate(model=model, count=10)
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
     StressTest.objects.filter(pk=started.pk).update(
-        state=StressTest.State.RUNNING, attempts=services.MAX_STRESS_ATTEMPTS
+        state=StressTest.State.RUNNING, attempts=stress_services.MAX_STRESS_ATTEMPTS
     )
 
-    assert services.stress_test_execute(stress_test_id=started.pk) is None
+    assert stress_services.stress_test_execute(stress_test_id=started.pk) is None
     given_up = StressTest.objects.get(pk=started.pk)
     assert given_up.state == StressTest.State.FAILED
-    assert f"stopped {services.MAX_STRESS_ATTEMPTS} times" in given_up.failure_reason
+    assert f"stopped {stress_services.MAX_STRESS_ATTEMPTS} times" in given_up.failure_reason
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,7 @@ def test_bad_requests_are_refused_with_a_code(owner, data_dir, change, code, sen
     ownership_services.evidence_generate(model=model, count=10)
     kwargs: dict[str, Any] = {"owner": owner, "model": model, "thefts": ["copy"], "panel": PANEL, **change}
     with pytest.raises(StressTestError, match=sentence) as caught:
-        services.stress_test_start(**kwargs)
+        stress_services.stress_test_start(**kwargs)
     assert caught.value.code == code
     assert not StressTest.objects.exists()
 
@@ -199,16 +200,20 @@ def test_only_supported_combinations_are_accepted(owner, data_dir) -> None:  # t
     onnx.refresh_from_db()
     ownership_services.evidence_generate(model=onnx, count=10)
     with pytest.raises(StressTestError, match="fine_tune and prune train your model's weights") as caught:
-        services.stress_test_start(owner=owner, model=onnx, thefts=["copy", "fine_tune", "prune"], panel=PANEL)
+        stress_services.stress_test_start(owner=owner, model=onnx, thefts=["copy", "fine_tune", "prune"], panel=PANEL)
     assert caught.value.code == "thefts"
-    assert services.stress_test_start(owner=owner, model=onnx, thefts=["copy", "distill", "extract"], panel=PANEL)
+    assert stress_services.stress_test_start(
+        owner=owner, model=onnx, thefts=["copy", "distill", "extract"], panel=PANEL
+    )
 
     other = bare_model(owner, "digits-2")
     foreign_set, _ = ownership_services.evidence_generate(model=other, count=10)
     with pytest.raises(StressTestError, match="must belong to the chosen model"):
-        services.stress_test_start(owner=owner, model=onnx, evidence_sets=[foreign_set], thefts=["copy"], panel=PANEL)
+        stress_services.stress_test_start(
+            owner=owner, model=onnx, evidence_sets=[foreign_set], thefts=["copy"], panel=PANEL
+        )
     with pytest.raises(StressTestError, match="your own registered models") as caught:
-        services.stress_test_start(owner=_other_owner(), model=onnx, thefts=["copy"], panel=PANEL)
+        stress_services.stress_test_start(owner=_other_owner(), model=onnx, thefts=["copy"], panel=PANEL)
     assert caught.value.code == "model"
 
 
@@ -334,10 +339,10 @@ def test_an_owner_cannot_fill_the_queue(owner, data_dir, settings) -> None:  # t
     settings.MODELCOURT_STRESS_MAX_ACTIVE = 1
     model = bare_model(owner, "digits-busy")
     ownership_services.evidence_generate(model=model, count=10)
-    services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
 
     with pytest.raises(StressTestError, match="queued or running") as refused:
-        services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+        stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
 
     assert refused.value.code == "busy"
     assert StressTest.objects.count() == 1
@@ -345,11 +350,11 @@ def test_an_owner_cannot_fill_the_queue(owner, data_dir, settings) -> None:  # t
 
 def test_malformed_results_from_the_child_fail_the_test_with_a_reason(owner, registered, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     model, _ = registered
-    started = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    started = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
     garbage = {"results": {"rows": [{"cells": ["not a cell"]}], "evidence": []}, "timings": {"x": "a"}}
-    monkeypatch.setattr(services, "_stress_in_sandbox", lambda spec, progress: garbage)
+    monkeypatch.setattr(stress_services, "_stress_in_sandbox", lambda spec, progress: garbage)
 
-    services.stress_test_execute(stress_test_id=started.pk)
+    stress_services.stress_test_execute(stress_test_id=started.pk)
 
     failed = StressTest.objects.get(pk=started.pk)
     assert failed.state == "failed"
@@ -369,11 +374,11 @@ def test_a_hostile_progress_note_is_ignored_without_blocking(tmp_path, kind) -> 
     else:
         note.write_bytes(b"\xff" * 10_000)
 
-    assert services._read_stress_progress(note) is None
+    assert stress_services._read_stress_progress(note) is None
 
 
 def test_a_progress_note_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
     note = tmp_path / "progress.json"
     note.write_text('{"percent": 140, "phase": "distilling"}')
 
-    assert services._read_stress_progress(note) == (100, "distilling")
+    assert stress_services._read_stress_progress(note) == (100, "distilling")

@@ -21,8 +21,11 @@ from timestamps import services as timestamp_services
 from timestamps.exceptions import LogIntegrityError
 from timestamps.keys import KeyConfigurationError
 from timestamps.models import LogEntry, LogNode
-from verification import runs, services, sweeps
+from verification import runs, sweeps
 from verification.models import Dispute, StressTest, Verdict, VerificationRun
+from verification.services import disputes as dispute_services
+from verification.services import stress as stress_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Claimant, bare_model
 
@@ -40,7 +43,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 
 def _file(arbiter, claimant: Claimant) -> Dispute:  # type: ignore[no-untyped-def]
-    return services.dispute_file(
+    return dispute_services.dispute_file(
         arbiter=arbiter, title="t", claimant_model=claimant.model, methods=["watermark"],
         suspect_registration=bare_model(claimant.model.owner, "suspect"), panel=PANEL,
     )  # fmt: skip
@@ -111,7 +114,7 @@ def test_a_stress_test_is_sent_after_commit_and_marked_sent(  # type: ignore[no-
     ownership_services.evidence_generate(model=model, count=10)
 
     with django_capture_on_commit_callbacks(execute=True):
-        test = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+        test = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
 
     assert sent == [("stress_test", test.pk)]
     test.refresh_from_db()
@@ -137,7 +140,7 @@ def test_a_stale_run_is_queued_again_and_the_next_claim_is_attempt_two(  # type:
     assert sent == [("dispute", dispute.pk)]
     first.refresh_from_db()
     assert first.state == "abandoned"
-    second = services._claim_run(dispute.pk, "task-2")
+    second = dispute_services._claim_run(dispute.pk, "task-2")
     assert second is not None
     assert second.attempt == 2
     dispute.refresh_from_db()
@@ -153,7 +156,7 @@ def test_a_live_run_is_left_alone_by_the_sweep_and_by_a_second_message(  # type:
 
     with override_settings(MODELCOURT_HEARTBEAT_STALE_S=60):
         assert sweeps.runs_sweep()["requeued"] == 0
-        assert services._claim_run(dispute.pk, "duplicate") is None
+        assert dispute_services._claim_run(dispute.pk, "duplicate") is None
 
     run.refresh_from_db()
     assert run.state == "running"
@@ -178,7 +181,7 @@ def test_a_run_whose_worker_stops_too_often_fails_for_the_operators(  # type: ig
     assert run.state == "abandoned"
     assert sent == []
     # the arbiter may queue it again, with fresh attempts
-    services.dispute_queue(dispute=dispute)
+    dispute_services.dispute_queue(dispute=dispute)
     dispute.refresh_from_db()
     assert (dispute.state, dispute.attempts) == ("queued", 0)
 
@@ -187,21 +190,21 @@ def test_an_abandoned_attempt_that_finishes_late_records_nothing(  # type: ignor
     arbiter, bare_claimant: Claimant, sent: list[tuple[str, int]]
 ) -> None:
     dispute = _file(arbiter, bare_claimant)
-    old = services._claim_run(dispute.pk, "task-1")
+    old = dispute_services._claim_run(dispute.pk, "task-1")
     assert old is not None
     Dispute.objects.filter(pk=dispute.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
     with override_settings(MODELCOURT_HEARTBEAT_STALE_S=60):
         sweeps.runs_sweep()
-    new = services._claim_run(dispute.pk, "task-2")
+    new = dispute_services._claim_run(dispute.pk, "task-2")
     assert new is not None
     entries = LogEntry.objects.count()
 
     # when the first attempt's process, still alive, tries to record a verdict and then a failure
-    verdict = services.verdict_record(
+    verdict = verdict_services.verdict_record(
         dispute=dispute, run=old, outcome="not_confirmed", predicate={}, envelope=b"{}", attachments={},
         bundle_parts={}, timings={}, public_id=uuid.uuid4(),
     )  # fmt: skip
-    services._fail(dispute, old, "late failure", {})
+    dispute_services._fail(dispute, old, "late failure", {})
 
     # then neither lands: no verdict, no log entry, and the new attempt still runs
     assert verdict is None
@@ -216,12 +219,12 @@ def test_an_abandoned_attempt_that_finishes_late_records_nothing(  # type: ignor
 
 @pytest.mark.django_db(transaction=True)
 def test_the_heartbeat_thread_renews_the_lease_while_the_run_blocks(arbiter, bare_claimant: Claimant) -> None:  # type: ignore[no-untyped-def]
-    dispute = services.dispute_file(
+    dispute = dispute_services.dispute_file(
         arbiter=arbiter, title="t", claimant_model=bare_claimant.model, methods=["watermark"],
         suspect_registration=bare_model(bare_claimant.model.owner, "suspect"), panel=PANEL, start=False,
     )  # fmt: skip
     Dispute.objects.filter(pk=dispute.pk).update(state="queued")
-    run = services._claim_run(dispute.pk, "task")
+    run = dispute_services._claim_run(dispute.pk, "task")
     assert run is not None
     claimed_at = Dispute.objects.get(pk=dispute.pk).heartbeat_at
     assert claimed_at is not None
@@ -243,7 +246,7 @@ def test_a_stale_stress_test_is_queued_again_then_given_up(  # type: ignore[no-u
 ) -> None:
     model = bare_model(owner, "digits")
     ownership_services.evidence_generate(model=model, count=10)
-    test = services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
+    test = stress_services.stress_test_start(owner=owner, model=model, thefts=["copy"], panel=PANEL)
     stale = timezone.now() - timedelta(minutes=5)
     StressTest.objects.filter(pk=test.pk).update(state="running", attempts=1, heartbeat_at=stale)
 
@@ -287,7 +290,7 @@ def test_a_broken_log_fails_the_run_for_the_operators_without_a_verdict(  # type
     entries = LogEntry.objects.count()
 
     # when a worker runs the dispute
-    assert services.verification_run_execute(dispute_id=dispute.pk) is None
+    assert dispute_services.verification_run_execute(dispute_id=dispute.pk) is None
 
     # then the run fails with a reason for the operators, and nothing is signed or logged
     dispute.refresh_from_db()
@@ -310,7 +313,7 @@ def test_evidence_that_does_not_open_its_commitment_is_still_the_claimants_fault
 
     monkeypatch.setattr(ownership_services, "evidence_open", other_salt)
 
-    verdict = services.verification_run_execute(dispute_id=dispute.pk)
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
 
     assert verdict is not None
     assert verdict.outcome == "claim_rejected"
@@ -380,7 +383,7 @@ def test_a_trust_layer_failure_fails_the_run_for_the_operators_and_signs_nothing
 
     # when one part of the service's own trust layer fails during the run
     monkeypatch.setattr(target, broken)
-    assert services.verification_run_execute(dispute_id=dispute.pk) is None
+    assert dispute_services.verification_run_execute(dispute_id=dispute.pk) is None
 
     # then the run fails for the operators; no verdict, no log entry, and the error's own text stays in the log
     dispute.refresh_from_db()

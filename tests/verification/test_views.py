@@ -16,8 +16,9 @@ from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
 from ownership.models import EvidenceSet, RegisteredModel
 from tests.conftest import _user
-from verification import services
 from verification.models import Dispute, Verdict
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Models, mark_and_steal, upload
 
@@ -65,7 +66,7 @@ def arbiter_client(arbiter: Any) -> Client:
 def dispute(arbiter: Any, claimant: Any, digits_models: Models) -> Dispute:
     """A queued dispute against an independent model (no worker runs it in these tests)."""
     model, *_ = claimant
-    return services.dispute_file(
+    return dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits vs. independent",
         claimant_model=model,
@@ -80,7 +81,7 @@ def decided(arbiter: Any, claimant: Any, digits_models: Models) -> tuple[Dispute
     """A dispute against a fine-tuned copy of the marked model, run to its verdict (unpublished)."""
     model, _, arrays = claimant
     _, stolen = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
-    dispute = services.dispute_file(
+    dispute = dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits theft?",
         claimant_model=model,
@@ -88,7 +89,7 @@ def decided(arbiter: Any, claimant: Any, digits_models: Models) -> tuple[Dispute
         suspect_file=upload("stolen.pt", stolen),
         panel=PANEL,
     )
-    verdict = services.verification_run_execute(dispute_id=dispute.pk)
+    verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
     assert verdict is not None
     dispute.refresh_from_db()
     return dispute, verdict
@@ -355,7 +356,7 @@ def test_the_public_page_appears_only_once_published(arbiter_client: Client, dec
     assert preview.status_code == 200
     assert "Preview: not published" in preview.content.decode()
 
-    services.verdict_publish(dispute=dispute)
+    verdict_services.verdict_publish(dispute=dispute)
 
     page = anonymous.get(urls[0])
     assert page.status_code == 200
@@ -374,7 +375,7 @@ def test_the_public_page_appears_only_once_published(arbiter_client: Client, dec
 
 def test_the_bundle_downloads_and_verifies(arbiter_client: Client, decided: tuple[Dispute, Verdict]) -> None:
     dispute, verdict = decided
-    services.verdict_publish(dispute=dispute)
+    verdict_services.verdict_publish(dispute=dispute)
 
     response = Client().get(f"/verdicts/{verdict.public_id}/bundle.zip")
 

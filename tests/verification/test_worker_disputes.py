@@ -30,11 +30,12 @@ from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
 from ownership.evidence import dump_evidence
 from timestamps.models import LogEntry
-from verification import services
 from verification.methods.datasets import digits_task
 from verification.methods.panels import train_panel
 from verification.methods.thefts import false_claim_set
 from verification.models import Dispute, Verdict, VerificationRun
+from verification.services import disputes as dispute_services
+from verification.services import verdicts as verdict_services
 
 from .conftest import PANEL, Models, mark_and_steal, upload
 
@@ -132,7 +133,7 @@ def _registration(owner, digits_models: Models):  # type: ignore[no-untyped-def]
 
 
 def _file(arbiter, model, data: bytes, title: str) -> Dispute:  # type: ignore[no-untyped-def]
-    return services.dispute_file(
+    return dispute_services.dispute_file(
         arbiter=arbiter, title=title, claimant_model=model, methods=["watermark"],
         suspect_file=upload("suspect.pt", data), panel=PANEL,
     )  # fmt: skip
@@ -180,8 +181,8 @@ def test_three_disputes_are_decided_by_the_worker_and_their_bundles_verify(  # t
         assert dispute.state == "decided", dispute.failure_reason
         verdict = Verdict.objects.get(dispute=dispute)
         assert verdict.outcome == expected, verdict.predicate["decision"]["reasons"]
-        services.verdict_publish(dispute=dispute)
-        data = services.verdict_bundle(verdict=verdict)
+        verdict_services.verdict_publish(dispute=dispute)
+        data = verdict_services.verdict_bundle(verdict=verdict)
         checks = verify_bundle(data)
         assert all_ok(checks), [c for c in checks if not c.ok]
         # flipping one byte of any part makes verification fail

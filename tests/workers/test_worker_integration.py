@@ -174,7 +174,7 @@ def _slow_dispute(owner, arbiter):  # type: ignore[no-untyped-def]
 
     from ownership import services as ownership_services
     from ownership.models import RegisteredModel
-    from verification import services as verification_services
+    from verification.services import disputes as dispute_services
 
     claimant = RegisteredModel.objects.create(
         owner=owner, name="digits", input_shape=[64], num_classes=10, artifact_format="torchscript",
@@ -184,7 +184,7 @@ def _slow_dispute(owner, arbiter):  # type: ignore[no-untyped-def]
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(_Slow()), buffer)
     suspect = SimpleUploadedFile("slow.pt", buffer.getvalue(), content_type="application/octet-stream")
-    return verification_services.dispute_file(
+    return dispute_services.dispute_file(
         arbiter=arbiter, title="slow suspect", claimant_model=claimant, methods=["watermark"],
         suspect_file=suspect, panel="tiny",
     )  # fmt: skip

@@ -17,10 +17,11 @@ from ownership.exceptions import RegistryNotFoundError
 from ownership.models import RegisteredModel
 from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsOwner
-from verification import selectors, services
-from verification.api import CommaListField, evidence_sets_of
+from verification import selectors
+from verification.api.disputes import CommaListField, evidence_sets_of
 from verification.exceptions import StressTestNotFoundError
 from verification.models import StressTest
+from verification.services import stress as stress_services
 
 
 class StressModelOutputSerializer(serializers.ModelSerializer):
@@ -93,7 +94,7 @@ class StressTestListApi(APIView):
             help_text="public ids of the model's evidence sets to test (default: all of them)",
         )
         thefts = CommaListField(
-            child=serializers.ChoiceField(choices=list(services.THEFT_KINDS)),
+            child=serializers.ChoiceField(choices=list(stress_services.THEFT_KINDS)),
             allow_empty=False,
             help_text="a list, or comma-separated: copy, fine_tune, prune, distill, extract "
             "(fine_tune and prune need a TorchScript model)",
@@ -106,7 +107,7 @@ class StressTestListApi(APIView):
         )
         alpha = serializers.FloatField(required=False, default=1e-3, help_text="significance level in (0, 0.1]")
         seed = serializers.IntegerField(
-            required=False, default=0, min_value=0, max_value=services.MAX_SEED, help_text="seeds every theft"
+            required=False, default=0, min_value=0, max_value=stress_services.MAX_SEED, help_text="seeds every theft"
         )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class StressTestListApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
-        started = services.stress_test_start(owner=request.user, **serializer.validated_data)
+        started = stress_services.stress_test_start(owner=request.user, **serializer.validated_data)
         return _response(started, status.HTTP_202_ACCEPTED)
 
 

@@ -1,6 +1,6 @@
-"""Dispute forms: the arbiter's filing, the owner's request, accepting and declining one.
+"""Dispute forms: the arbiter's filing, and what the request forms share (the suspect, the run's settings).
 
-Field names follow the services' arguments (`dispute_file`, `dispute_request_create`).
+Field names follow the services' arguments (`verification.services.disputes.dispute_file`).
 """
 
 from typing import Any
@@ -39,7 +39,7 @@ class SuspectSource:
     ]
 
 
-# Dispute error codes (see verification.services.dispute_file) -> the form field they are about.
+# Dispute error codes (see verification.services.disputes.dispute_file) -> the form field they are about.
 DISPUTE_ERROR_FIELDS = {
     "title": "title",
     "methods": "methods",
@@ -219,7 +219,7 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
     field_order = ["title", "claimant", "methods", "suspect_source"]
 
     def service_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `services.dispute_file` (without the arbiter), the chosen suspect only."""
+        """Keyword arguments of `disputes.dispute_file` (without the arbiter), the chosen suspect only."""
         data = self.cleaned_data
         return {
             "title": data["title"],
@@ -228,67 +228,6 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
             **self.run_kwargs(),
             **self.suspect_kwargs(),
         }
-
-
-class DisputeRequestForm(SuspectForm):
-    """An owner's request: one of their registrations, the methods, one suspect and why they suspect it."""
-
-    title = forms.CharField(
-        max_length=200,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. my digits model, resold"}),
-    )
-    claimant = RegistrationChoiceField(
-        queryset=RegisteredModel.objects.none(),
-        to_field_name="public_id",
-        label="Your registered model",
-        empty_label="Choose one of your registered models…",
-        help_text="Its committed evidence of the chosen kinds is opened only if an arbiter files the dispute.",
-    )
-    methods = _methods_field()
-    statement = forms.CharField(
-        required=False,
-        max_length=5000,
-        label="Why you suspect this model",
-        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Where you found it, what it does, since when."}),
-    )
-
-    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        claimant = self.fields["claimant"]
-        assert isinstance(claimant, RegistrationChoiceField)  # noqa: S101 (declared just above)
-        claimant.queryset = selectors.registration_list(owner=owner)
-        # owners do not browse the registry: a registered suspect is named by its public id
-        suspect = self.fields["suspect_registration"]
-        suspect.widget = forms.TextInput(attrs={"autocomplete": "off", "placeholder": "e.g. 3f2b…, a UUID"})
-        suspect.label = "Suspect registration (public id)"
-        suspect.help_text = "The id of a model registered here, as its public receipts show it."
-
-    def service_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `services.dispute_request_create` (without the owner)."""
-        data = self.cleaned_data
-        return {
-            "title": data["title"],
-            "statement": data["statement"],
-            "claimant_model": data["claimant"],
-            "methods": data["methods"],
-            **self.suspect_kwargs(),
-        }
-
-
-class RequestAcceptForm(RunSettingsForm):
-    """Accept a dispute request: the run's settings and a note for the owner."""
-
-    note = forms.CharField(
-        required=False, max_length=5000, label="Note to the owner", widget=forms.Textarea(attrs={"rows": 2})
-    )
-
-
-class RequestDeclineForm(forms.Form):
-    """Decline a dispute request, saying why."""
-
-    reason = forms.CharField(
-        max_length=5000, label="Why the request is declined", widget=forms.Textarea(attrs={"rows": 3})
-    )
 
 
 def as_sentence(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The owner's stress-test form; field names follow `verification.services.stress_test_start`."""
+"""The owner's stress-test form; field names follow `verification.services.stress.stress_test_start`."""
 
 from typing import Any
 
@@ -6,9 +6,10 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from ownership.models import EvidenceSet, RegisteredModel
-from verification import reference, selectors, services
+from verification import reference, selectors
 from verification.exceptions import StressTestError
-from verification.forms import RegistrationChoiceField, as_sentence, panel_choices
+from verification.forms.disputes import RegistrationChoiceField, as_sentence, panel_choices
+from verification.services import stress as stress_services
 
 THEFT_CHOICES = [
     ("copy", "Exact copy"),
@@ -76,7 +77,7 @@ class StressTestForm(forms.Form):
         widget=forms.NumberInput(attrs={"step": "any"}),
     )
     seed = forms.IntegerField(
-        initial=0, min_value=0, max_value=services.MAX_SEED, help_text="The same seed gives the same table."
+        initial=0, min_value=0, max_value=stress_services.MAX_SEED, help_text="The same seed gives the same table."
     )
 
     def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
@@ -101,7 +102,7 @@ class StressTestForm(forms.Form):
             self.fields["panel"].initial = "digits" if "digits" in names else names[0]
 
     def service_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `services.stress_test_start` (without the owner)."""
+        """Keyword arguments of `stress.stress_test_start` (without the owner)."""
         data = self.cleaned_data
         return {
             "model": data["model"],

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from verification.methods.binding import claim_binding
 from verification.methods.dataset_inference import Method, claimant_side_features, dataset_inference_test
-from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, TestResult, decide
+from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, Standing, TestResult, decide
 from verification.methods.evaluate import AgreementClaim, agreement_claim_test
 from verification.methods.panels import ReferencePanel
 from verification.methods.suspects import (
@@ -30,7 +31,7 @@ from verification.methods.suspects import (
     TorchScriptSuspect,
 )
 
-__all__ = ["METHODS", "PanelMismatchError", "load_suspect", "run_methods"]
+__all__ = ["METHODS", "PanelMismatchError", "claimant_claim_labels", "dataset_specs", "load_suspect", "run_methods"]
 
 METHODS = ("watermark", "fingerprint", "dataset_inference")
 Progress = Callable[[str, int], None]
@@ -79,14 +80,17 @@ def run_methods(
 
     ``spec`` keys: ``suspect`` (for :func:`load_suspect`), ``num_classes``, ``input_shape``, ``low``,
     ``high``, ``alpha``, ``panel_dir``, optional ``panel_name`` (for messages), ``claims`` (list of
-    ``{name, kind, inputs, labels, verifiable}``), optional ``dataset`` (``{name, members, nonmembers,
-    claimant_path, method, split_seed}``). Raises :class:`PanelMismatchError` before any query when the
+    ``{name, kind, inputs, labels, verifiable}``), optional ``datasets`` (list of ``{name, members,
+    nonmembers, split_seed}`` with ``claimant_features`` or ``claimant_path``, optional ``method``; the older
+    single ``dataset`` is accepted too; see :func:`dataset_specs`), each set a test of its own calibrated on
+    the panel. Raises :class:`PanelMismatchError` before any query when the
     panel does not serve the claimant's classes and input layout.
     """
     if suspect_path is not None:
         spec = {**spec, "suspect": {**spec["suspect"], "path": suspect_path}}
-    if claimant_path is not None and spec.get("dataset"):
-        spec = {**spec, "dataset": {**spec["dataset"], "claimant_path": claimant_path}}
+    datasets = dataset_specs(spec)
+    if claimant_path is not None:
+        datasets = [{**dataset, "claimant_path": claimant_path} for dataset in datasets]
     timings: dict[str, float] = {}
     started = time.perf_counter()
     num_classes = int(spec["num_classes"])
@@ -107,6 +111,7 @@ def run_methods(
     tests: list[TestResult] = []
     screens: list[ClaimScreen] = []
     plots: dict[str, Any] = {}
+    bindings: dict[str, tuple[bool, float]] = {}
     failure = ""
     try:
         suspect = load_suspect(spec["suspect"], num_classes=num_classes, input_shape=input_shape)
@@ -125,6 +130,9 @@ def run_methods(
         test, screen = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=claim.tie_break)
         tests.append(test)
         screens.append(screen)
+        if raw.get("claimant_labels") is not None:
+            binding = claim_binding(claim, raw["claimant_labels"], panel, alpha=alpha)
+            bindings[claim.name] = (binding.bound, binding.p_value)
         panel_rates = (panel.labels(claim.inputs) == claim.labels[None, :]).mean(axis=1)
         plots[claim.name] = {
             "kind": claim.kind,
@@ -134,49 +142,19 @@ def run_methods(
         }
     timings["agreement_queries_s"] = time.perf_counter() - mark
 
-    dataset = spec.get("dataset")
     mark = time.perf_counter()
-    if dataset:
-        name = str(dataset.get("name", "dataset_inference"))
-        if suspect is None:
-            tests.append(TestResult(name, "dataset_inference", 1.0, {}, False, failure))
-        else:
-            method: Method = "mingd" if suspect.white_box else "blind_walk"
-            if dataset.get("method") in ("mingd", "blind_walk"):
-                method = dataset["method"]
-            measured = dataset.get("claimant_features")
-            if measured is not None:
-                method = measured["method"]  # measured in the claimant's own sandbox call, for this method
-            try:
-                if dataset.get("claimant_failure"):
-                    raise _ClaimantUnmeasured(str(dataset["claimant_failure"]))
-                result = dataset_inference_test(
-                    claimant=None if measured is not None else _claimant_module(str(dataset["claimant_path"])),
-                    claimant_features=measured,
-                    suspect=suspect,
-                    private_x=np.asarray(dataset["members"], dtype=np.float32),
-                    public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
-                    num_classes=num_classes,
-                    split_seed=int(dataset.get("split_seed", 0)),
-                    method=method,
-                    low=low,
-                    high=high,
-                    fallback_to_blind_walk=True,
-                    name=name,
-                )
-            except _ClaimantUnmeasured as exc:
-                result = TestResult(name, "dataset_inference", 1.0, {}, False, str(exc))
-            except (SuspectError, QueryBudgetExceeded) as exc:
-                why = (
-                    "its query budget ran out"
-                    if isinstance(exc, QueryBudgetExceeded)
-                    else "it failed or refused a query"
-                )
-                result = TestResult(name, "dataset_inference", 1.0, {}, False, f"the suspect did not answer: {why}")
-            tests.append(result)
+    panel_seconds = 0.0
+    for dataset in datasets:
+        result = _dataset_inference(
+            dataset, suspect=suspect, failure=failure, panel=panel, num_classes=num_classes, low=low, high=high,
+            alpha=alpha,
+        )  # fmt: skip
+        panel_seconds += float(result.statistics.get("panel_seconds", 0.0))
+        tests.append(result)
+    timings["dataset_inference_panel_s"] = panel_seconds
     timings["dataset_inference_s"] = time.perf_counter() - mark
 
-    decision = decide(tests=tests, screens=screens, alpha=alpha)
+    decision = decide(tests=tests, screens=screens, standings=_standings(spec, tests, bindings), alpha=alpha)
     timings["total_s"] = time.perf_counter() - started
     return {
         "decision": decision.to_dict(),
@@ -189,8 +167,115 @@ def run_methods(
     }
 
 
+def _standings(
+    spec: Mapping[str, Any], tests: list[TestResult], bindings: Mapping[str, tuple[bool, float]]
+) -> list[Standing]:
+    """Each test's standing: precedence and draws from the parent (``spec["standings"]``), binding measured here."""
+    given = spec.get("standings") or {}
+    standings = []
+    for test in tests:
+        raw = given.get(test.name) or {}
+        bound, binding_p = bindings.get(test.name, (None, None))
+        standings.append(
+            Standing(
+                name=test.name,
+                chosen=bool(raw.get("chosen", True)),
+                precedes=raw.get("precedes"),
+                precedence_detail=str(raw.get("precedence_detail", "")),
+                bound=bound,
+                binding_p_value=binding_p,
+                draws=int(raw.get("draws", 1)),
+            )
+        )
+    return standings
+
+
+def claimant_claim_labels(spec: Mapping[str, Any], *, claimant_path: str) -> dict[str, list[int]]:
+    """The claimant's own model's labels on every claimed set's inputs (its own sandbox call: no suspect there).
+
+    ``spec``: ``claimant`` (``{"kind": "torchscript"|"onnx"}``), ``num_classes``, ``input_shape`` and ``claims``
+    (``[{name, inputs}]``). Returns name -> labels, for :func:`verification.methods.binding.claim_binding`.
+    """
+    num_classes = int(spec["num_classes"])
+    input_shape = tuple(int(d) for d in spec["input_shape"])
+    claimant = load_suspect(
+        {"kind": spec["claimant"]["kind"], "path": claimant_path}, num_classes=num_classes, input_shape=input_shape
+    )
+    return {
+        str(raw["name"]): [int(v) for v in claimant.labels(np.asarray(raw["inputs"], dtype=np.float32))]
+        for raw in spec["claims"]
+    }
+
+
 class _ClaimantUnmeasured(Exception):  # noqa: N818 (a condition the test reports, not a program error)
     """The claimant's own model could not be measured for dataset inference; the sentence is ours."""
+
+
+def dataset_specs(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The run's dataset sets: ``datasets`` (a list), or the single ``dataset`` of older specs, each named.
+
+    A set without a name is called ``dataset_inference`` (the single set) or ``dataset_inference-<i>``.
+    Two sets with one name, or a spec with both keys, raise ``ValueError``: no set is dropped silently.
+    """
+    many, one = spec.get("datasets"), spec.get("dataset")
+    if many and one:
+        raise ValueError("the spec gives both 'datasets' and 'dataset'; give the list alone")
+    raw: list[Mapping[str, Any]] = list(many) if many else ([one] if one else [])
+    named: list[Mapping[str, Any]] = [
+        {**dataset, "name": str(dataset.get("name") or ("dataset_inference" if one else f"dataset_inference-{i}"))}
+        for i, dataset in enumerate(raw)
+    ]
+    names = [dataset["name"] for dataset in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset sets need distinct names, got {names}")
+    return named
+
+
+def _dataset_inference(
+    dataset: Mapping[str, Any],
+    *,
+    suspect: Suspect | None,
+    failure: str,
+    panel: ReferencePanel,
+    num_classes: int,
+    low: float,
+    high: float,
+    alpha: float,
+) -> TestResult:
+    """One dataset set's test, calibrated on the panel; a suspect that stops answering makes it inconclusive."""
+    name = str(dataset["name"])
+    if suspect is None:
+        return TestResult(name, "dataset_inference", 1.0, {}, False, failure)
+    method: Method = "mingd" if suspect.white_box else "blind_walk"
+    if dataset.get("method") in ("mingd", "blind_walk"):
+        method = dataset["method"]
+    measured = dataset.get("claimant_features")
+    if measured is not None:
+        method = measured["method"]  # measured in the claimant's own sandbox call, for this method
+    try:
+        if dataset.get("claimant_failure"):
+            raise _ClaimantUnmeasured(str(dataset["claimant_failure"]))
+        return dataset_inference_test(
+            claimant=None if measured is not None else _claimant_module(str(dataset["claimant_path"])),
+            claimant_features=measured,
+            suspect=suspect,
+            private_x=np.asarray(dataset["members"], dtype=np.float32),
+            public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
+            num_classes=num_classes,
+            split_seed=int(dataset.get("split_seed", 0)),
+            method=method,
+            low=low,
+            high=high,
+            fallback_to_blind_walk=True,
+            name=name,
+            panel=panel,
+            alpha=alpha,
+        )
+    except _ClaimantUnmeasured as exc:
+        return TestResult(name, "dataset_inference", 1.0, {}, False, str(exc))
+    except (SuspectError, QueryBudgetExceeded) as exc:
+        why = "its query budget ran out" if isinstance(exc, QueryBudgetExceeded) else "it failed or refused a query"
+        return TestResult(name, "dataset_inference", 1.0, {}, False, f"the suspect did not answer: {why}")
 
 
 def dataset_inference_method(*, suspect_kind: str, requested: str | None) -> Method:
@@ -204,18 +289,28 @@ def dataset_inference_method(*, suspect_kind: str, requested: str | None) -> Met
 def claimant_dataset_features(spec: Mapping[str, Any], *, claimant_path: str) -> dict[str, Any]:
     """The claimant's half of dataset inference, run in a sandbox call of its own (the suspect is not there).
 
-    ``spec``: the run's ``num_classes``, ``input_shape``, ``low``, ``high`` and its ``dataset`` (members,
-    nonmembers, split_seed) plus ``method`` from :func:`dataset_inference_method`.
+    ``spec``: the run's ``num_classes``, ``input_shape``, ``low``, ``high``, ``method`` (from
+    :func:`dataset_inference_method`, for every set) and its ``datasets`` (a list of ``{name, members,
+    nonmembers, split_seed}``): returns ``{name: {"method", "private", "public"}}``, every set measured.
+    An older spec with the single ``dataset`` gets that set's ``{"method", "private", "public"}`` alone.
     """
-    dataset = spec["dataset"]
-    return claimant_side_features(
-        claimant=_claimant_module(claimant_path),
-        private_x=np.asarray(dataset["members"], dtype=np.float32),
-        public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
-        input_shape=tuple(int(d) for d in spec["input_shape"]),
-        num_classes=int(spec["num_classes"]),
-        split_seed=int(dataset.get("split_seed", 0)),
-        method=spec["method"],
-        low=float(spec.get("low", 0.0)),
-        high=float(spec.get("high", 1.0)),
-    )
+    claimant = _claimant_module(claimant_path)
+    measured = {
+        str(dataset["name"]): claimant_side_features(
+            claimant=claimant,
+            private_x=np.asarray(dataset["members"], dtype=np.float32),
+            public_x=np.asarray(dataset["nonmembers"], dtype=np.float32),
+            input_shape=tuple(int(d) for d in spec["input_shape"]),
+            num_classes=int(spec["num_classes"]),
+            split_seed=int(dataset.get("split_seed", 0)),
+            method=spec["method"],
+            low=float(spec.get("low", 0.0)),
+            high=float(spec.get("high", 1.0)),
+        )
+        for dataset in dataset_specs(spec)
+    }
+    if not measured:
+        raise ValueError("the spec names no dataset set to measure")
+    if spec.get("datasets"):
+        return measured
+    return next(iter(measured.values()))

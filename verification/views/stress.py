@@ -12,11 +12,12 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import never_cache
 
-from verification import selectors, services
+from verification import selectors
 from verification.exceptions import StressTestError, StressTestNotFoundError
+from verification.forms.stress import THEFT_HELP, StressTestForm
 from verification.models import StressTest
-from verification.stress_forms import THEFT_HELP, StressTestForm
-from verification.views import OwnerRequiredMixin, progress_payload, request_user
+from verification.services import stress as stress_services
+from verification.views.disputes import OwnerRequiredMixin, progress_payload, request_user
 
 SETTLED = frozenset({StressTest.State.DONE, StressTest.State.FAILED})
 STATE_TONE = {"queued": "info", "running": "info", "done": "good", "failed": "bad"}
@@ -135,7 +136,7 @@ class StressTestNewView(OwnerRequiredMixin, View):
         form = StressTestForm(request.POST, owner=request_user(request))
         if form.is_valid():
             try:
-                started = services.stress_test_start(owner=request_user(request), **form.service_kwargs())
+                started = stress_services.stress_test_start(owner=request_user(request), **form.service_kwargs())
             except (StressTestError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:

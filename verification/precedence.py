@@ -1,0 +1,147 @@
+"""Precedence: did the claimant's evidence exist before the suspect did?
+
+Evidence the claimant could choose (uploaded watermark or fingerprint inputs, dataset samples) can be
+crafted on the suspect itself once the suspect is out: adversarial examples the suspect labels its own
+way, natural inputs on which it disagrees with other models. Such evidence proves nothing unless it was
+committed before the claimant could have seen the suspect. So each set's commitment time is compared
+with the suspect's **first known time**, the earliest of:
+
+- the dispute's filing (the suspect existed when the arbiter filed it);
+- a registration of the suspect's digest by anyone other than the claimant's owner, at our time-stamp
+  over that digest (or the registration's own time where no time-stamp was taken);
+- a sighting of the suspect's digest (anyone may record one: only the digest is time-stamped);
+- the release time the arbiter entered, with its source (signed into the verdict as such).
+
+Times are compared as datetimes, widened by each time-stamp's stated accuracy: a set precedes only
+when the latest its token allows is strictly before the earliest the suspect's time allows. Ties go
+against the claimant. Each set is judged on its own; one early set does not carry a late one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ownership.models import EvidenceSet, RegisteredModel
+from timestamps import rfc3161
+from timestamps.models import TimestampToken
+from verification.models import Dispute, Sighting
+
+__all__ = ["FirstKnown", "Precedence", "evidence_precedence", "suspect_first_known"]
+
+# the accuracy assumed for a token that states none (our TSA states one second)
+DEFAULT_ACCURACY = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class FirstKnown:
+    """One moment from which the suspect is known to have existed, with where the fact comes from."""
+
+    when: datetime
+    accuracy: timedelta
+    source: str
+    kind: str  # filing, registration, sighting, release
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "when": self.when.isoformat(),
+            "accuracy_s": self.accuracy.total_seconds(),
+            "source": self.source,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class Precedence:
+    """One evidence set against the suspect's first known time."""
+
+    commitment: str
+    committed_at: datetime
+    accuracy: timedelta
+    precedes: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commitment": self.commitment,
+            "committed_at": self.committed_at.isoformat(),
+            "accuracy_s": self.accuracy.total_seconds(),
+            "precedes": self.precedes,
+            "detail": self.detail,
+        }
+
+
+def _accuracy(token: TimestampToken) -> timedelta:
+    try:
+        stated = rfc3161.parse_token(bytes(token.token)).accuracy
+    except Exception:
+        return DEFAULT_ACCURACY
+    return DEFAULT_ACCURACY if stated is None else stated
+
+
+def _registrations(dispute: Dispute) -> list[FirstKnown]:
+    digest = dispute.suspect_digest
+    if dispute.suspect_kind == Dispute.SuspectKind.REGISTERED and dispute.suspect_registration is not None:
+        digest = dispute.suspect_registration.model_digest
+    if not digest:
+        return []
+    found = []
+    owner_id = dispute.claimant_model.owner_id
+    # the claimant's own registrations of these bytes show the claimant held them, not that the suspect came first
+    for model in (
+        RegisteredModel.objects.filter(model_digest=digest).exclude(owner_id=owner_id).select_related("digest_token")
+    ):
+        token = model.digest_token
+        if token is not None:
+            found.append(
+                FirstKnown(
+                    token.gen_time, _accuracy(token), f"registration {model.public_id} (time-stamped)", "registration"
+                )
+            )
+        else:
+            found.append(FirstKnown(model.created_at, timedelta(0), f"registration {model.public_id}", "registration"))
+    for sighting in Sighting.objects.filter(model_digest=digest).select_related("timestamp_token"):
+        token = sighting.timestamp_token
+        found.append(FirstKnown(token.gen_time, _accuracy(token), f"sighting {sighting.public_id}", "sighting"))
+    return found
+
+
+def suspect_first_known(*, dispute: Dispute) -> list[FirstKnown]:
+    """Every known moment the suspect existed, earliest first (the filing is always among them)."""
+    moments = [FirstKnown(dispute.created_at, timedelta(0), "the dispute's filing", "filing")]
+    moments += _registrations(dispute)
+    if dispute.suspect_released_at is not None:
+        moments.append(
+            FirstKnown(
+                dispute.suspect_released_at,
+                timedelta(0),
+                f"release time entered by the arbiter (source: {dispute.suspect_release_source})",
+                "release",
+            )
+        )
+    return sorted(moments, key=lambda m: (m.when - m.accuracy, m.kind))
+
+
+def evidence_precedence(*, evidence_set: EvidenceSet, first_known: list[FirstKnown]) -> Precedence:
+    """Whether this set's commitment provably came before every moment the suspect is known to have existed.
+
+    An adopted watermark (committed again for the model it was embedded in) counts from its source's
+    time-stamp: the watermark existed from then on.
+    """
+    if not first_known:
+        raise ValueError("the suspect's first known time always includes the filing")
+    origin = evidence_set.derived_from if evidence_set.derived_from_id is not None else evidence_set
+    assert origin is not None  # noqa: S101 (just checked)
+    token = origin.timestamp_token
+    accuracy = _accuracy(token)
+    latest = token.gen_time + accuracy
+    earliest = min(first_known, key=lambda m: m.when - m.accuracy)
+    bound = earliest.when - earliest.accuracy
+    precedes = latest < bound
+    relation = "before" if precedes else "not before"
+    detail = (
+        f"committed at {token.gen_time.isoformat()} (±{accuracy.total_seconds():g} s), {relation} the suspect's "
+        f"first known time {earliest.when.isoformat()} (±{earliest.accuracy.total_seconds():g} s, {earliest.source})"
+    )
+    return Precedence(evidence_set.commitment, token.gen_time, accuracy, precedes, detail)
