@@ -78,11 +78,12 @@ def _owner_registers_a_watermarked_model(service: Service, artifacts: dict[str, 
     assert models.accuracy(deployed, inputs, labels) >= 0.9, "the watermark did not embed"
     deployed_pt = models.save_torchscript(deployed, folder / "digits-deployed.pt")
     deployed_model = _register(service, owner, deployed_pt, "digits-deployed")
-    evidence = service.cli_json(
-        owner, "evidence", "add", deployed_model["id"], str(triggers_path), "--kind", "watermark"
-    )
+    # the generated watermark is committed again for the model that carries it: the verdict names that model
+    evidence = service.cli_json(owner, "evidence", "adopt", deployed_model["id"], generated["id"])
+    assert evidence["verifiable"] is True
+    assert evidence["derived_from"] == generated["id"]
     stolen_pt = models.save_torchscript(models.fine_tuned_copy(copy.deepcopy(deployed)), folder / "stolen.pt")
-    return {"model": deployed_model, "evidence": evidence, "stolen_pt": stolen_pt}
+    return {"model": deployed_model, "evidence": evidence, "stolen_pt": stolen_pt, "deployed_pt": deployed_pt}
 
 
 def _file(service: Service, arbiter: str, claim: dict[str, Any], suspect: Path, title: str) -> tuple[str, float]:
@@ -131,6 +132,7 @@ def _the_whole_story(service: Service, artifacts: dict[str, Any], workdir: Path)
 
     stolen_id, stolen_filed = _file(service, arbiter, claim, claim["stolen_pt"], "fine-tuned copy")
     other_id, other_filed = _file(service, arbiter, claim, artifacts["independent_onnx"], "independent model")
+    counter_id = _a_thief_claims_the_original(service, arbiter, claim, workdir)
     stolen = _await_verdict(service, arbiter, stolen_id)
     stolen_s = time.monotonic() - stolen_filed
     other = _await_verdict(service, arbiter, other_id)
@@ -140,7 +142,30 @@ def _the_whole_story(service: Service, artifacts: dict[str, Any], workdir: Path)
     assert other["verdict"]["outcome"] != "ownership_confirmed", other
     for dispute in (stolen, other):
         _publish_and_verify(service, arbiter, dispute, workdir)
+    counter = _await_verdict(service, arbiter, counter_id)
+    # the thief's evidence came after the owner's registration of these very bytes: it cannot confirm
+    assert counter["verdict"]["outcome"] != "ownership_confirmed", counter
+    _publish_and_verify(service, arbiter, counter, workdir)
     return {"fine-tuned copy": stolen_s, "independent model": other_s}
+
+
+def _a_thief_claims_the_original(service: Service, arbiter: str, claim: dict[str, Any], workdir: Path) -> str:
+    """The thief registers its copy, labels inputs with it (the original agrees) and claims the original."""
+    thief = service.sign_up(f"mallory-{uuid.uuid4().hex[:6]}")
+    registered = _register(service, thief, claim["stolen_pt"], "digits-mine")
+    stolen = torch.jit.load(str(claim["stolen_pt"]))
+    inputs = np.random.default_rng(7).uniform(0, 1, size=(60, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        labels = stolen(torch.from_numpy(inputs)).argmax(dim=1).numpy().astype(np.int64)
+    path = workdir / "thief-fingerprints.npz"
+    np.savez(path, inputs=inputs, labels=labels)
+    evidence = service.cli_json(thief, "evidence", "add", registered["id"], str(path), "--kind", "fingerprint")
+    time.sleep(1.1)  # not what saves the original: its registration came first
+    dispute = service.cli_json(
+        arbiter, "dispute", "file", "--claimant", registered["id"], "--methods", "fingerprint",
+        "--evidence", evidence["id"], "--suspect-file", str(claim["deployed_pt"]), "--title", "counter-claim",
+    )  # fmt: skip
+    return str(dispute["id"])
 
 
 def _no_secret_in_logs(service: Service) -> None:

@@ -110,7 +110,8 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
 ) -> None:
     if case in LOOPING:  # the others run under the service's own limits: a short one could end them early
         request.getfixturevalue("short_timeouts")
-    claimant = registered_row(owner, "digits")
+    # the claimant's own model is asked for its evidence too (binding): here it is the benign one
+    claimant = registered_row(owner, "digits", attacks.benign())
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
     artifact, paths = CASES[case](secrets, untouched, outside)
     dispute = dispute_services.dispute_file(
@@ -143,7 +144,7 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
 
 def test_a_benign_suspect_is_decided(owner, arbiter, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """The control: the run reaches the suspect under the sandbox's limits (else every case above passes idly)."""
-    claimant = registered_row(owner, "digits")
+    claimant = registered_row(owner, "digits", attacks.benign())
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
     dispute = dispute_services.dispute_file(
         arbiter=arbiter,
@@ -159,3 +160,49 @@ def test_a_benign_suspect_is_decided(owner, arbiter, data_dir: Path) -> None:  #
 
     dispute.refresh_from_db()
     assert dispute.state == Dispute.State.DECIDED, dispute.failure_reason
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c not in LOOPING])
+def test_a_hostile_claimant_model_leaves_no_secret_and_no_file_behind(  # type: ignore[no-untyped-def]
+    case: str,
+    owner,
+    arbiter,
+    data_dir: Path,
+    secrets: Secrets,
+    untouched: Untouched,
+    outside: Path,
+    heard: Heard,
+) -> None:
+    """Binding runs the claimant's own registered model on its evidence: that model is as hostile as any suspect."""
+    artifact, paths = CASES[case](secrets, untouched, outside)
+    claimant = registered_row(owner, "digits", artifact)
+    evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
+    dispute = dispute_services.dispute_file(
+        arbiter=arbiter,
+        title=f"hostile claimant {case}",
+        claimant_model=claimant,
+        methods=["watermark"],
+        evidence_sets=[evidence_set],
+        suspect_file=SimpleUploadedFile("suspect.pt", attacks.benign(), content_type="application/octet-stream"),
+        panel=PANEL,
+    )
+
+    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-claimant-{case}")
+
+    dispute.refresh_from_db()
+    client = APIClient()
+    client.force_authenticate(arbiter)
+    places: dict[str, Any] = {"dispute_api": client.get(f"/api/v1/disputes/{dispute.public_id}").content}
+    assert dispute.state in (Dispute.State.FAILED, Dispute.State.DECIDED), (dispute.state, dispute.failure_reason)
+    if dispute.state == Dispute.State.FAILED:
+        assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
+    else:
+        verdict = Verdict.objects.get(dispute=dispute)
+        # a model that does not give its claimed labels never confirms
+        assert verdict.outcome != "ownership_confirmed"
+        places |= _verdict_places(verdict, client)
+        for where, value in places.items():
+            assert attacks.MARKER not in _text(value), f"the model's own words are in {where}"
+    signed_and_stored(secrets, **places, logs=heard.text())
+    untouched.check()
+    assert_sandbox_still_works()
