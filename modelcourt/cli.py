@@ -236,9 +236,31 @@ def cmd_evidence_adopt(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_sighting_record(args: argparse.Namespace, client: Client) -> int:
-    """Time-stamp the digest of a model file: a later dispute counts it as the suspect's first known time."""
-    files = [("file", Path(args.file).name, _read_bytes(args.file))]
-    _print_json(client.post_form("/api/v1/sightings/", [("note", args.note)], files))
+    """Time-stamp a model file's digest, or have an endpoint probed: later disputes count it as first known."""
+    if bool(args.file) == bool(args.url):
+        raise CliError("error: give a model file or --url, not both")
+    if args.file:
+        files = [("file", Path(args.file).name, _read_bytes(args.file))]
+        _print_json(client.post_form("/api/v1/sightings/", [("note", args.note)], files))
+        return 0
+    if not args.input_shape or not args.num_classes:
+        raise CliError("error: an endpoint sighting needs --input-shape and --num-classes")
+    body = {
+        "url": args.url,
+        "protocol": args.protocol,
+        "model_name": args.model_name or "",
+        "output": args.output,
+        "input_shape": [int(d) for d in args.input_shape.split(",")],
+        "num_classes": args.num_classes,
+        "note": args.note,
+    }
+    _print_json(client.post_json("/api/v1/sightings/", body))
+    return 0
+
+
+def cmd_sighting_show(args: argparse.Namespace, client: Client) -> int:
+    """One sighting: what was recorded, and when (public)."""
+    _print_json(client.get(f"/api/v1/sightings/{urllib.parse.quote(args.sighting_id, safe='')}"))
     return 0
 
 
@@ -704,10 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
     sighting = commands.add_parser(
         "sighting", help="time-stamp the digest of a model file you came across (it is not uploaded to be kept)"
     ).add_subparsers(dest="sighting_command", required=True)
-    seen = sighting.add_parser("record", help="record that this model file existed now")
-    seen.add_argument("file")
+    seen = sighting.add_parser("record", help="record that a model file (or, with --url, an endpoint) existed now")
+    seen.add_argument("file", nargs="?", help="a model file (hashed; not kept)")
+    seen.add_argument("--url", help="a prediction endpoint to probe instead of a file")
+    seen.add_argument("--protocol", choices=["json", "v2"], default="json")
+    seen.add_argument("--model-name", help="the model's name on a v2 server")
+    seen.add_argument("--output", choices=["logits", "probabilities", "labels"], default="logits")
+    seen.add_argument("--input-shape", help="the endpoint's input shape, e.g. 64 or 1,8,8")
+    seen.add_argument("--num-classes", type=int)
     seen.add_argument("--note", default="", help="where you saw it (at most 300 characters)")
     seen.set_defaults(handler=cmd_sighting_record)
+    shown = sighting.add_parser("show", help="one sighting (public)")
+    shown.add_argument("sighting_id")
+    shown.set_defaults(handler=cmd_sighting_show)
     asking = dispute.add_parser("request", help="ask the arbiters to file a dispute for your model (owner)")
     _add_claim_arguments(asking)
     asking.add_argument("--statement", help="why you suspect this model, for the arbiter")

@@ -267,23 +267,57 @@ class StressTest(models.Model):
 
 
 class Sighting(models.Model):
-    """A time-stamped record that a model file existed: its digest, in our log, at the token's time.
+    """A time-stamped record that a model existed: a file's digest, or an endpoint's answers to a probe set.
 
-    Anyone signed in may record one; a later dispute over a suspect with that digest counts the
-    sighting as a first known time of the suspect (see verification.precedence). Only the digest is
-    kept, never the file.
+    Anyone signed in may record one; a later dispute over a suspect with that digest (or that endpoint,
+    if it still answers the probes the same way) counts the sighting as a first known time of the suspect
+    (see verification.precedence). Only digests and labels are kept, never the file.
     """
+
+    class Kind(models.TextChoices):
+        FILE = "file", "Model file"
+        ENDPOINT = "endpoint", "Prediction endpoint"
+
+    class State(models.TextChoices):
+        PROBING = "probing", "Probing the endpoint"
+        RECORDED = "recorded", "Recorded"
+        FAILED = "failed", "Failed"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sightings")
-    model_digest = models.CharField(max_length=64, db_index=True, help_text="hex SHA-256 model digest of the file")
-    file_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices)
-    note = models.CharField(max_length=300, blank=True, help_text="where the file was seen")
-    timestamp_token = models.OneToOneField(TimestampToken, on_delete=models.PROTECT, related_name="sighting")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FILE)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECORDED)
+    failure_reason = models.CharField(max_length=300, blank=True)
+    model_digest = models.CharField(
+        max_length=64, db_index=True, blank=True, help_text="a file: hex SHA-256 model digest; an endpoint: empty"
+    )
+    file_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices, blank=True)
+    # an endpoint: where, how it was asked, the probe set's seed and the labels it gave
+    url = models.URLField(max_length=500, blank=True, db_index=True)
+    protocol = models.CharField(max_length=8, choices=SuspectDescription.Protocol.choices, blank=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    output_kind = models.CharField(max_length=16, choices=SuspectDescription.OutputKind.choices, blank=True)
+    input_shape = models.JSONField(default=list, blank=True)
+    num_classes = models.PositiveIntegerField(default=0)
+    probe_seed = models.CharField(max_length=64, blank=True)
+    probe_labels = models.JSONField(default=list, blank=True)
+    transcript_digest = models.CharField(max_length=64, blank=True)
+    note = models.CharField(max_length=300, blank=True, help_text="where the model was seen")
+    timestamp_token = models.OneToOneField(
+        TimestampToken, on_delete=models.PROTECT, null=True, blank=True, related_name="sighting"
+    )
     created_at = models.DateTimeField()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(state="recorded") | Q(timestamp_token__isnull=False), name="sighting_recorded_is_stamped"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="endpoint") | ~Q(model_digest=""), name="sighting_file_has_a_digest"
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"sighting of {self.model_digest[:12]}"
+        return f"sighting {self.public_id} ({self.kind})"

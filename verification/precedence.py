@@ -19,6 +19,7 @@ against the claimant. Each set is judged on its own; one early set does not carr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,14 @@ from timestamps import rfc3161
 from timestamps.models import TimestampToken
 from verification.models import Dispute, Sighting
 
-__all__ = ["FirstKnown", "Precedence", "evidence_precedence", "suspect_first_known"]
+__all__ = [
+    "FirstKnown",
+    "Precedence",
+    "endpoint_first_known",
+    "endpoint_sightings",
+    "evidence_precedence",
+    "suspect_first_known",
+]
 
 # the accuracy assumed for a token that states none (our TSA states one second)
 DEFAULT_ACCURACY = timedelta(seconds=1)
@@ -101,16 +109,47 @@ def _registrations(dispute: Dispute) -> list[FirstKnown]:
             )
         else:
             found.append(FirstKnown(model.created_at, timedelta(0), f"registration {model.public_id}", "registration"))
-    for sighting in Sighting.objects.filter(model_digest=digest).select_related("timestamp_token"):
+    for sighting in Sighting.objects.filter(
+        kind=Sighting.Kind.FILE, state=Sighting.State.RECORDED, model_digest=digest
+    ).select_related("timestamp_token"):
         token = sighting.timestamp_token
+        if token is None:
+            continue
         found.append(FirstKnown(token.gen_time, _accuracy(token), f"sighting {sighting.public_id}", "sighting"))
     return found
 
 
-def suspect_first_known(*, dispute: Dispute) -> list[FirstKnown]:
-    """Every known moment the suspect existed, earliest first (the filing is always among them)."""
+def endpoint_sightings(*, dispute: Dispute, limit: int = 8) -> list[Sighting]:
+    """Recorded sightings of the dispute's endpoint (same URL, protocol and model name), earliest first."""
+    if dispute.suspect_kind != Dispute.SuspectKind.ENDPOINT:
+        return []
+    found = Sighting.objects.filter(
+        kind=Sighting.Kind.ENDPOINT,
+        state=Sighting.State.RECORDED,
+        url=dispute.suspect_url,
+        protocol=dispute.suspect_protocol,
+        model_name=dispute.suspect_model_name,
+    ).select_related("timestamp_token")
+    return list(found.order_by("timestamp_token__gen_time", "id")[:limit])
+
+
+def endpoint_first_known(sighting: Sighting, agreement: float) -> FirstKnown:
+    """A re-checked endpoint sighting as a first known time (the caller checked the agreement)."""
+    token = sighting.timestamp_token
+    assert token is not None  # noqa: S101 (recorded sightings are stamped: a database constraint)
+    source = f"endpoint sighting {sighting.public_id} (its probe answers re-checked: {agreement:.0%} agree)"
+    return FirstKnown(token.gen_time, _accuracy(token), source, "sighting")
+
+
+def suspect_first_known(*, dispute: Dispute, confirmed_sightings: Sequence[FirstKnown] = ()) -> list[FirstKnown]:
+    """Every known moment the suspect existed, earliest first (the filing is always among them).
+
+    ``confirmed_sightings``: endpoint sightings whose probes the endpoint answered the same way again
+    during the run (:func:`endpoint_sightings`, :func:`endpoint_first_known`).
+    """
     moments = [FirstKnown(dispute.created_at, timedelta(0), "the dispute's filing", "filing")]
     moments += _registrations(dispute)
+    moments += list(confirmed_sightings)
     if dispute.suspect_released_at is not None:
         moments.append(
             FirstKnown(

@@ -115,7 +115,7 @@ def _open_claims(dispute: Dispute) -> _Opened:
     opened = _Opened()
     claims, problems, records = opened.claims, opened.problems, opened.records
     dataset: dict[str, Any] | None = None
-    first_known = precedence.suspect_first_known(dispute=dispute)
+    first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=_recheck_sightings(dispute))
     opened.first_known = first_known
     draws = ownership_services.watermark_draws_before(owner=model.owner, moment=dispute.created_at)
     for evidence_set in dispute.evidence_sets.select_related(
@@ -168,6 +168,68 @@ def _open_claims(dispute: Dispute) -> _Opened:
             claims.append(spec)
     opened.dataset = dataset
     return opened
+
+
+def _recheck_sightings(dispute: Dispute) -> list[precedence.FirstKnown]:
+    """Send each recorded sighting's probes to the dispute's endpoint again; those answered alike count."""
+    from verification.egress import probe_relayed
+    from verification.methods import egress
+    from verification.methods.probes import MIN_AGREEMENT, PROBES, agreement
+    from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
+
+    sightings = precedence.endpoint_sightings(dispute=dispute)
+    if not sightings:
+        return []
+    confirmed: list[precedence.FirstKnown] = []
+    # probes are sent in the shape and classes they were recorded in: one sandbox call per layout
+    layouts: dict[tuple[tuple[int, ...], int], list[Any]] = {}
+    for sighting in sightings:
+        layouts.setdefault((tuple(sighting.input_shape), sighting.num_classes), []).append(sighting)
+    try:
+        url = egress.endpoint_url(
+            dispute.suspect_url, protocol=dispute.suspect_protocol, model_name=dispute.suspect_model_name or None
+        )
+        relay = egress.relay_for(url, timeout_s=10.0)
+    except (egress.EgressError, ValueError):
+        return []  # the run itself reports an endpoint it cannot reach
+    for (shape, classes), group in layouts.items():
+        try:
+            answers = run_sandboxed(
+                probe_relayed,
+                {
+                    "suspect": {
+                        "kind": "http",
+                        "url": dispute.suspect_url,
+                        "protocol": dispute.suspect_protocol,
+                        "model_name": dispute.suspect_model_name,
+                        "output_kind": dispute.suspect_output,
+                        "budget": PROBES * len(group),
+                    },
+                    "num_classes": classes,
+                    "input_shape": list(shape),
+                    "count": PROBES,
+                    "probes": [{"id": str(s.public_id), "seed": s.probe_seed} for s in group],
+                },
+                timeout_s=120.0,
+                memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
+                relay=relay,
+            )
+        except SandboxUnavailable as exc:
+            raise OperatorFault(HOST_UNCONFINED) from exc
+        except SandboxError:
+            continue  # an endpoint that does not answer confirms no sighting
+        if not isinstance(answers, dict):
+            continue
+        for sighting in group:
+            given = answers.get(str(sighting.public_id))
+            if not isinstance(given, list) or len(given) != len(sighting.probe_labels):
+                continue
+            if not all(type(v) is int for v in given):
+                continue
+            share = agreement(sighting.probe_labels, given)
+            if share >= MIN_AGREEMENT:
+                confirmed.append(precedence.endpoint_first_known(sighting, share))
+    return confirmed
 
 
 def _check_own_receipt(evidence_set: EvidenceSet, checks: list[Check]) -> None:

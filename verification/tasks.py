@@ -62,3 +62,19 @@ def enqueue_on_commit(kind: str, pk: int) -> None:
     from verification.sweeps import dispatch_on_commit  # as in run_sweep_task: importing this module loads no models
 
     dispatch_on_commit(kind, pk)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=0)
+def sighting_probe_task(self, sighting_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Probe a sighted endpoint and time-stamp the transcript; a redelivered message finds it recorded."""
+    from verification.services.sightings import sighting_probe
+
+    sighting_probe(sighting_id=sighting_id)
+
+
+def sighting_probe_enqueue(pk: int) -> None:
+    """Publish the probing of one endpoint sighting; a refused message leaves it `probing` (logged)."""
+    try:
+        sighting_probe_task.delay(pk)
+    except Exception:  # kombu, redis and socket errors alike
+        logger.warning("sighting %s: the task queue refused the message; record the sighting again", pk, exc_info=True)

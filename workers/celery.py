@@ -31,6 +31,7 @@ app.conf.update(
     task_routes={
         # the sweep re-queues runs whose GPU worker died: it must not wait behind them
         "verification.tasks.run_sweep_task": {"queue": "cpu"},
+        "verification.tasks.sighting_probe_task": {"queue": "cpu"},
         "verification.tasks.*": {"queue": "gpu"},
         "timestamps.tasks.*": {"queue": "cpu"},
         "ownership.tasks.*": {"queue": "cpu"},

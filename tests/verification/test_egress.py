@@ -14,7 +14,7 @@ from verification.egress import run_methods_relayed
 from verification.exceptions import DisputeError, RunFailed
 from verification.methods import egress
 from verification.models import DisputeRequest
-from verification.services.disputes import _check_public_endpoint, _check_url
+from verification.services.disputes import check_public_endpoint, check_url
 
 from .conftest import Claimant
 
@@ -50,12 +50,12 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Names:
 
 def test_a_public_name_passes_the_early_check(names: Names) -> None:
     names.table["models.example.org"] = [PUBLIC, "2606:4700:4700::1111"]
-    _check_public_endpoint("https://models.example.org/v2/models/clf/infer")
+    check_public_endpoint("https://models.example.org/v2/models/clf/infer")
 
 
 def test_a_name_that_does_not_resolve_is_refused_with_a_reason(names: Names) -> None:
     with pytest.raises(DisputeError, match="does not resolve") as refused:
-        _check_public_endpoint("https://not-yet.example.org/predict")
+        check_public_endpoint("https://not-yet.example.org/predict")
     assert refused.value.code == "suspect_url"
 
 
@@ -65,20 +65,20 @@ def test_a_name_that_does_not_resolve_is_refused_with_a_reason(names: Names) -> 
 def test_a_name_resolving_to_a_private_address_is_refused(names: Names, address: str) -> None:
     names.table["sneaky.example.org"] = [PUBLIC, address]
     with pytest.raises(DisputeError, match="not a public address") as refused:
-        _check_public_endpoint("http://sneaky.example.org/predict")
+        check_public_endpoint("http://sneaky.example.org/predict")
     assert refused.value.code == "suspect_url"
 
 
 def test_the_operator_allowance_reaches_the_early_check(names: Names, monkeypatch: pytest.MonkeyPatch) -> None:
     names.table["stub.test"] = ["127.0.0.1"]
     monkeypatch.setenv(egress.ALLOW_PRIVATE_ENV, "127.0.0.1/32")
-    _check_public_endpoint("http://stub.test:8000/predict")
+    check_public_endpoint("http://stub.test:8000/predict")
     names.table["stub.test"] = ["127.0.0.2"]
     with pytest.raises(DisputeError, match="not a public address"):
-        _check_public_endpoint("http://stub.test:8000/predict")
+        check_public_endpoint("http://stub.test:8000/predict")
     monkeypatch.setenv(egress.ALLOW_PRIVATE_ENV, "yes")
     with pytest.raises(DisputeError, match="settings are invalid"):
-        _check_public_endpoint("http://stub.test:8000/predict")
+        check_public_endpoint("http://stub.test:8000/predict")
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_the_operator_allowance_reaches_the_early_check(names: Names, monkeypatc
 )
 def test_the_url_shape_is_checked_when_filed(url: str, message: str) -> None:
     with pytest.raises(DisputeError, match=message) as refused:
-        _check_url(url)
+        check_url(url)
     assert refused.value.code == "suspect_url"
 
 
@@ -124,7 +124,7 @@ def test_a_name_rebound_after_filing_gets_no_connection_from_the_worker(names: N
     port = listener.getsockname()[1]
     url = f"http://rebind.example.org:{port}/predict"
     names.table["rebind.example.org"] = [PUBLIC]
-    _check_public_endpoint(url)  # filed while the name pointed at a public address
+    check_public_endpoint(url)  # filed while the name pointed at a public address
     names.table["rebind.example.org"] = ["127.0.0.1"]  # then the attacker rebinds it
     relay = egress.relay_for(url)
 

@@ -47,7 +47,7 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _check_public_endpoint(url: str) -> None:
+def check_public_endpoint(url: str, *, field: str = "suspect_url") -> None:
     """Refuse at once an endpoint whose host does not resolve or resolves to a non-public address.
 
     A courtesy to whoever files: the name may point elsewhere by the time a run queries it, so the worker
@@ -57,24 +57,24 @@ def _check_public_endpoint(url: str) -> None:
     try:
         egress.check_destination(url)
     except egress.EgressError as exc:
-        raise DisputeError(f"{exc.reason}; name a publicly reachable prediction endpoint", code="suspect_url") from exc
+        raise DisputeError(f"{exc.reason}; name a publicly reachable prediction endpoint", code=field) from exc
     except ValueError as exc:  # the operator's list of allowed networks is malformed
         logger.error("endpoint egress settings are invalid: %s", exc)
         raise DisputeError(
             "endpoints cannot be checked right now: the service's settings are invalid (the operators are told)",
-            code="suspect_url",
+            code=field,
         ) from exc
 
 
-def _check_url(url: str) -> str:
+def check_url(url: str, *, field: str = "suspect_url") -> str:
     """The endpoint URL, stripped, or DisputeError: http(s), a host, no user name or password, a valid port."""
     url = url.strip()
     try:
         egress.parse_endpoint(url)
     except egress.EgressError as exc:
         if not url.lower().startswith(("http://", "https://")):
-            raise DisputeError("the suspect endpoint must be an http:// or https:// URL", code="suspect_url") from exc
-        raise DisputeError(exc.reason, code="suspect_url") from exc
+            raise DisputeError("the endpoint must be an http:// or https:// URL", code=field) from exc
+        raise DisputeError(exc.reason, code=field) from exc
     return url
 
 
@@ -130,8 +130,8 @@ def _describe_suspect(
         target.suspect_digest = suspect_registration.model_digest
     elif suspect_url:
         target.suspect_kind = Dispute.SuspectKind.ENDPOINT
-        target.suspect_url = _check_url(suspect_url)
-        _check_public_endpoint(target.suspect_url)  # arbiters' filings and owners' requests alike
+        target.suspect_url = check_url(suspect_url)
+        check_public_endpoint(target.suspect_url)  # arbiters' filings and owners' requests alike
         if suspect_protocol not in Dispute.Protocol.values:
             raise DisputeError("suspect_protocol must be v2 or json", code="suspect_protocol")
         if suspect_protocol == Dispute.Protocol.V2 and not suspect_model_name.strip():
