@@ -59,5 +59,7 @@ def claim_binding(
         p0=null_match_rate(panel_matches, len(claim.labels), panel.num_classes),
         panel_matches=panel_matches,
         alpha=alpha,
+        num_classes=panel.num_classes,
+        generated=claim.verifiable,
     )
     return Binding(claim.name, bool(test.p_value <= alpha), float(test.p_value), matches, len(claim.labels))

@@ -226,6 +226,7 @@ def agreement_test(
     alpha: float = DEFAULT_ALPHA,
     tie_break: float | None = None,
     num_classes: int | None = None,
+    generated: bool = False,
 ) -> TestResult:
     """Watermark / fingerprint test as a :class:`TestResult`, against the panel's models as the unit.
 
@@ -236,8 +237,21 @@ def agreement_test(
     for comparison (``pooled_binomial_p_value``: binomial at p0) and, with a panel, the rank p-value of
     the suspect among the panel (reported, not used: it never goes below ``1 / (1 + len(panel))``).
     Inconclusive when even a perfect match (m = K) would not reach ``alpha``.
+
+    ``generated``: the labels were drawn uniformly from a seed the service committed (a verifiable
+    watermark). Whatever an independent model answers, it then matches each label with probability
+    exactly ``1 / num_classes``, independently: the p-value is that exact binomial tail, and the panel
+    is reported only.
     """
     alpha = _check_alpha(alpha)
+    if generated:
+        test = _generated_test(
+            name=name, kind=kind, matches=matches, trials=trials, num_classes=num_classes, alpha=alpha, p0=p0
+        )
+        if len(panel_matches) > 0:
+            test.statistics["panel_size"] = len(panel_matches)
+            test.statistics["panel_rank_p_value"] = panel_rank_p_value(matches, panel_matches)
+        return test
     pooled_p_value = binomial_test(matches, trials, p0)
     null = agreement_null(
         panel_matches=panel_matches, trials=trials, num_classes=num_classes, alpha=alpha, rate_floor=p0
@@ -269,6 +283,45 @@ def agreement_test(
             f"With K={trials} queries and {setting}, even a perfect match gives p={floor:.3g}, "
             f"above alpha={alpha:g}: more queries are needed"
             + (", or a larger reference panel." if len(panel_matches) > 0 else ".")
+        )
+    )
+    return TestResult(name=name, kind=kind, p_value=p_value, statistics=stats, conclusive=conclusive, reason=reason)
+
+
+def _generated_test(
+    *,
+    name: str,
+    kind: Literal["watermark", "fingerprint"],
+    matches: int,
+    trials: int,
+    num_classes: int | None,
+    alpha: float,
+    p0: float,
+) -> TestResult:
+    """The exact test of a seed-generated watermark: Binomial(K, 1/C), whatever the panel says."""
+    if num_classes is None or num_classes < 2:
+        raise ValueError("a generated watermark's exact test needs the number of classes (at least 2).")
+    chance = 1.0 / num_classes
+    p_value = binomial_test(matches, trials, chance)
+    floor = min_achievable_p_value(trials, chance)
+    stats: dict[str, StatValue] = {
+        "K": int(trials),
+        "m": int(matches),
+        "p0": chance,
+        "match_rate": matches / trials,
+        "min_achievable_p_value": floor,
+        "null_construction": "seeded_uniform_labels_exact",
+        # what the panel-based null would have used, for the record
+        "panel_p0": float(p0),
+        "pooled_binomial_p_value": binomial_test(matches, trials, p0),
+    }
+    conclusive = floor <= alpha
+    reason = (
+        ""
+        if conclusive
+        else (
+            f"With K={trials} generated triggers even a perfect match gives p={floor:.3g}, above alpha={alpha:g}: "
+            "more queries are needed."
         )
     )
     return TestResult(name=name, kind=kind, p_value=p_value, statistics=stats, conclusive=conclusive, reason=reason)

@@ -19,6 +19,7 @@ from verification.methods.decision import (
     DEFAULT_ALPHA,
     ClaimScreen,
     Decision,
+    Standing,
     StatValue,
     TestResult,
     agreement_test,
@@ -124,6 +125,8 @@ def agreement_claim_test(
         panel_matches=panel_matches,
         alpha=alpha,
         tie_break=tie_break,
+        num_classes=num_classes,
+        generated=claim.verifiable,
     )
     stats = {**test.statistics, "naive_p_value": binomial_test(matches, k, 1.0 / num_classes)}
     return TestResult(test.name, test.kind, test.p_value, stats, test.conclusive, test.reason), screen
@@ -139,8 +142,13 @@ def verify_claims(
     alpha: float = DEFAULT_ALPHA,
     screen_alpha: float = DEFAULT_SCREEN_ALPHA,
     natural_x: npt.NDArray[np.float32] | None = None,
+    standings: Sequence[Standing] | None = None,
 ) -> Decision:
-    """Every agreement claim tested and screened, plus ``extra_tests`` (dataset inference), then :func:`decide`."""
+    """Every agreement claim tested and screened, plus ``extra_tests`` (dataset inference), then :func:`decide`.
+
+    Without ``standings``, a generated (verifiable) watermark stands as one draw needing no precedence and
+    every other set as claimant-chosen evidence whose precedence is not established (it cannot confirm).
+    """
     tests: list[TestResult] = []
     screens: list[ClaimScreen] = []
     for claim in claims:
@@ -150,4 +158,6 @@ def verify_claims(
         tests.append(test)
         screens.append(screen)
     tests.extend(extra_tests)
-    return decide(tests=tests, screens=screens, integrity_ok=integrity_ok, alpha=alpha)
+    if standings is None:
+        standings = [Standing(c.name, chosen=False) for c in claims if c.verifiable]
+    return decide(tests=tests, screens=screens, standings=standings, integrity_ok=integrity_ok, alpha=alpha)
