@@ -215,6 +215,19 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
         help_text="Its committed evidence of the chosen kinds is opened for the dispute.",
     )
     methods = _methods_field()
+    suspect_released_at = forms.DateTimeField(
+        required=False,
+        label="Suspect first released (UTC)",
+        help_text="If you know when the suspect was first released: evidence the claimant could have chosen "
+        "counts only if it was committed before then. Leave empty if unknown.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+    suspect_release_source = forms.CharField(
+        required=False,
+        max_length=300,
+        label="Source of the release time",
+        help_text="A URL or a document; it is signed into the verdict with the time.",
+    )
 
     field_order = ["title", "claimant", "methods", "suspect_source"]
 
@@ -225,6 +238,8 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
             "title": data["title"],
             "claimant_model": data["claimant"],
             "methods": data["methods"],
+            "suspect_released_at": data.get("suspect_released_at"),
+            "suspect_release_source": data.get("suspect_release_source") or "",
             **self.run_kwargs(),
             **self.suspect_kwargs(),
         }
