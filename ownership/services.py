@@ -378,9 +378,15 @@ def _check_draw_rate(*, owner: Any) -> None:
         )
 
 
-def watermark_draws_before(*, owner: Any, moment: datetime) -> int:
-    """How many watermarks the service generated for ``owner`` before ``moment`` (at least 1 for a claim)."""
-    return max(1, WatermarkDraw.objects.filter(owner=owner, created_at__lt=moment).count())
+def watermark_draws_before(*, moment: datetime) -> int:
+    """How many watermarks the service generated, for anyone, before ``moment`` (at least 1 for a claim).
+
+    A generated watermark's p-value is exact for one draw. A claimant who draws many, under one account
+    or many, and files the one that happens to match an independent model, chose among every draw made
+    before the filing: the correction counts them all. Its cost is small where it matters (K = 100
+    triggers and a copy give p near 1e-100 for one draw).
+    """
+    return max(1, WatermarkDraw.objects.filter(created_at__lt=moment).count())
 
 
 def evidence_adopt(*, model: RegisteredModel, source: EvidenceSet) -> EvidenceSet:

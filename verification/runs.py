@@ -117,7 +117,7 @@ def _open_claims(dispute: Dispute) -> _Opened:
     dataset: dict[str, Any] | None = None
     first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=_recheck_sightings(dispute))
     opened.first_known = first_known
-    draws = ownership_services.watermark_draws_before(owner=model.owner, moment=dispute.created_at)
+    draws = ownership_services.watermark_draws_before(moment=dispute.created_at)
     for evidence_set in dispute.evidence_sets.select_related(
         "derived_from__timestamp_token", "timestamp_token"
     ).order_by("created_at", "id"):

@@ -61,12 +61,16 @@ def test_adoption_refuses_uploaded_sets_copies_and_other_shapes(owner) -> None: 
         services.evidence_adopt(model=base, source=source)
 
 
-def test_draws_are_counted_and_survive_deletion(owner) -> None:  # type: ignore[no-untyped-def]
+def test_draws_are_counted_for_everyone_and_survive_deletion(owner) -> None:  # type: ignore[no-untyped-def]
     base = _model(owner, "base")
     for _ in range(3):
         services.evidence_generate(model=base, count=2)
+    # another account's draws count too: a claimant may own many accounts (the red team drew 1,482)
+    other = get_user_model().objects.create_user("sybil", password="x" * 12)  # type: ignore[attr-defined]
+    role_grant(user=other, role=Role.OWNER)
+    services.evidence_generate(model=_model(other, "s"), count=2)
     base.delete()
-    assert services.watermark_draws_before(owner=owner, moment=timezone.now()) == 3
+    assert services.watermark_draws_before(moment=timezone.now()) == 4
 
 
 @override_settings(MODELCOURT_WATERMARK_DRAWS_PER_DAY=2)

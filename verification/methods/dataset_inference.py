@@ -22,18 +22,51 @@ after all reached ones. Step sizes are fractions of the input range ``high - low
 The claimant's model gives distances for half of the private (training) and half of the public
 (never trained on) samples; within each norm (MinGD) or direction kind (Blind Walk) they are sorted,
 so that features do not depend on class order or direction order, then ``log1p``-compressed and
-standardised. A seeded scorer learns private = 1, public = 0: by default an MLP with one hidden
-layer of 32 and weight decay (the paper also uses a small MLP; on the synthetic task it separates far
-better than logistic regression, which remains an option). The other half is measured on the suspect
-and scored; the p-value is one one-sided Welch t-test of private scores > public scores on those
-held-out samples. The split is drawn from ``split_seed`` before anything is measured and recorded
-with a digest of the test indices; Blind Walk directions are drawn from the same seed.
+standardised (clipped to ``FEATURE_BOUND`` claimant standard deviations). A seeded scorer learns
+private = 1, public = 0: by default an MLP with one hidden layer of 32 and weight decay (the paper
+also uses a small MLP; on the synthetic task it separates far better than logistic regression, which
+remains an option). Scores are its log-odds clipped to ``[-SCORE_BOUND, SCORE_BOUND]``. The other half
+(the test half) is measured on the suspect and scored. The split is drawn from ``split_seed`` before
+anything is measured and recorded with a digest of the test indices; Blind Walk directions and the
+permutations are drawn from the same seed.
+
+**The p-value** is the larger of two (an intersection-union test: ownership needs both to reject):
+
+- *within the suspect*: a one-sided permutation test of mean(private scores) > mean(public scores) on
+  the test half (every relabelling when there are at most ``permutations + 1``, else ``permutations``
+  seeded draws and ``(#{drawn >= observed} + 1) / (permutations + 1)``). When its smallest attainable
+  p-value is above alpha the test is inconclusive. Welch's t is reported (``t_statistic``,
+  ``welch_p_value``) but no longer decides: with small, unequal, skewed groups it over-rejects.
+- *against the reference panel*: the same test (same claimant features and scorer, same split, same
+  method, same walk directions) on the first ``panel_members`` models of the panel, in manifest order.
+  They never saw the claimant's data, so their Welch t-statistics show what this evidence gives on a
+  model that is independent of it. With k of them (mean m, sample standard deviation s), the suspect's
+  t_s gets ``P[T_{k-1} >= (t_s - m) / (s * sqrt(1 + 1/k))]`` (``p_value_panel``); the rank p-value
+  ``(1 + #{panel t >= t_s}) / (k + 1)`` is reported beside it (``p_value_panel_rank``), and every
+  panel statistic is recorded (``panel_t_statistics``).
+
+**Guarantee.** For an independent suspect, P[p <= alpha] <= alpha if either (a) the suspect's
+statistic and the k panel models' statistics, given the claimant's evidence, are independent draws
+from one normal distribution (the suspect is exchangeable with the panel: it could have been one more
+panel member), whatever member / non-member split the claimant chose, or (b) the claimant's members
+and non-members were assigned at random from one pool and the scorer carries no trace of which test
+samples went where (then the suspect's test-half scores are exchangeable between the groups), whatever
+the panel. Normality in (a) is an assumption about t-statistics of independent models; the rank
+p-value needs only exchangeability but cannot go below 1 / (k + 1), so it is reported, not used. The
+split, seed and evidence are fixed by the claimant's commitment before the suspect is known; a split
+chosen with the suspect itself in hand is outside both conditions (the precedence rule excludes it).
+Without a panel (``panel=None``) only the permutation p-value is given and only (b) protects it; the
+statistics say ``calibration: none``.
+
+Blind Walk on a label-only suspect sends at most :func:`blind_walk_query_budget` queries; a suspect
+with less budget left is not queried and the test is inconclusive, with the number it needs.
 
 Pure PyTorch/NumPy: nothing here imports Django, Celery or the apps. Models run on their own device.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -47,13 +80,23 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from verification.methods.decision import StatValue, TestResult
-from verification.methods.statistics import welch_one_sided
+from verification.methods.decision import DEFAULT_ALPHA, StatValue, TestResult
+from verification.methods.panels import ReferencePanel
+from verification.methods.statistics import (
+    WelchResult,
+    empirical_p_value,
+    permutation_one_sided,
+    prediction_p_value,
+    welch_one_sided,
+)
 from verification.methods.suspects import Suspect
 
 __all__ = [
     "DIRECTION_KINDS",
     "NORMS",
+    "PANEL_MEMBERS",
+    "PERMUTATIONS",
+    "SCORE_BOUND",
     "BlindWalkResult",
     "Method",
     "Norm",
@@ -61,7 +104,9 @@ __all__ = [
     "ScorerKind",
     "blind_walk",
     "blind_walk_distances",
+    "blind_walk_query_budget",
     "boundary_features",
+    "claimant_side_features",
     "dataset_inference_test",
     "fit_scorer",
     "mingd_distances",
@@ -86,6 +131,11 @@ MINGD_L1_COORDINATES = 4
 WALK_DIRECTIONS = 30
 WALK_STEP = 0.05
 WALK_MAX_STEPS = 60
+SCORE_BOUND = 10.0  # scores are log-odds clipped to [-10, 10]: no run reports a mean of 1847
+FEATURE_BOUND = 10.0  # standardised features are clipped to 10 claimant standard deviations
+PERMUTATIONS = 19_999  # within-suspect permutations: p can reach 1 / 20,000 = 5e-5, below alpha = 1e-3
+MAX_PERMUTATIONS = 999_999
+PANEL_MEMBERS = 20  # the first 20 panel members (manifest order) calibrate the test: every built-in member
 CHUNK_ELEMENTS = 1 << 22  # input values walked at once: 16 MiB of float32 per tensor of the walk
 _LABEL_BATCH = 4096
 
@@ -555,15 +605,26 @@ class Scorer:
     train_accuracy: float
 
     def score(self, features: FloatArray) -> FloatArray:
-        """Scores [N] (log-odds of 'private'): higher looks more like training data."""
+        """Scores [N], clipped log-odds of 'private' in ``[-SCORE_BOUND, SCORE_BOUND]``: higher looks more trained-on.
+
+        Features far outside what the claimant's model produced (a column constant on the claimant, a
+        suspect with other distance scales) cannot run a score off: each standardised feature is clipped
+        to ``FEATURE_BOUND`` claimant standard deviations and the log-odds to ``SCORE_BOUND``.
+        """
         array = np.asarray(features, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != self.mean.shape[0]:
             raise ValueError(f"features must have shape [N, {self.mean.shape[0]}], got {list(array.shape)}")
-        inputs = (torch.from_numpy(array).to(torch.float32) - self.mean) / self.std
+        if not np.all(np.isfinite(array)):
+            raise ValueError("features contain NaN or infinite values")
+        inputs = _standardised(torch.from_numpy(array).to(torch.float32), self.mean, self.std)
         with torch.inference_mode():
-            out: torch.Tensor = self.model(inputs).reshape(-1)
+            out: torch.Tensor = self.model(inputs).reshape(-1).clamp(-SCORE_BOUND, SCORE_BOUND)
         scores: FloatArray = out.to(torch.float64).numpy()
         return scores
+
+
+def _standardised(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((features - mean) / std).clamp(-FEATURE_BOUND, FEATURE_BOUND)
 
 
 def fit_scorer(
@@ -596,8 +657,11 @@ def fit_scorer(
         [torch.full((private.shape[0],), 0.5 / private.shape[0]), torch.full((public.shape[0],), 0.5 / public.shape[0])]
     )
     mean = inputs.mean(dim=0)
-    std = inputs.std(dim=0, unbiased=False).clamp_min(1e-6)  # a constant column (own class at 0) stays 0
-    standard = (inputs - mean) / std
+    spread = inputs.std(dim=0, unbiased=False)
+    # a column constant on the claimant (own class at 0, walks that all reach the cap) is measured in its own
+    # units: dividing by a tiny spread would turn any other model's small difference there into a huge score
+    std = torch.where(spread < 1e-6, torch.ones_like(spread), spread)
+    standard = _standardised(inputs, mean, std)
     width = inputs.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -785,6 +849,72 @@ def claimant_side_features(
     return {"method": method, "private": private, "public": public}
 
 
+def blind_walk_query_budget(
+    *,
+    members: int,
+    nonmembers: int,
+    train_fraction: float = 0.5,
+    directions: int = WALK_DIRECTIONS,
+    max_steps: int = WALK_MAX_STEPS,
+) -> int:
+    """The most label queries dataset inference by Blind Walk sends a suspect for evidence of this size.
+
+    Only the test halves are walked on the suspect (the training halves are measured on the claimant's
+    model and the panel is local): one query per sample for its starting label, then one per step for
+    every direction still walking, so at most ``n_test * (1 + directions * max_steps)``, reached when no
+    walk flips before its cap. Input shape and classes do not enter: the walk counts samples, not values.
+    """
+    _check_count(1, directions=directions, max_steps=max_steps)
+    split = _split(members, nonmembers, seed=0, train_fraction=train_fraction)
+    tested = int(split.private_test.shape[0] + split.public_test.shape[0])
+    return tested * (1 + directions * max_steps)
+
+
+class _NativeLayout(nn.Module):
+    """A panel member fed another layout of its native input's elements (row-major), as the panel's labels are."""
+
+    def __init__(self, member: nn.Module, native: tuple[int, ...]) -> None:
+        super().__init__()
+        self.member = member
+        self.native = native
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.member(x.reshape(x.shape[0], *self.native))
+        return out
+
+
+def _calibration_models(panel: ReferencePanel | Sequence[nn.Module], suspect: Suspect, members: int) -> list[nn.Module]:
+    """The first ``members`` panel models, taking the suspect's input layout, on the suspect's GPU when it has one."""
+    modules = list(panel.modules if isinstance(panel, ReferencePanel) else panel)[:members]
+    device = getattr(suspect, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        # copies: the panel's own modules stay on the CPU, where its agreement answers are computed
+        modules = [copy.deepcopy(module).to(device) for module in modules]
+    if not isinstance(panel, ReferencePanel):
+        return modules
+    native, input_shape = tuple(panel.input_shape), suspect.input_shape
+    if native == input_shape:
+        return modules
+    if math.prod(native) != math.prod(input_shape):
+        raise ValueError(
+            f"the reference panel takes inputs of shape {list(native)}, which cannot hold inputs of shape "
+            f"{list(input_shape)}"
+        )
+    return [_NativeLayout(module, native) for module in modules]
+
+
+def _permutation_count(permutations: int | None, alpha: float) -> int:
+    """Enough draws that p can fall well below alpha (20 / alpha), at least PERMUTATIONS, at most MAX_PERMUTATIONS."""
+    if permutations is not None:
+        _check_count(1, permutations=permutations)
+        return permutations
+    return min(MAX_PERMUTATIONS, max(PERMUTATIONS, math.ceil(20 / alpha) - 1))
+
+
+def _csv(values: Sequence[float]) -> str:
+    return ",".join(f"{v:.6g}" for v in values)
+
+
 def dataset_inference_test(
     *,
     claimant: nn.Module | Suspect | None,
@@ -805,6 +935,10 @@ def dataset_inference_test(
     walk_max_steps: int = WALK_MAX_STEPS,
     name: str = "dataset_inference",
     claimant_features: Mapping[str, Any] | None = None,
+    panel: ReferencePanel | Sequence[nn.Module] | None = None,
+    panel_members: int = PANEL_MEMBERS,
+    alpha: float = DEFAULT_ALPHA,
+    permutations: int | None = None,
 ) -> TestResult:
     """Dataset inference of the claimant's private samples in the suspect, as a :class:`TestResult`.
 
@@ -812,21 +946,28 @@ def dataset_inference_test(
     claimant's model and the suspect never meet) replaces ``claimant``; its method must be this test's.
 
     ``train_fraction`` of each side (drawn from ``split_seed``) trains the scorer on the claimant's
-    features; the rest is measured on the suspect. MinGD needs a white-box suspect: a black-box one
-    raises ``ValueError`` unless ``fallback_to_blind_walk`` (then both sides use Blind Walk).
+    features; the rest is measured on the suspect and on the first ``panel_members`` models of ``panel``
+    (see the module docstring for the p-value; without a panel only the within-suspect permutation test
+    runs, which is valid for a random split alone). MinGD needs a white-box suspect: a black-box one
+    raises ``ValueError`` unless ``fallback_to_blind_walk`` (then both sides use Blind Walk). A Blind
+    Walk that could need more queries than the suspect has left is not started (inconclusive).
     ``QueryBudgetExceeded`` and ``SuspectError`` from the suspect propagate: the caller decides
     whether a suspect that stopped answering makes the verdict inconclusive.
     """
     started = time.perf_counter()
     _check_range(low, high)
-    _check_count(2, num_classes=num_classes)
+    _check_count(2, num_classes=num_classes, panel_members=panel_members)
     _check_count(0, split_seed=split_seed)
     if not name:
         raise ValueError("a test needs a name")
+    if not (0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     if method not in get_args(Method):
         raise ValueError(f"unknown method {method!r}; expected one of {get_args(Method)}")
     if num_classes != suspect.num_classes:
         raise ValueError(f"num_classes is {num_classes} but {suspect.describe()} has {suspect.num_classes} classes")
+    draws = _permutation_count(permutations, alpha)
+    calibrating = None if panel is None else _calibration_models(panel, suspect, panel_members)
     used: Method = method
     if method == "mingd" and not suspect.white_box:
         if not fallback_to_blind_walk:
@@ -852,50 +993,124 @@ def dataset_inference_test(
         private_features, public_features = measuring.claimant_features(claimant)
     else:
         raise ValueError("dataset inference needs the claimant's model or its measured features")
-    fitted = fit_scorer(private_features, public_features, kind=scorer, seed=split_seed)
 
-    before = suspect.queries
-    on_suspect = descender(suspect.module()) if used == "mingd" else walker(suspect.labels)
-    tested = np.concatenate([split.private_test, split.public_test])
-    n_private_test = split.private_test.shape[0]
-    joined = torch.cat([private[split.private_test], public[split.public_test]])
-    scores = fitted.score(boundary_features(on_suspect(joined), groups))
-    queries = suspect.queries - before
-    welch = welch_one_sided(scores[:n_private_test], scores[n_private_test:])
-
+    n_private_test = int(split.private_test.shape[0])
+    tested = n_private_test + int(split.public_test.shape[0])
     statistics: dict[str, StatValue] = {
         "method": used,
         "requested_method": method,
         "scorer": scorer,
+        "score_bound": SCORE_BOUND,
         "n_private_train": int(split.private_train.shape[0]),
         "n_public_train": int(split.public_train.shape[0]),
-        "n_private_test": int(n_private_test),
+        "n_private_test": n_private_test,
         "n_public_test": int(split.public_test.shape[0]),
-        "claimant_train_accuracy": fitted.train_accuracy,
-        "mean_score_private": welch.mean_a,
-        "mean_score_public": welch.mean_b,
-        "t_statistic": welch.statistic,
-        "df": welch.df,
-        "p_value": welch.p_value,
-        "suspect_queries": int(queries),
-        "queries_per_sample": queries / tested.shape[0],
         "split_seed": int(split_seed),
         "train_fraction": float(train_fraction),
         "split_digest": split.digest(),
-        "seconds": time.perf_counter() - started,
+        "alpha": float(alpha),
     }
     if used == "mingd":
         statistics["mingd_steps"] = int(mingd_steps)
     else:
         statistics.update(walk_directions=walk_directions, walk_step=walk_step, walk_max_steps=walk_max_steps)
-    reason = welch.reason
-    if used != method:
-        reason = (reason + " " if reason else "") + f"{suspect.describe()} is black-box, so Blind Walk replaced MinGD."
-    return TestResult(
-        name=name,
-        kind="dataset_inference",
-        p_value=welch.p_value,
-        statistics=statistics,
-        conclusive=welch.conclusive,
-        reason=reason,
+        bound = tested * (1 + walk_directions * walk_max_steps)
+        statistics["suspect_query_bound"] = bound
+        left = suspect.remaining
+        if left is not None and bound > left:
+            statistics.update(p_value=1.0, suspect_queries=0, seconds=time.perf_counter() - started)
+            reason = (
+                f"Blind Walk may need up to {bound:,} label queries of {suspect.describe()} for {tested} test "
+                f"samples, but {left:,} of its query budget are left, so it was not queried for this test "
+                f"(a query budget of {suspect.queries + bound:,} lets it run)."
+            )
+            return TestResult(name, "dataset_inference", 1.0, statistics, False, reason)
+
+    fitted = fit_scorer(private_features, public_features, kind=scorer, seed=split_seed)
+    joined = torch.cat([private[split.private_test], public[split.public_test]])
+
+    def within(measure: Callable[[torch.Tensor], FloatArray]) -> tuple[FloatArray, FloatArray, WelchResult]:
+        scores = fitted.score(boundary_features(measure(joined), groups))
+        return (
+            scores[:n_private_test],
+            scores[n_private_test:],
+            welch_one_sided(scores[:n_private_test], scores[n_private_test:]),
+        )
+
+    before = suspect.queries
+    on_suspect_private, on_suspect_public, welch = within(
+        descender(suspect.module()) if used == "mingd" else walker(suspect.labels)
     )
+    queries = suspect.queries - before
+    statistics.update(
+        claimant_train_accuracy=fitted.train_accuracy,
+        mean_score_private=welch.mean_a,
+        mean_score_public=welch.mean_b,
+        t_statistic=welch.statistic,
+        df=welch.df,
+        welch_p_value=welch.p_value,
+        suspect_queries=int(queries),
+        queries_per_sample=queries / tested,
+    )
+    notes = [] if used == method else [f"{suspect.describe()} is black-box, so Blind Walk replaced MinGD."]
+
+    def result(p_value: float, conclusive: bool, reason: str = "") -> TestResult:
+        statistics["p_value"] = p_value
+        statistics["seconds"] = time.perf_counter() - started
+        sentence = " ".join([reason, *notes]).strip()
+        return TestResult(name, "dataset_inference", p_value, statistics, conclusive, sentence)
+
+    if not welch.conclusive:
+        return result(1.0, False, welch.reason)
+    permuted = permutation_one_sided(
+        on_suspect_private, on_suspect_public, permutations=draws, seed=[split_seed, 0x9E57]
+    )
+    statistics.update(
+        p_value_within=permuted.p_value,
+        permutations=permuted.permutations,
+        permutation="exact" if permuted.exact else "monte_carlo",
+        permutation_floor=permuted.floor,
+    )
+    floor_reason = (
+        f"With {permuted.n_a} private and {permuted.n_b} public test samples the permutation test cannot give a "
+        f"p-value below {permuted.floor:.3g}, above alpha = {alpha:g}."
+        if permuted.floor > alpha
+        else ""
+    )
+    if calibrating is None:
+        statistics["calibration"] = "none"
+        notes.append(
+            "Not calibrated against a reference panel: the p-value is valid only if the claimant's "
+            "member / non-member split was random."
+        )
+        return result(permuted.p_value, not floor_reason, floor_reason)
+
+    mark = time.perf_counter()
+    panel_t: list[float] = []
+    for model in calibrating:
+        measure = descender(model) if used == "mingd" else walker(_module_labels(model))
+        panel_t.append(within(measure)[2].statistic)  # NaN where a member's scores had no spread
+    statistics.update(
+        calibration="panel",
+        panel_members=len(panel_t),
+        panel_seconds=time.perf_counter() - mark,
+        panel_t_statistics=_csv(panel_t),
+    )
+    finite = [t for t in panel_t if math.isfinite(t)]
+    if len(finite) < len(panel_t) or len(finite) < 2 or float(np.std(finite)) == 0.0:
+        why = (
+            f"the reference panel has {len(panel_t)} model(s) for the calibration; it needs at least 2"
+            if len(panel_t) < 2
+            else "some reference models gave scores without spread, so the panel's statistics cannot be estimated"
+        )
+        return result(1.0, False, f"Not calibrated: {why}.")
+    p_panel = prediction_p_value(welch.statistic, finite)
+    statistics.update(
+        panel_t_mean=float(np.mean(finite)),
+        panel_t_sd=float(np.std(finite, ddof=1)),
+        panel_t_max=float(np.max(finite)),
+        p_value_panel=p_panel,
+        p_value_panel_rank=empirical_p_value(welch.statistic, finite),
+    )
+    # intersection-union: ownership needs both the suspect's own comparison and its standing against the panel
+    return result(max(permuted.p_value, p_panel), not floor_reason, floor_reason)

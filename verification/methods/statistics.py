@@ -12,11 +12,14 @@ agreement rate, never below 1/C, and the p-value is the exact tail P[Binomial(K,
 Dataset inference compares scores on private and public samples with a one-sided Welch t-test. A
 degenerate comparison (fewer than two samples on a side, or no variance at all) is not an error:
 :func:`welch_one_sided` returns a result with ``p_value = 1.0``, ``conclusive = False`` and the
-reason, so that the decision layer can call the test inconclusive.
+reason, so that the decision layer can call the test inconclusive. The p-value dataset inference
+decides on comes from :func:`permutation_one_sided` (the suspect's own comparison) and
+:func:`prediction_p_value` (the suspect's t-statistic against the reference panel's); Welch is reported.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,13 +29,17 @@ import numpy.typing as npt
 from scipy import stats  # type: ignore[import-untyped]
 
 __all__ = [
+    "PermutationResult",
     "WelchResult",
     "binomial_test",
     "clopper_pearson_upper",
+    "empirical_p_value",
     "holm_bonferroni",
     "min_achievable_p_value",
     "null_match_rate",
     "panel_rank_p_value",
+    "permutation_one_sided",
+    "prediction_p_value",
     "welch_one_sided",
 ]
 
@@ -235,3 +242,110 @@ def holm_bonferroni(p_values: Mapping[str, float], alpha: float) -> dict[str, bo
             break
         rejected[name] = True
     return rejected
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Outcome of :func:`permutation_one_sided`.
+
+    ``floor`` is the smallest p-value the test could have given with these group sizes and draws
+    (``1 / C(n_a + n_b, n_a)`` when every split is enumerated, else ``1 / (permutations + 1)``): when
+    it exceeds alpha, not even the most extreme data could reject, and the test is inconclusive.
+    """
+
+    statistic: float
+    p_value: float
+    floor: float
+    permutations: int
+    exact: bool
+    n_a: int
+    n_b: int
+
+
+def permutation_one_sided(
+    a: npt.ArrayLike, b: npt.ArrayLike, *, permutations: int, seed: int | Sequence[int]
+) -> PermutationResult:
+    """One-sided permutation test of mean(a) > mean(b), the statistic being the difference in means.
+
+    Every relabelling of the pooled values into groups of the same sizes is enumerated when there are
+    at most ``permutations + 1`` of them (p = share of relabellings at least as extreme as the one
+    observed); otherwise ``permutations`` relabellings are drawn from ``seed`` and
+    p = (#{drawn >= observed} + 1) / (permutations + 1). Either way P[p <= u] <= u for every u when
+    the pooled values are exchangeable under the null, whatever their distribution or the group sizes.
+    Near-ties (within 1e-12 relative) count as at least as extreme, which only makes p larger.
+    """
+    x = _as_sample(a, "a")
+    y = _as_sample(b, "b")
+    n_a, n_b = int(x.size), int(y.size)
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"a permutation test needs at least one value on each side, got {n_a} and {n_b}.")
+    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
+        raise ValueError(f"permutations must be a positive integer, got {permutations!r}.")
+    pooled = np.concatenate([x, y])
+    total = float(pooled.sum())
+    n = n_a + n_b
+    observed_sum = float(x.sum())
+    # the difference in means is increasing in the first group's sum (the pooled total is fixed)
+    statistic = observed_sum / n_a - (total - observed_sum) / n_b
+    tolerance = 1e-12 * max(1.0, float(np.abs(pooled).sum()))
+    splits = math.comb(n, n_a)
+    if splits <= permutations + 1:
+        sums = np.fromiter(
+            (pooled[list(chosen)].sum() for chosen in itertools.combinations(range(n), n_a)),
+            dtype=np.float64,
+            count=splits,
+        )
+        at_least = int((sums >= observed_sum - tolerance).sum())
+        p = at_least / splits
+        return PermutationResult(statistic, min(p, 1.0), 1.0 / splits, splits, True, n_a, n_b)
+    rng = np.random.default_rng(seed)
+    at_least = 0
+    chunk = max(1, (1 << 21) // n)  # rows of random keys drawn at once: about 16 MiB of float64
+    for start in range(0, permutations, chunk):
+        rows = min(chunk, permutations - start)
+        chosen = np.argpartition(rng.random((rows, n)), n_a - 1, axis=1)[:, :n_a] if n_a < n else None
+        sums = pooled[chosen].sum(axis=1) if chosen is not None else np.full(rows, total)
+        at_least += int((sums >= observed_sum - tolerance).sum())
+    p = (at_least + 1) / (permutations + 1)
+    floor = max(1.0 / (permutations + 1), 1.0 / splits)
+    return PermutationResult(statistic, min(p, 1.0), floor, permutations, False, n_a, n_b)
+
+
+def _finite_values(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return arr
+
+
+def prediction_p_value(statistic: float, null_statistics: npt.ArrayLike) -> float:
+    """One-sided p-value of ``statistic`` against k null draws, by the normal prediction interval.
+
+    P[T_{k-1} >= (statistic - mean) / (sd * sqrt(1 + 1/k))] with the null draws' mean and sample
+    standard deviation: exactly uniform when the statistic and the k draws are independent draws of
+    one normal distribution. Needs k >= 2 and draws that are not all equal.
+    """
+    null = _finite_values(null_statistics, "the null statistics")
+    value = float(statistic)
+    if math.isnan(value):
+        raise ValueError("the statistic is NaN.")
+    k = int(null.size)
+    if k < 2:
+        raise ValueError(f"a prediction p-value needs at least 2 null statistics, got {k}.")
+    sd = float(null.std(ddof=1))
+    if not sd > 0.0:
+        raise ValueError("the null statistics are all equal: their spread cannot be estimated.")
+    z = (value - float(null.mean())) / (sd * math.sqrt(1.0 + 1.0 / k))
+    return min(max(float(stats.t.sf(z, k - 1)), 0.0), 1.0)
+
+
+def empirical_p_value(statistic: float, null_statistics: npt.ArrayLike) -> float:
+    """Rank p-value ``(1 + #{null >= statistic}) / (1 + k)``: valid when the k + 1 values are exchangeable.
+
+    It never goes below ``1 / (k + 1)``; ties count against the statistic.
+    """
+    null = _finite_values(null_statistics, "the null statistics")
+    value = float(statistic)
+    if math.isnan(value):
+        raise ValueError("the statistic is NaN.")
+    return (1 + int((null >= value).sum())) / (1 + int(null.size))
