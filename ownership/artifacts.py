@@ -49,6 +49,8 @@ class ArtifactReport:
     input_shape: tuple[int, ...]
     num_classes: int
     output_shape: tuple[int, ...]
+    # the model's labels on the registry's fixed probe set (ownership.probes): how later runs recognise it
+    probe_labels: tuple[int, ...] = ()
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -139,10 +141,14 @@ def _detect_in_child(path: str) -> Format:
 
 
 def _inspect_in_child(path: str, input_shape: tuple[int, ...], num_classes: int) -> ArtifactReport:
+    from ownership.probes import registry_probe_inputs
+
     form = _sniff(path)
     run = _run_onnx if form == "onnx" else _run_torchscript
-    output_shape = run(path, input_shape, num_classes)
-    return ArtifactReport(format=form, input_shape=input_shape, num_classes=num_classes, output_shape=output_shape)
+    output_shape, labels = run(path, input_shape, num_classes, registry_probe_inputs(input_shape))
+    return ArtifactReport(
+        format=form, input_shape=input_shape, num_classes=num_classes, output_shape=output_shape, probe_labels=labels
+    )
 
 
 def _sniff(path: str) -> Format:
@@ -187,7 +193,9 @@ def _parse_onnx(path: str) -> Any:
     return model
 
 
-def _run_onnx(path: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+def _run_onnx(
+    path: str, input_shape: tuple[int, ...], num_classes: int, probes: Any = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     import numpy as np
 
     _parse_onnx(path)
@@ -225,12 +233,22 @@ def _run_onnx(path: str, input_shape: tuple[int, ...], num_classes: int) -> tupl
         _reject(f"the model has {len(outputs)} outputs; it must have one, the class scores [batch, {num_classes}]")
     scores = np.asarray(outputs[0])
     floating = scores.dtype.kind == "f"
-    return _check_scores(
+    shape = _check_scores(
         scores.shape, str(scores.dtype), floating, floating and bool(np.isfinite(scores).all()), num_classes
     )
+    labels: tuple[int, ...] = ()
+    if probes is not None:
+        try:
+            answered = np.asarray(session.run(None, {inputs[0].name: probes})[0])
+            labels = tuple(int(v) for v in answered.reshape(len(probes), -1).argmax(axis=1))
+        except Exception:  # the probes are a record, not a check: a model that fails them is still registered
+            labels = ()
+    return shape, labels
 
 
-def _run_torchscript(path: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+def _run_torchscript(
+    path: str, input_shape: tuple[int, ...], num_classes: int, probes: Any = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     import torch
 
     torch.set_num_threads(1)
@@ -260,7 +278,16 @@ def _run_torchscript(path: str, input_shape: tuple[int, ...], num_classes: int) 
         _reject(f"the model returns {kind}; it must return one tensor of class scores")
     floating = scores.is_floating_point()
     finite = floating and bool(torch.isfinite(scores).all())
-    return _check_scores(tuple(scores.shape), str(scores.dtype), floating, finite, num_classes)
+    shape = _check_scores(tuple(scores.shape), str(scores.dtype), floating, finite, num_classes)
+    labels: tuple[int, ...] = ()
+    if probes is not None:
+        try:
+            with torch.inference_mode():
+                answered = module(torch.from_numpy(probes))
+            labels = tuple(int(v) for v in answered.reshape(len(probes), -1).argmax(dim=1).tolist())
+        except Exception:  # the probes are a record, not a check: a model that fails them is still registered
+            labels = ()
+    return shape, labels
 
 
 def _check_scores(

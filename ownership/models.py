@@ -41,6 +41,9 @@ class RegisteredModel(models.Model):
     artifact_size = models.BigIntegerField()
     file_digests = models.JSONField(help_text="file name -> hex SHA-256 (OpenSSF model-signing)")
     model_digest = models.CharField(max_length=64, db_index=True)
+    probe_labels = models.JSONField(
+        default=list, blank=True, help_text="the model's labels on the registry's fixed probe set (ownership.probes)"
+    )
     digest_token = models.OneToOneField(
         TimestampToken,
         on_delete=models.PROTECT,

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from ownership import artifacts, commitments, escrow, evidence, tasks, watermarks
+from ownership import artifacts, commitments, escrow, evidence, probes, tasks, watermarks
 from ownership.exceptions import (
     DrawLimitError,
     ModelInDisputeError,
@@ -246,12 +246,25 @@ def model_validate(*, model_id: int) -> RegisteredModel | None:
         sentence = _rejection_sentence(exc.reason, input_shape=model.input_shape, num_classes=model.num_classes)
         fields = {"state": RegisteredModel.State.REJECTED, "rejection_reason": sentence}
     else:
-        fields = {"state": RegisteredModel.State.ACTIVE, "artifact_format": report.format, "rejection_reason": ""}
+        fields = {
+            "state": RegisteredModel.State.ACTIVE,
+            "artifact_format": report.format,
+            "rejection_reason": "",
+            # the child ran the owner's model: its labels are kept only if they are what was asked for
+            "probe_labels": _checked_probe_labels(report.probe_labels, model.num_classes),
+        }
     # one conditional UPDATE: a second run that finishes later changes nothing
     RegisteredModel.objects.filter(pk=model.pk, state=RegisteredModel.State.VALIDATING).update(
         validated_at=timezone.now(), **fields
     )
     return RegisteredModel.objects.filter(pk=model.pk).first()
+
+
+def _checked_probe_labels(labels: Any, num_classes: int) -> list[int]:
+    values = list(labels) if isinstance(labels, tuple | list) else []
+    if len(values) != probes.PROBES or not all(type(v) is int and 0 <= v < num_classes for v in values):
+        return []
+    return values
 
 
 def model_require_active(*, model: RegisteredModel) -> None:

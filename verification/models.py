@@ -293,7 +293,10 @@ class Sighting(models.Model):
     )
     file_format = models.CharField(max_length=16, choices=RegisteredModel.Format.choices, blank=True)
     # an endpoint: where, how it was asked, the probe set's seed and the labels it gave
-    url = models.URLField(max_length=500, blank=True, db_index=True)
+    url = models.URLField(max_length=500, blank=True)
+    # the URL's scheme, host and port, normalised: sightings of one server match whatever path or query a
+    # dispute spells (the run then re-sends the probes, and only an endpoint answering alike counts)
+    endpoint_host = models.CharField(max_length=300, blank=True, db_index=True)
     protocol = models.CharField(max_length=8, choices=SuspectDescription.Protocol.choices, blank=True)
     model_name = models.CharField(max_length=200, blank=True)
     output_kind = models.CharField(max_length=16, choices=SuspectDescription.OutputKind.choices, blank=True)

@@ -19,12 +19,14 @@ against the claimant. Each set is judged on its own; one early set does not carr
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ownership.models import EvidenceSet, RegisteredModel
+from ownership.probes import MIN_AGREEMENT, PROBES, probe_agreement
 from timestamps import rfc3161
 from timestamps.models import TimestampToken
 from verification.models import Dispute, Sighting
@@ -33,6 +35,7 @@ __all__ = [
     "FirstKnown",
     "Precedence",
     "endpoint_first_known",
+    "endpoint_host",
     "endpoint_sightings",
     "evidence_precedence",
     "suspect_first_known",
@@ -123,14 +126,27 @@ def endpoint_sightings(*, dispute: Dispute, limit: int = 8) -> list[Sighting]:
     """Recorded sightings of the dispute's endpoint (same URL, protocol and model name), earliest first."""
     if dispute.suspect_kind != Dispute.SuspectKind.ENDPOINT:
         return []
+    host = endpoint_host(dispute.suspect_url)
+    if not host:
+        return []
+    # matched by server, not by spelling: the re-check of the probes decides whether it is the same model
     found = Sighting.objects.filter(
-        kind=Sighting.Kind.ENDPOINT,
-        state=Sighting.State.RECORDED,
-        url=dispute.suspect_url,
-        protocol=dispute.suspect_protocol,
-        model_name=dispute.suspect_model_name,
+        kind=Sighting.Kind.ENDPOINT, state=Sighting.State.RECORDED, endpoint_host=host
     ).select_related("timestamp_token")
     return list(found.order_by("timestamp_token__gen_time", "id")[:limit])
+
+
+def endpoint_host(url: str) -> str:
+    """``scheme://host:port`` of a URL, lower-cased, with the scheme's default port made explicit ("" if none)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        host = (parts.hostname or "").rstrip(".").lower()
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return ""
+    if not host or parts.scheme.lower() not in ("http", "https"):
+        return ""
+    return f"{parts.scheme.lower()}://{host}:{port}"
 
 
 def endpoint_first_known(sighting: Sighting, agreement: float) -> FirstKnown:
@@ -139,6 +155,42 @@ def endpoint_first_known(sighting: Sighting, agreement: float) -> FirstKnown:
     assert token is not None  # noqa: S101 (recorded sightings are stamped: a database constraint)
     source = f"endpoint sighting {sighting.public_id} (its probe answers re-checked: {agreement:.0%} agree)"
     return FirstKnown(token.gen_time, _accuracy(token), source, "sighting")
+
+
+def behaviour_first_known(*, dispute: Dispute, labels: Any) -> list[FirstKnown]:
+    """Earlier registrations by others that the suspect behaves as, from its answers to the registry's probes.
+
+    A renamed archive, a re-export or an endpoint serving a registered model has other bytes (or none) but
+    the same behaviour: answering at least ``MIN_AGREEMENT`` of the fixed probes as a registration did
+    makes that registration a first known time of the suspect.
+    """
+    if not isinstance(labels, list) or len(labels) != PROBES or not all(type(v) is int for v in labels):
+        return []
+    model = dispute.claimant_model
+    size = 1
+    for dim in model.input_shape:
+        size *= int(dim)
+    found = []
+    candidates = (
+        RegisteredModel.objects.filter(num_classes=model.num_classes, state=RegisteredModel.State.ACTIVE)
+        .exclude(owner_id=model.owner_id)
+        .exclude(probe_labels=[])
+        .select_related("digest_token")
+    )
+    for candidate in candidates.iterator():
+        cells = 1
+        for dim in candidate.input_shape:
+            cells *= int(dim)
+        if cells != size:
+            continue
+        share = probe_agreement(candidate.probe_labels, labels)
+        if share < MIN_AGREEMENT:
+            continue
+        token = candidate.digest_token
+        when, accuracy = (token.gen_time, _accuracy(token)) if token else (candidate.created_at, timedelta(0))
+        source = f"registration {candidate.public_id} (the suspect answers {share:.0%} of the registry probes alike)"
+        found.append(FirstKnown(when, accuracy, source, "registration"))
+    return found
 
 
 def suspect_first_known(*, dispute: Dispute, confirmed_sightings: Sequence[FirstKnown] = ()) -> list[FirstKnown]:

@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from timestamps.exceptions import LogIntegrityError, LogNotFoundError, LogRangeE
 from timestamps.selectors import signing_key_list
 from verification import precedence, reference
 from verification.exceptions import OperatorFault, RunFailed
-from verification.methods.decision import decide
+from verification.methods.decision import ClaimScreen, Standing, StatValue, TestResult, decide
 from verification.models import Dispute, Verdict, VerificationRun
 from verification.panel_fit import panel_refusal
 from verification.services.verdicts import verdict_record
@@ -101,10 +102,12 @@ class _Opened:
     """The revealed evidence: method inputs, what went wrong, the public record and the receipts checked."""
 
     claims: list[dict[str, Any]] = field(default_factory=list)
-    dataset: dict[str, Any] | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    # each set with its record and, when it opened, its method spec's name (precedence is judged after the run)
+    sets: list[tuple[EvidenceSet, dict[str, Any], str]] = field(default_factory=list)
     first_known: list[precedence.FirstKnown] = field(default_factory=list)
 
 
@@ -114,35 +117,29 @@ def _open_claims(dispute: Dispute) -> _Opened:
     cas, log_vkey = _trust_anchors()
     opened = _Opened()
     claims, problems, records = opened.claims, opened.problems, opened.records
-    dataset: dict[str, Any] | None = None
-    first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=_recheck_sightings(dispute))
-    opened.first_known = first_known
-    draws = ownership_services.watermark_draws_before(moment=dispute.created_at)
     for evidence_set in dispute.evidence_sets.select_related(
         "derived_from__timestamp_token", "timestamp_token"
     ).order_by("created_at", "id"):
-        standing = precedence.evidence_precedence(evidence_set=evidence_set, first_known=first_known)
         opening = ownership_services.evidence_open(evidence_set=evidence_set)
         receipt = ownership_services.receipt_build(evidence_set=evidence_set)
         opened.receipts.append(receipt)
         checks = verify_receipt(receipt, ca_pems=cas, log_vkey=log_vkey, opening=opening)
         _check_own_receipt(evidence_set, checks)
         failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
-        records.append(
-            {
-                "commitment": evidence_set.commitment,
-                "model_digest": model.model_digest,
-                "kind": evidence_set.kind,
-                "verifiable": evidence_set.verifiable,
-                "timestamp": evidence_set.timestamp_token.gen_time.isoformat(),
-                "log_index": evidence_set.timestamp_token.log_entry_id,
-                "opened": not failed and all_ok(checks),
-                "precedence": standing.to_dict(),
-                **({"derived_from": evidence_set.derived_from.commitment} if evidence_set.derived_from else {}),
-            }
-        )
+        record = {
+            "commitment": evidence_set.commitment,
+            "model_digest": model.model_digest,
+            "kind": evidence_set.kind,
+            "verifiable": evidence_set.verifiable,
+            "timestamp": evidence_set.timestamp_token.gen_time.isoformat(),
+            "log_index": evidence_set.timestamp_token.log_entry_id,
+            "opened": not failed and all_ok(checks),
+            **({"derived_from": evidence_set.derived_from.commitment} if evidence_set.derived_from else {}),
+        }
+        records.append(record)
         if failed:
             problems.append(f"evidence {evidence_set.commitment[:16]} does not open its commitment: {failed[0]}")
+            opened.sets.append((evidence_set, record, ""))
             continue
         try:
             arrays = load_evidence(
@@ -153,21 +150,147 @@ def _open_claims(dispute: Dispute) -> _Opened:
             )
         except EvidenceRejected as exc:
             problems.append(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}")
+            opened.sets.append((evidence_set, record, ""))
             continue
         spec = evidence_spec(evidence_set, arrays)
-        spec["standing"] = {
-            # a generated watermark cannot be crafted on the suspect; everything else could have been
-            "chosen": not evidence_set.verifiable,
-            "precedes": standing.precedes,
-            "precedence_detail": standing.detail,
-            "draws": draws if evidence_set.verifiable else 1,
-        }
+        opened.sets.append((evidence_set, record, spec["name"]))
         if evidence_set.kind == EvidenceSet.Kind.DATASET:
-            dataset = {**spec, "claimant_path": model.artifact.path}
+            opened.datasets.append({**spec, "claimant_path": model.artifact.path})
         else:
             claims.append(spec)
-    opened.dataset = dataset
     return opened
+
+
+def _judge_precedence(dispute: Dispute, opened: _Opened, suspect_probe_labels: Any) -> dict[str, dict[str, Any]]:
+    """The suspect's first known times, then each set's standing: precedence (in its record) and draws.
+
+    Called after the run: the suspect's answers to the registry's probes show which earlier registration,
+    if any, it behaves as; a re-probed endpoint sighting counts if the endpoint still answers alike.
+    """
+    confirmed = _recheck_sightings(dispute) + precedence.behaviour_first_known(
+        dispute=dispute, labels=suspect_probe_labels
+    )
+    opened.first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=confirmed)
+    draws = ownership_services.watermark_draws_before(moment=dispute.created_at)
+    standings: dict[str, dict[str, Any]] = {}
+    for evidence_set, record, name in opened.sets:
+        judged = precedence.evidence_precedence(evidence_set=evidence_set, first_known=opened.first_known)
+        record["precedence"] = judged.to_dict()
+        if name:
+            standings[name] = {
+                # a generated watermark cannot be crafted on the suspect; everything else could have been
+                "chosen": not evidence_set.verifiable,
+                "precedes": judged.precedes,
+                "precedence_detail": judged.detail,
+                "draws": draws if evidence_set.verifiable else 1,
+            }
+    return standings
+
+
+_STAT_TEXT = re.compile(r"[A-Za-z0-9_.:,+\- ]{0,4000}")
+
+
+def _stat(value: Any) -> StatValue:
+    """One statistic from the child: a finite number, a non-finite marker or a short plain word; else refused."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str) and _STAT_TEXT.fullmatch(value):
+        return value
+    raise ValueError("a statistic from the sandbox is not a plain number or word")
+
+
+def _reason(value: Any) -> str:
+    text = str(value)[:1000]
+    return "".join(ch for ch in text if ch.isprintable())
+
+
+def _count(value: Any) -> int:
+    return int(value) if type(value) is int and 0 <= value < 1 << 62 else 0
+
+
+def _panel_record(value: Any) -> dict[str, Any]:
+    """The panel's hash and size as the child reported them, if they are a hash and a size."""
+    if not isinstance(value, dict):
+        return {"hash": "", "size": 0}
+    digest = value.get("hash")
+    return {
+        "hash": digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else "",
+        "size": _count(value.get("size")),
+    }
+
+
+def _plot_data(value: Any, sent: list[str]) -> dict[str, Any]:
+    """Plot numbers for the claims that were sent, as plain finite rates; anything else is dropped."""
+    plots: dict[str, Any] = {}
+    if not isinstance(value, dict):
+        return plots
+    for name in sent:
+        data = value.get(name)
+        try:
+            rates = [float(v) for v in data["panel_match_rates"]][:10_000]
+            suspect, chance = float(data["suspect_match_rate"]), float(data["chance"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if all(0.0 <= v <= 1.0 for v in [*rates, chance]) and (0.0 <= suspect <= 1.0 or suspect != suspect):
+            plots[name] = {"panel_match_rates": rates, "suspect_match_rate": suspect, "chance": chance}
+    return plots
+
+
+def _decide_here(record: Any, *, sent: list[str], standings: dict[str, dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """The verdict's decision, made in this process from the child's tests, screens and binding numbers.
+
+    The child ran the suspect: its answer is checked (every set it was sent, each once; p-values in [0, 1];
+    plain statistics) and its own outcome is ignored. Precedence and draws are ours, judged after the run.
+    """
+    try:
+        tests = [
+            TestResult(
+                name=str(t["name"]),
+                kind=t["kind"],
+                p_value=float(t["p_value"]),
+                statistics={str(k): _stat(v) for k, v in dict(t["statistics"]).items()},
+                conclusive=bool(t["conclusive"]),
+                reason=_reason(t["reason"]),
+            )
+            for t in record["tests"]
+        ]
+        screens = [
+            ClaimScreen(
+                name=str(c["name"]),
+                rejected=bool(c["rejected"]),
+                p_value=float(c["p_value"]),
+                statistics={str(k): _stat(v) for k, v in dict(c["statistics"]).items()},
+            )
+            for c in record["screens"]
+        ]
+        bindings = {str(b["name"]): (b.get("bound"), b.get("binding_p_value")) for b in record.get("standings", [])}
+        if sorted(t.name for t in tests) != sorted(sent):
+            raise ValueError("the sandbox did not answer for exactly the sets it was sent")
+        decision = decide(
+            tests=tests,
+            screens=screens,
+            standings=[
+                Standing(
+                    name=t.name,
+                    chosen=bool(standings[t.name]["chosen"]),
+                    precedes=standings[t.name]["precedes"],
+                    precedence_detail=standings[t.name]["precedence_detail"],
+                    bound=None if bindings.get(t.name, (None,))[0] is None else bool(bindings[t.name][0]),
+                    binding_p_value=None
+                    if bindings.get(t.name, (None, None))[1] is None
+                    else float(bindings[t.name][1]),
+                    draws=int(standings[t.name]["draws"]),
+                )
+                for t in tests
+            ],
+            alpha=alpha,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.error("a verification run's sandbox answer is malformed (%s)", type(exc).__name__)
+        raise RunFailed("the suspect could not be evaluated: the sandbox's answer was malformed") from None
+    return decision.to_dict()
 
 
 def _recheck_sightings(dispute: Dispute) -> list[precedence.FirstKnown]:
@@ -341,8 +464,8 @@ def _run_methods(spec: dict[str, Any]) -> dict[str, Any]:
         fn = run_methods_relayed
     # the claimant's model and the suspect never share a process: the claimant's half of dataset
     # inference runs first, in a call of its own, and the suspect's call gets only its numbers
-    if spec.get("dataset") and spec["dataset"].get("claimant_path"):
-        spec = {**spec, "dataset": _claimant_features(spec, str(suspect.get("kind")))}
+    if spec.get("datasets"):
+        spec = {**spec, "datasets": _claimant_features(spec, str(suspect.get("kind")))}
     # binding: the claimant's own model labels every claimed set, in a call of its own
     if spec.get("claims"):
         labels = _claimant_labels(spec)
@@ -405,19 +528,21 @@ def _claimant_labels(spec: dict[str, Any]) -> dict[str, list[int]]:
     return labels
 
 
-def _claimant_features(spec: dict[str, Any], suspect_kind: str) -> dict[str, Any]:
-    """The run's dataset spec with the claimant's measured features in place of its model file."""
+def _claimant_features(spec: dict[str, Any], suspect_kind: str) -> list[dict[str, Any]]:
+    """The run's dataset specs with the claimant's measured features in place of its model file (one call)."""
     from verification.methods.runner import claimant_dataset_features, dataset_inference_method
     from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
 
-    dataset = dict(spec["dataset"])
-    claimant_path = str(dataset.pop("claimant_path"))
-    method = dataset_inference_method(suspect_kind=suspect_kind, requested=dataset.get("method"))
+    datasets = [dict(d) for d in spec["datasets"]]
+    claimant_path = str(datasets[0]["claimant_path"])
+    for dataset in datasets:
+        dataset.pop("claimant_path", None)
+    method = dataset_inference_method(suspect_kind=suspect_kind, requested=None)
     try:
-        dataset["claimant_features"] = run_sandboxed(
+        measured = run_sandboxed(
             claimant_dataset_features,
             {key: spec[key] for key in ("num_classes", "input_shape", "low", "high") if key in spec}
-            | {"dataset": dataset, "method": method},
+            | {"datasets": datasets, "method": method},
             timeout_s=settings.MODELCOURT_RUN_TIMEOUT_S,
             memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             files={"claimant_path": claimant_path},
@@ -425,8 +550,16 @@ def _claimant_features(spec: dict[str, Any], suspect_kind: str) -> dict[str, Any
     except SandboxUnavailable as exc:
         raise OperatorFault(HOST_UNCONFINED) from exc
     except SandboxError as exc:
-        dataset["claimant_failure"] = f"the claimant's own model could not be measured ({exc.reason})"
-    return dataset
+        for dataset in datasets:
+            dataset["claimant_failure"] = f"the claimant's own model could not be measured ({exc.reason})"
+        return datasets
+    for dataset in datasets:
+        features = measured.get(dataset["name"]) if isinstance(measured, dict) else None
+        if isinstance(features, dict):
+            dataset["claimant_features"] = features
+        else:
+            dataset["claimant_failure"] = "the claimant's own model gave no usable measurements"
+    return datasets
 
 
 def _plots(result: dict[str, Any]) -> dict[str, bytes]:
@@ -481,14 +614,19 @@ def _report(dispute: Dispute, predicate: dict[str, Any], plots: dict[str, bytes]
         for s in predicate["precedence"].get("sets", [])
     )
     images = "".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(n)}"></figure>' for n in sorted(plots))
-    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>Verdict {predicate["verdict_id"]}</title>
+
+    def esc(value: Any) -> str:
+        return html.escape(str(value))
+
+    title = esc(predicate["verdict_id"])
+    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>Verdict {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 td,th{{border:1px solid #ccc;padding:.3rem;vertical-align:top}}table{{border-collapse:collapse}}
 .stats{{font-family:monospace;font-size:.8rem}}img{{max-width:100%}}</style></head><body>
 <h1>Verdict: {html.escape(predicate["outcome"].replace("_", " "))}</h1>
 <p>Dispute <b>{html.escape(dispute.title)}</b>, decided {html.escape(predicate["decided_at"])} at alpha
-{predicate["alpha"]}, against the reference panel {html.escape(predicate["panel"]["name"])}
-({predicate["panel"]["size"]} models, hash <code>{predicate["panel"]["hash"]}</code>).</p>
+{esc(predicate["alpha"])}, against the reference panel {esc(predicate["panel"]["name"])}
+({esc(predicate["panel"]["size"])} models, hash <code>{esc(predicate["panel"]["hash"])}</code>).</p>
 <h2>Why</h2><ul>{reasons}</ul>
 <h2>Tests</h2><table><tr><th>evidence</th><th>kind</th><th>p-value</th><th>conclusive</th><th>statistics</th></tr>
 {"".join(rows)}</table>
@@ -508,11 +646,11 @@ def run_to_verdict(
     mark = time.perf_counter()
     progress(dispute.pk, 5, "opening the escrowed evidence and checking its receipts")
     opened = _open_claims(dispute)
-    claims, dataset, problems, records = opened.claims, opened.dataset, opened.problems, opened.records
-    precedence_record = _precedence_record(opened)
+    claims, problems, records = opened.claims, opened.problems, opened.records
     timings["open_evidence_s"] = time.perf_counter() - mark
 
     result: dict[str, Any] = {}
+    sent: list[str] = []
     integrity_ok = not problems
     if integrity_ok:
         mark = time.perf_counter()
@@ -535,10 +673,10 @@ def run_to_verdict(
             "panel_dir": str(panel_dir),
             "panel_name": dispute.panel,
             "claims": claims if set(dispute.methods) & {"watermark", "fingerprint"} else [],
-            "dataset": dataset if "dataset_inference" in dispute.methods else None,
-            # precedence and draws per set, decided here from our own records (binding is measured later)
-            "standings": {c["name"]: c["standing"] for c in [*claims, *([dataset] if dataset else [])]},
+            "datasets": opened.datasets if "dataset_inference" in dispute.methods else [],
             "claimant": {"kind": model.artifact_format, "path": model.artifact.path},
+            # the suspect's answers to the registry's probes: which earlier registration it behaves as
+            "registry_probe": True,
         }
         progress(dispute.pk, 30, "querying the suspect in the sandbox")
         mark = time.perf_counter()
@@ -546,11 +684,16 @@ def run_to_verdict(
         timings["sandbox_s"] = time.perf_counter() - mark
         for key, value in result.get("timings", {}).items():
             timings[f"child_{key}"] = float(value)
-        decision = result["decision"]
+        sent = [c["name"] for c in spec["claims"]] + [d["name"] for d in spec["datasets"]]
+        standings = _judge_precedence(dispute, opened, result.get("registry_probe_labels"))
+        # the child's numbers, checked; the decision itself is made here, with our own standings
+        decision = _decide_here(result.get("decision"), sent=sent, standings=standings, alpha=dispute.alpha)
     else:
+        _judge_precedence(dispute, opened, None)
         record = decide(tests=[], integrity_ok=False, alpha=dispute.alpha).to_dict()
         record["reasons"] = problems + record["reasons"]
         decision = record
+    precedence_record = _precedence_record(opened)
 
     progress(dispute.pk, 90, "signing the verdict")
     mark = time.perf_counter()
@@ -569,17 +712,17 @@ def run_to_verdict(
             "kind": dispute.suspect_kind,
             "digest": dispute.suspect_digest,
             "url": dispute.suspect_url,
-            "queries": int(result.get("queries", 0)),
+            "queries": _count(result.get("queries", 0)),
             "query_budget": dispute.query_budget,
         },
         "claimant": {"model_digest": dispute.claimant_model.model_digest, "name": dispute.claimant_model.name},
-        "panel": {"name": dispute.panel, **result.get("panel", {"hash": "", "size": 0})},
+        "panel": {"name": dispute.panel, **_panel_record(result.get("panel"))},
         "code_version": CODE_VERSION,
         # the confinement the suspect's code ran under on this host (layers and policy hash)
         "sandbox_policy": policy_record(),
         "decided_at": timezone.now().isoformat(),
     }
-    plots = _plots(result) if result else {}
+    plots = _plots({"plots": _plot_data(result.get("plots"), sent)}) if result else {}
     report = _report(dispute, predicate, plots)
     attachments = {"report.html": report, **plots}
     key = timestamp_keys.key_current("verdict")  # created on first use: the bundle lists it

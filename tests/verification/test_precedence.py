@@ -166,3 +166,42 @@ def test_an_adopted_watermark_counts_from_its_generation(owner, arbiter, data_di
         evidence_set=adopted, first_known=precedence.suspect_first_known(dispute=dispute)
     )
     assert result.precedes is True
+
+
+def test_a_registration_records_its_answers_to_the_registry_probes(owner, digits_models, data_dir) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import upload
+
+    model = ownership_services.model_register(
+        owner=owner,
+        name="digits",
+        task="digits",
+        input_shape=[64],
+        num_classes=10,
+        artifact=upload("digits.pt", digits_models.base),
+    )
+    assert len(model.probe_labels) == 128
+    assert all(0 <= v < 10 for v in model.probe_labels)
+
+
+def test_a_suspect_behaving_as_an_earlier_registration_is_first_known_there(owner, arbiter) -> None:  # type: ignore[no-untyped-def]
+    """A renamed archive or a re-export has other bytes: its answers to the registry probes give it away."""
+    other = get_user_model().objects.create_user("victim", password="x" * 12)  # type: ignore[attr-defined]
+    victim = _registration_of("cd" * 32, other)
+    rng = np.random.default_rng(1)
+    victim.probe_labels = [int(v) for v in rng.integers(0, 10, 128)]
+    victim.save(update_fields=["probe_labels"])
+    claimant = bare_model(owner, "claimant")
+    dispute = _dispute(arbiter, claimant)  # the uploaded suspect's digest matches nothing
+    same = precedence.behaviour_first_known(dispute=dispute, labels=list(victim.probe_labels))
+    assert [m.kind for m in same] == ["registration"]
+    assert str(victim.public_id) in same[0].source
+    # an independent model answers differently on most probes: no match
+    different = [int(v) for v in rng.integers(0, 10, 128)]
+    assert precedence.behaviour_first_known(dispute=dispute, labels=different) == []
+    # the claimant's own registrations never count against it
+    mine = _registration_of("ef" * 32, owner)
+    mine.probe_labels = different
+    mine.save(update_fields=["probe_labels"])
+    assert precedence.behaviour_first_known(dispute=dispute, labels=different) == []
+    # malformed answers from the sandbox are ignored
+    assert precedence.behaviour_first_known(dispute=dispute, labels=["x"] * 128) == []

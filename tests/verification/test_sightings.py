@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,7 +70,7 @@ def _dispute(arbiter, owner, url: str) -> Dispute:  # type: ignore[no-untyped-de
     return Dispute.objects.create(
         arbiter=arbiter,
         title="t",
-        claimant_model=bare_model(owner, "claimant"),
+        claimant_model=bare_model(owner, f"claimant-{uuid.uuid4().hex[:6]}"),
         methods=["fingerprint"],
         panel=PANEL,
         suspect_kind=Dispute.SuspectKind.ENDPOINT,
@@ -132,3 +133,17 @@ def test_the_api_queues_an_endpoint_sighting(owner, endpoint: _Endpoint, django_
     assert answer.json()["time"] is None
     both = client.post("/api/v1/sightings/", {"url": endpoint.url}, format="json")
     assert both.status_code == 400
+
+
+def test_another_spelling_of_the_url_still_meets_the_sighting(owner, arbiter, endpoint: _Endpoint) -> None:  # type: ignore[no-untyped-def]
+    """Sightings match by server; the re-sent probes decide (a query string or a path cannot hide one)."""
+    _record(owner, endpoint.url)
+    variants = [
+        endpoint.url + "?v=1",
+        endpoint.url + "#x",
+        endpoint.url.replace("http://", "HTTP://"),
+        endpoint.url + "/",
+    ]
+    for url in variants:
+        confirmed = _recheck_sightings(_dispute(arbiter, owner, url))
+        assert [m.kind for m in confirmed] == ["sighting"], url

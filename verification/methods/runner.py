@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ownership.probes import registry_probe_inputs
 from verification.methods.binding import claim_binding
 from verification.methods.dataset_inference import Method, claimant_side_features, dataset_inference_test
 from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, Standing, TestResult, decide
@@ -154,10 +155,19 @@ def run_methods(
     timings["dataset_inference_panel_s"] = panel_seconds
     timings["dataset_inference_s"] = time.perf_counter() - mark
 
+    # the registry's probes: which earlier registration, if any, the suspect behaves as (the parent compares)
+    probe_labels: list[int] | None = None
+    if spec.get("registry_probe") and suspect is not None:
+        try:
+            probe_labels = [int(v) for v in suspect.labels(registry_probe_inputs(input_shape))]
+        except (SuspectError, QueryBudgetExceeded, ValueError):
+            probe_labels = None
+
     decision = decide(tests=tests, screens=screens, standings=_standings(spec, tests, bindings), alpha=alpha)
     timings["total_s"] = time.perf_counter() - started
     return {
         "decision": decision.to_dict(),
+        "registry_probe_labels": probe_labels,
         "panel": {"hash": panel.hash, "size": len(panel), "task": panel.task},
         "plots": plots,
         "queries": 0 if suspect is None else int(suspect.queries),
@@ -170,8 +180,14 @@ def run_methods(
 def _standings(
     spec: Mapping[str, Any], tests: list[TestResult], bindings: Mapping[str, tuple[bool, float]]
 ) -> list[Standing]:
-    """Each test's standing: precedence and draws from the parent (``spec["standings"]``), binding measured here."""
+    """Each test's standing: binding measured here; precedence and draws from ``spec["standings"]`` if given.
+
+    A verification run's parent ignores this decision and decides again with its own standings (judged
+    after the run); without them a generated watermark stands as one draw and everything else as
+    claimant-chosen evidence whose precedence is not established.
+    """
     given = spec.get("standings") or {}
+    generated = {str(c["name"]) for c in spec.get("claims", []) if c.get("verifiable")}
     standings = []
     for test in tests:
         raw = given.get(test.name) or {}
@@ -179,7 +195,7 @@ def _standings(
         standings.append(
             Standing(
                 name=test.name,
-                chosen=bool(raw.get("chosen", True)),
+                chosen=bool(raw.get("chosen", test.name not in generated)),
                 precedes=raw.get("precedes"),
                 precedence_detail=str(raw.get("precedence_detail", "")),
                 bound=bound,

@@ -1,19 +1,32 @@
-"""The validity benchmark: how often each method gives each outcome, per kind of suspect, over seeds.
+"""The validity benchmark: how often each method gives each outcome, per kind of suspect and claimant, over seeds.
 
 For every seed, on scikit-learn's digits: an owner model with a seeded watermark embedded and a set
 of conferrable fingerprints; a reference panel; independent models made by the panel's recipe with
 other seeds (exchangeable with the panel); the thefts of :mod:`verification.methods.thefts`; and a
 false claimant who crafts targeted transferable adversarial examples against models of their own
 and claims them as a watermark against innocent (independent) suspects. Dataset inference runs on
-digits and on the generated task that memorises, where it has power.
+digits and on the generated task that memorises, where it has power, calibrated against reference
+models of the task (the same test run on each of them).
 
-Every dispute is decided by :func:`verification.methods.decision.decide` with one method's test (and
-its false-claim screen), exactly as a verification run would. :func:`summarise` turns the records
-into the tables and the pass/fail checks that ``make bench-validity`` prints.
+The adaptive section adds claimants who know the rules (:mod:`verification.methods.adaptive`):
+examples crafted on the suspect's own weights or picked from its answers, a thief's counter-claim
+against the original, the best of many generated watermarks, a dataset split chosen by margin, a
+panel holding a family of similar models, and the honest verifiable flow end to end.
+
+Every dispute is decided twice on the same inputs by :func:`verification.methods.decision.decide`:
+under the rules in force (standing: who chose the evidence, whether its commitment precedes the
+suspect, whether the claimant's own model carries it, how many watermarks were drawn) and under the
+old rules (precedence assumed, no binding, no multiplicity, the pooled binomial null, dataset
+inference by an uncalibrated Welch test). At the methods level precedence is stated per row as two
+times on one clock: the claimant's commitment and the suspect's first known time (ties count
+against the claimant). :func:`summarise` turns the records into the tables and the pass/fail
+checks that ``make bench-validity`` prints.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import math
 import time
@@ -24,33 +37,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy import stats  # type: ignore[import-untyped]
 from torch import nn
 
 from modelcourt.embed import embed_watermark
 from ownership.watermarks import generate_watermark
+from verification.methods.adaptive import (
+    best_of_watermarks,
+    carry_claim,
+    craft_on_suspect,
+    fine_tuned_family,
+    label_only_claim,
+    margin_split,
+)
+from verification.methods.binding import claim_binding
 from verification.methods.dataset_inference import (
+    Method,
+    claimant_side_features,
     dataset_inference_test,
     mingd_distances,
     mingd_distances_naive,
 )
 from verification.methods.datasets import TaskData, digits_task, synthetic_task
-from verification.methods.decision import Outcome, TestResult, decide
+from verification.methods.decision import ClaimScreen, Decision, Outcome, Standing, TestResult, decide
 from verification.methods.evaluate import AgreementClaim, agreement_claim_test
 from verification.methods.fingerprints import generate_fingerprints
 from verification.methods.panels import ReferencePanel, load_or_train_panel, train_panel
-from verification.methods.statistics import binomial_test
+from verification.methods.statistics import binomial_test, min_achievable_p_value, prediction_p_value
 from verification.methods.suspects import TorchModuleSuspect
-from verification.methods.thefts import THEFT_KINDS, TheftKind, false_claim_set, fine_tune, simulate
-from verification.methods.training import build_model, train_classifier
+from verification.methods.thefts import THEFT_KINDS, ClaimSet, TheftKind, false_claim_set, fine_tune, simulate
+from verification.methods.training import build_model, predict_labels, train_classifier
 
 __all__ = [
+    "ADAPTIVE_ROWS",
     "DisputeRecord",
     "ValidityConfig",
     "ValidityReport",
     "configs_for",
     "format_report",
+    "is_false_claim",
     "main_checks_pass",
     "run_validity",
     "summarise",
@@ -58,6 +85,30 @@ __all__ = [
 
 OUTCOMES: tuple[Outcome, ...] = ("ownership_confirmed", "not_confirmed", "claim_rejected", "inconclusive")
 Progress = Callable[[str], None]
+
+# the adaptive rows, what each claimant does, and whether the claim is true (the suspect does derive from the claimant)
+ADAPTIVE_ROWS: dict[str, tuple[str, bool]] = {
+    "whitebox_claim": ("examples crafted on the suspect's weights, away from the attacker's models", False),
+    "whitebox_claim_bound": ("the same, the attacker's own model fine-tuned to carry them", False),
+    "label_only_claim": ("natural inputs where the suspect differs from the attacker's models", False),
+    "label_only_claim_bound": ("the same, the attacker's own model fine-tuned to carry them", False),
+    "counterclaim_crafted": ("a thief's fingerprints crafted on its stolen copy, against the original", False),
+    "counterclaim_watermark": (
+        "a thief's generated watermark embedded in its stolen copy, against the original",
+        False,
+    ),
+    "multiplicity": ("the best of many generated watermarks put to an independent suspect", False),
+    "margin_split": ("dataset inference with members chosen by the claimant's margin, independent suspect", False),
+    "family": ("fingerprints of a fine-tuned model against a sibling; the panel holds the family", False),
+    "verifiable_flow_copy": ("generated watermark, embedded, bound; the suspect is a copy", True),
+    "verifiable_flow_fine_tune": ("generated watermark, embedded, bound; the suspect is fine-tuned", True),
+    "verifiable_flow_prune": ("generated watermark, embedded, bound; the suspect is pruned", True),
+}
+
+# one clock for the precedence of every row: the owner commits, then suspects appear
+OWNER_COMMITS = 0
+SUSPECT_APPEARS = 1
+ATTACKER_COMMITS = 2  # an attacker files after seeing the suspect (it needs the suspect to craft on)
 
 
 @dataclass(frozen=True)
@@ -72,21 +123,36 @@ class ValidityConfig:
     false_claim_eps: tuple[float, ...] = (0.1, 0.2, 0.3)
     false_claim_suspects: int = 4
     claimant_ensemble: int = 4
-    di_samples_digits: int = 200
+    di_samples_digits: int = 100
     di_samples_synthetic: int = 500
     di_independents: int = 10
+    di_panel_members: int = 10
+    synthetic_independents: int = 6
+    synthetic_panel_members: int = 8
     synthetic: bool = True
     thefts: tuple[TheftKind, ...] = THEFT_KINDS
     synthetic_thefts: tuple[TheftKind, ...] = THEFT_KINDS
     alpha: float = 1e-3
     cost_samples: int = 20
     min_independent_disputes: int = 100
+    # the adaptive section
+    adaptive: bool = True
+    adaptive_suspects: int = 4
+    adaptive_count: int = 40
+    thief_thefts: tuple[TheftKind, ...] = ("copy", "fine_tune")
+    multiplicity_draws: int = 50_000
+    multiplicity_triggers: int = 20
+    family_in_panel: int = 4
+    family_suspects: int = 4
+    margin_samples: int = 100
+    margin_suspects: int = 4
+    min_false_disputes: int = 200
     cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
 class DisputeRecord:
-    """One simulated dispute: which suspect, which method, what came out, and the numbers behind it."""
+    """One simulated dispute: which suspect, which method, what came out (now and under the old rules), and why."""
 
     task: str
     seed: int
@@ -95,6 +161,7 @@ class DisputeRecord:
     outcome: Outcome
     p_value: float
     extra: dict[str, float] = field(default_factory=dict)
+    old_outcome: Outcome | None = None
 
 
 @dataclass
@@ -105,6 +172,14 @@ class ValidityReport:
     records: list[DisputeRecord] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def is_false_claim(record: DisputeRecord) -> bool:
+    """Whether the suspect does NOT derive from the claimant's model: a confirmation there is a false one."""
+    if record.suspect == "independent" or record.suspect.startswith("false_claim"):
+        return True
+    row = ADAPTIVE_ROWS.get(record.suspect)
+    return row is not None and not row[1]
 
 
 def _seed_bytes(*parts: int) -> bytes:
@@ -121,6 +196,78 @@ def _panel(task: TaskData, config: ValidityConfig, seed: int) -> ReferencePanel:
     return train_panel(task, size=config.panel_size, seed=seed)
 
 
+def _panel_of(panel: ReferencePanel, modules: list[nn.Module], label: str) -> ReferencePanel:
+    """A panel with ``panel``'s interface and other members (resampled, or holding a family)."""
+    return ReferencePanel(
+        task=panel.task,
+        num_classes=panel.num_classes,
+        input_shape=panel.input_shape,
+        params={**panel.params, "variant": label},
+        members=[],
+        modules=modules,
+    )
+
+
+# ------------------------------------------------------------------------------------------ standing
+
+
+def _standing(
+    name: str,
+    *,
+    chosen: bool,
+    committed: int,
+    first_known: int,
+    binding: tuple[bool, float] | None = None,
+    draws: int = 1,
+) -> Standing:
+    """The standing of one evidence set; precedence from the two times, ties against the claimant."""
+    return Standing(
+        name,
+        chosen=chosen,
+        precedes=committed < first_known,
+        precedence_detail=f"committed at t={committed}, suspect first known at t={first_known}",
+        bound=None if binding is None else binding[0],
+        binding_p_value=None if binding is None else binding[1],
+        draws=draws,
+    )
+
+
+def _binding(claim: AgreementClaim, claimant: nn.Module, panel: ReferencePanel, alpha: float) -> tuple[bool, float]:
+    """Whether the claimant's own model carries ``claim`` (its labels, judged by ``panel``)."""
+    bound = claim_binding(claim, predict_labels(claimant, claim.inputs), panel, alpha=alpha)
+    return bound.bound, bound.p_value
+
+
+def _old_test(test: TestResult, alpha: float) -> TestResult:
+    """``test`` as the old rules computed it: the pooled binomial null, or dataset inference's plain Welch test."""
+    s = test.statistics
+    if test.kind == "dataset_inference":
+        welch = s.get("welch_p_value")
+        if not isinstance(welch, float) or not math.isfinite(welch):
+            return test
+        return TestResult(test.name, test.kind, welch, s, test.conclusive or welch < 1.0, "")
+    if "m" not in s:  # the suspect did not answer: no rule could use the test
+        return test
+    pooled = float(s.get("pooled_binomial_p_value", test.p_value))
+    floor = s.get("pooled_min_achievable_p_value")
+    if floor is None:  # a generated watermark's exact test records the panel's p0 the old rule used
+        floor = min_achievable_p_value(int(s["K"]), float(s.get("panel_p0", s["p0"])))
+    return TestResult(test.name, test.kind, pooled, s, float(floor) <= alpha, "")
+
+
+def _decide_both(
+    tests: Sequence[TestResult], screens: Sequence[ClaimScreen], standings: Sequence[Standing], alpha: float
+) -> tuple[Decision, Decision]:
+    """The decision under the rules in force, and what the old rules would have said on the same inputs."""
+    new = decide(tests=tests, screens=screens, standings=standings, alpha=alpha)
+    old_tests = [_old_test(t, alpha) for t in tests]
+    assumed = [
+        Standing(t.name, chosen=True, precedes=True, precedence_detail="assumed by the old rules") for t in tests
+    ]
+    old = decide(tests=old_tests, screens=screens, standings=assumed, alpha=alpha)
+    return new, old
+
+
 def _agreement_record(
     task: TaskData,
     seed: int,
@@ -128,60 +275,157 @@ def _agreement_record(
     claim: AgreementClaim,
     module: nn.Module,
     panel: ReferencePanel,
+    standing: Standing,
     alpha: float,
     index: int,
+    extra: dict[str, float] | None = None,
+    what_if: dict[str, Standing] | None = None,
 ) -> DisputeRecord:
+    """One agreement dispute decided now and under the old rules; ``what_if`` adds ``<label>_confirmed`` under other
+    standings (the same dispute with one fact changed)."""
     # the tie-breaking draw comes from its own stream, fixed before the suspect answers
     u = float(np.random.default_rng([seed, *suspect_kind.encode(), *claim.kind.encode(), index]).random())
     test, screen = agreement_claim_test(claim, _suspect(module, task), panel, alpha=alpha, tie_break=u)
-    decision = decide(tests=[test], screens=[screen], alpha=alpha)
+    decision, old = _decide_both([test], [screen], [standing], alpha)
     s = test.statistics
     k, m = int(s["K"]), int(s["m"])
     panel_rate = float(screen.statistics["agreement_rate"])
-    extra = {
+    values = {
         "naive_p_value": float(s["naive_p_value"]),
-        "rank_p_value": float(s["panel_rank_p_value"]),
-        "rank_p_value_randomised": float(s["panel_rank_p_value_randomised"]),
+        # reported beside the test in use (a generated watermark's exact test has no randomised rank)
+        "rank_p_value": float(s.get("panel_rank_p_value", math.nan)),
+        "rank_p_value_randomised": float(s.get("panel_rank_p_value_randomised", math.nan)),
         # p0 at the panel's pooled rate, without the upper bound or the 1/C floor: shows what the bound costs
         "point_p_value": binomial_test(m, k, min(max(panel_rate, 1e-12), 1.0)),
+        "old_p_value": _old_test(test, alpha).p_value,
         "match_rate": m / k,
         "p0": float(s["p0"]),
         "screen_p_value": screen.p_value,
         "screen_rejected": float(screen.rejected),
+        **({} if standing.binding_p_value is None else {"binding_p_value": standing.binding_p_value}),
+        **(extra or {}),
     }
-    return DisputeRecord(task.name, seed, suspect_kind, claim.kind, decision.outcome, test.p_value, extra)
-
-
-def _di_record(
-    task: TaskData,
-    seed: int,
-    suspect_kind: str,
-    owner: nn.Module,
-    module: nn.Module,
-    method: str,
-    config: ValidityConfig,
-) -> DisputeRecord:
-    n = config.di_samples_digits if task.name == "digits" else config.di_samples_synthetic
-    test: TestResult = dataset_inference_test(
-        claimant=owner,
-        suspect=_suspect(module, task),
-        private_x=task.owner_x[:n],
-        public_x=task.holdout_x[:n],
-        num_classes=task.num_classes,
-        split_seed=seed,
-        method=method,  # type: ignore[arg-type]
-        low=task.low,
-        high=task.high,
+    for label, other in (what_if or {}).items():
+        outcome = decide(tests=[test], screens=[screen], standings=[other], alpha=alpha).outcome
+        values[f"{label}_confirmed"] = float(outcome == "ownership_confirmed")
+    return DisputeRecord(
+        task.name, seed, suspect_kind, claim.kind, decision.outcome, decision.tests[0].p_value, values, old.outcome
     )
-    decision = decide(tests=[test], alpha=config.alpha)
+
+
+# ------------------------------------------------------------------------------------------ dataset inference
+
+
+@dataclass
+class _DatasetClaim:
+    """A dataset-inference claim: the claimant's model and samples, a split seed, and the models that calibrate it.
+
+    The calibration (the same test run on every calibrating model) depends on the claimant's scorer, the
+    split and those models, never on the suspect, so the benchmark measures it once per claim: the first
+    suspect runs :func:`dataset_inference_test` with the panel, the others without it, and their p-value
+    is completed from the first call's panel statistics as the test combines them. The first suspect's
+    own numbers are completed so too and must give the full call's p-value, so the shortcut cannot drift
+    from the test it stands for.
+    """
+
+    task: TaskData
+    claimant: nn.Module
+    private_x: npt.NDArray[np.float32]
+    public_x: npt.NDArray[np.float32]
+    split_seed: int
+    method: Method
+    calibration: list[nn.Module]
+    features: dict[str, Any] | None = None
+    panel_t: list[float] | None = None
+
+    def _run(self, module: nn.Module, calibrated: bool) -> TestResult:
+        if self.features is None:
+            # the claimant's side is measured once and reused for every suspect, as a run's own sandbox call does
+            self.features = claimant_side_features(
+                claimant=self.claimant,
+                private_x=self.private_x,
+                public_x=self.public_x,
+                input_shape=self.task.input_shape,
+                num_classes=self.task.num_classes,
+                split_seed=self.split_seed,
+                method=self.method,
+                low=self.task.low,
+                high=self.task.high,
+            )
+        return dataset_inference_test(
+            claimant=None,
+            suspect=_suspect(module, self.task),
+            private_x=self.private_x,
+            public_x=self.public_x,
+            num_classes=self.task.num_classes,
+            split_seed=self.split_seed,
+            method=self.method,
+            low=self.task.low,
+            high=self.task.high,
+            claimant_features=self.features,
+            panel=self.calibration if calibrated else None,
+            panel_members=len(self.calibration),
+        )
+
+    def _completed(self, plain: TestResult) -> TestResult:
+        """An uncalibrated result completed with the claim's panel statistics."""
+        s = dict(plain.statistics)
+        within, t = s.get("p_value_within"), s.get("t_statistic")
+        if self.panel_t is None or not isinstance(within, float) or not isinstance(t, float):
+            return plain  # the suspect's own comparison could not be made: nothing to calibrate
+        finite = [v for v in self.panel_t if math.isfinite(v)]
+        s.update(calibration="panel", panel_members=len(self.panel_t))
+        if len(finite) < len(self.panel_t) or len(finite) < 2 or float(np.std(finite)) == 0.0:
+            return TestResult(plain.name, plain.kind, 1.0, {**s, "p_value": 1.0}, False, "Not calibrated.")
+        p_panel = prediction_p_value(t, finite)
+        p = max(within, p_panel)
+        s.update(p_value_panel=p_panel, p_value=p)
+        return TestResult(plain.name, plain.kind, p, s, plain.conclusive, plain.reason)
+
+    def test(self, module: nn.Module) -> TestResult:
+        if self.panel_t is not None:
+            return self._completed(self._run(module, calibrated=False))
+        full = self._run(module, calibrated=True)
+        listed = str(full.statistics.get("panel_t_statistics", ""))
+        self.panel_t = [float(v) for v in listed.split(",")] if listed else []
+        # the full result holds the suspect's own numbers too: completing them must give the full test's p-value
+        # (the panel's statistics are listed to 6 digits, so agreement to 1e-3 of the p-value is exact enough)
+        check = self._completed(full)
+        if check.conclusive != full.conclusive or not math.isclose(check.p_value, full.p_value, rel_tol=1e-3):
+            raise RuntimeError(
+                f"the reused dataset-inference calibration gives p={check.p_value!r} where the full test gives "
+                f"p={full.p_value!r}: the benchmark's shortcut no longer matches dataset_inference_test"
+            )
+        return full
+
+
+def _di_record(seed: int, suspect_kind: str, claim: _DatasetClaim, module: nn.Module, alpha: float) -> DisputeRecord:
+    test = claim.test(module)
+    # the claimant's samples were committed before the suspect appeared: the samples are chosen, not bound
+    standing = _standing(test.name, chosen=True, committed=OWNER_COMMITS, first_known=SUSPECT_APPEARS)
+    decision, old = _decide_both([test], [], [standing], alpha)
     s = test.statistics
+    n = int(s["n_private_train"]) + int(s["n_public_train"]) + int(s["n_private_test"]) + int(s["n_public_test"])
     extra = {
         "seconds": float(s["seconds"]),
-        "samples": float(2 * n),
+        "samples": float(n),
         "queries_per_sample": float(s["queries_per_sample"]),
         "t": float(s["t_statistic"]) if isinstance(s["t_statistic"], float) else math.nan,
+        "old_p_value": _old_test(test, alpha).p_value,
     }
-    return DisputeRecord(task.name, seed, suspect_kind, f"di_{method}", decision.outcome, test.p_value, extra)
+    return DisputeRecord(
+        claim.task.name,
+        seed,
+        suspect_kind,
+        f"di_{claim.method}",
+        decision.outcome,
+        test.p_value,
+        extra,
+        old.outcome,
+    )
+
+
+# ------------------------------------------------------------------------------------------ the main rows
 
 
 def _resampled_panel(
@@ -195,15 +439,7 @@ def _resampled_panel(
     """
     others = [entry for entry in pool if entry[1] is not suspect]
     picked = np.random.default_rng([seed, index, 0x9A1]).choice(len(others), size=len(panel), replace=False)
-    modules = [others[k][1] for k in picked]
-    return ReferencePanel(
-        task=panel.task,
-        num_classes=panel.num_classes,
-        input_shape=panel.input_shape,
-        params={**panel.params, "resampled_for": index},
-        members=[],
-        modules=modules,
-    )
+    return _panel_of(panel, [others[k][1] for k in picked], f"resampled_for_{index}")
 
 
 def _owner(task: TaskData, seed: int, arch: str, epochs: int) -> nn.Module:
@@ -211,10 +447,26 @@ def _owner(task: TaskData, seed: int, arch: str, epochs: int) -> nn.Module:
     return train_classifier(model, task.owner_x, task.owner_y, epochs=epochs, seed=1000 + seed)
 
 
-def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
+@dataclass
+class _DigitsWorld:
+    """What one digits seed builds once and every row uses."""
+
+    task: TaskData
+    base: nn.Module  # the owner's model before any watermark
+    owner: nn.Module
+    watermark: AgreementClaim
+    fingerprint: AgreementClaim
+    own_refs: list[nn.Module]
+    panel: ReferencePanel
+    thefts: dict[str, nn.Module]
+    independents: list[nn.Module]
+    attacker: list[nn.Module]  # a false claimant's own models, trained on public data; the first is its registered one
+
+
+def _digits_world(config: ValidityConfig, seed: int, progress: Progress) -> _DigitsWorld:
     task = digits_task(seed)
-    alpha = config.alpha
-    owner = _owner(task, seed, "mlp", 60)
+    base = _owner(task, seed, "mlp", 60)
+    owner = copy.deepcopy(base)
     mark = generate_watermark(
         seed=_seed_bytes(seed, 1), count=config.triggers, input_shape=task.input_shape, num_classes=task.num_classes
     )
@@ -237,30 +489,296 @@ def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, prog
     fingerprint = AgreementClaim("fingerprint", "fingerprint", fps.inputs, fps.labels)
     panel = _panel(task, config, seed)
     progress(f"digits seed {seed}: owner, evidence and panel of {len(panel)} ready")
-
-    suspects: list[tuple[str, nn.Module]] = [(kind, simulate(kind, owner, task, seed=seed)) for kind in config.thefts]
+    thefts: dict[str, nn.Module] = {kind: simulate(kind, owner, task, seed=seed) for kind in config.thefts}
     independents = train_panel(task, size=config.independents, seed=20_000 + seed, name_prefix="ind").modules
-    suspects += [("independent", m) for m in independents]
-    pool = [*zip(panel.members, panel.modules, strict=True), *((None, m) for m in independents)]
+    attacker = train_panel(task, size=config.claimant_ensemble, seed=30_000 + seed, name_prefix="fc").modules
+    return _DigitsWorld(task, base, owner, watermark, fingerprint, own_refs, panel, thefts, independents, attacker)
+
+
+def _digits_main(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """The owner's watermark, fingerprints and dataset inference against every theft and every independent."""
+    task, panel, alpha = world.task, world.panel, config.alpha
+    suspects: list[tuple[str, nn.Module]] = list(world.thefts.items())
+    suspects += [("independent", m) for m in world.independents]
+    pool = [*zip(panel.members, panel.modules, strict=True), *((None, m) for m in world.independents)]
+    n = config.di_samples_digits
+    dataset = _DatasetClaim(
+        task, world.owner, task.owner_x[:n], task.holdout_x[:n], seed, "mingd", panel.modules[: config.di_panel_members]
+    )
     for i, (kind, module) in enumerate(suspects):
         judge = panel if kind != "independent" else _resampled_panel(panel, pool, module, seed, i)
-        for claim in (watermark, fingerprint):
-            report.records.append(_agreement_record(task, seed, kind, claim, module, judge, alpha, i))
-        if kind != "independent" or i - len(config.thefts) < config.di_independents:
-            report.records.append(_di_record(task, seed, kind, owner, module, "mingd", config))
-    progress(f"digits seed {seed}: {len(suspects)} suspects tested")
+        for claim in (world.watermark, world.fingerprint):
+            # the owner committed before any suspect appeared; the generated watermark needs no precedence
+            standing = _standing(
+                claim.name,
+                chosen=not claim.verifiable,
+                committed=OWNER_COMMITS,
+                first_known=SUSPECT_APPEARS,
+                binding=_binding(claim, world.owner, judge, alpha),
+            )
+            report.records.append(_agreement_record(task, seed, kind, claim, module, judge, standing, alpha, i))
+        if kind != "independent" or i - len(world.thefts) < config.di_independents:
+            report.records.append(_di_record(seed, kind, dataset, module, alpha))
 
-    # the false claimant owns none of these models: it crafts against its own ensemble, then claims
-    ensemble = train_panel(task, size=config.claimant_ensemble, seed=30_000 + seed, name_prefix="fc").modules
+
+def _digits_false_claims(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """Transferable adversarial examples crafted against the claimant's own models, claimed against independents.
+
+    The claimant's commitment is taken to precede the suspects and its registered model carries the
+    set (it was crafted on it), so the false-claim screen alone has to stop the claim.
+    """
+    task, alpha = world.task, config.alpha
     rng = np.random.default_rng([seed, 0xFC])
     for eps in config.false_claim_eps:
         picked = rng.choice(len(task.public_x), size=config.triggers, replace=False)
-        crafted = false_claim_set(ensemble, task.public_x[picked], eps=eps, low=task.low, high=task.high, seed=seed)
+        crafted = false_claim_set(
+            world.attacker, task.public_x[picked], eps=eps, low=task.low, high=task.high, seed=seed
+        )
         claim = AgreementClaim(f"false_claim_eps{eps:g}", "watermark", crafted["inputs"], crafted["labels"])
-        for j, module in enumerate(independents[: config.false_claim_suspects]):
-            record = _agreement_record(task, seed, f"false_claim_eps{eps:g}", claim, module, panel, alpha, j)
-            report.records.append(record)
+        standing = _standing(
+            claim.name,
+            chosen=True,
+            committed=OWNER_COMMITS,
+            first_known=SUSPECT_APPEARS,
+            binding=_binding(claim, world.attacker[0], world.panel, alpha),
+        )
+        for j, module in enumerate(world.independents[: config.false_claim_suspects]):
+            report.records.append(
+                _agreement_record(task, seed, claim.name, claim, module, world.panel, standing, alpha, j)
+            )
+
+
+# ------------------------------------------------------------------------------------------ the adaptive rows
+
+
+def _claim(name: str, made: ClaimSet) -> AgreementClaim:
+    """A crafted set filed as fingerprints: inputs and labels the claimant chose."""
+    return AgreementClaim(name, "fingerprint", made["inputs"], made["labels"])
+
+
+def _crafted_claims(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """White-box and label-only claimants against innocent suspects, with and without binding to their own model."""
+    task, panel, alpha = world.task, world.panel, config.alpha
+    registered = world.attacker[0]
+    for j, module in enumerate(world.independents[: config.adaptive_suspects]):
+        made = {
+            "whitebox_claim": craft_on_suspect(
+                module,
+                task.public_x,
+                own_models=world.attacker,
+                count=config.adaptive_count,
+                seed=seed * 97 + j,
+            ),
+            "label_only_claim": label_only_claim(
+                _suspect(module, task),
+                np.concatenate([task.public_x, task.holdout_x]),
+                own_models=world.attacker,
+                count=config.adaptive_count,
+                min_count=10,
+                max_own_agreement=1,
+            ),
+        }
+        for row, crafted in made.items():
+            claim = _claim("fingerprint", crafted)
+            carrier = carry_claim(registered, crafted, train_x=task.public_x, train_y=task.public_y, seed=seed)
+            for suffix, own in (("", registered), ("_bound", carrier)):
+                # the suspect was registered (or its endpoint sighted) before the attacker committed the set
+                standing = _standing(
+                    claim.name,
+                    chosen=True,
+                    committed=ATTACKER_COMMITS,
+                    first_known=SUSPECT_APPEARS,
+                    binding=_binding(claim, own, panel, alpha),
+                )
+                report.records.append(
+                    _agreement_record(task, seed, row + suffix, claim, module, panel, standing, alpha, j)
+                )
+
+
+def _counterclaims(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """A thief registers its copy after the owner, then claims the owner's original as derived from it."""
+    task, panel, alpha = world.task, world.panel, config.alpha
+    for j, kind in enumerate(config.thief_thefts):
+        stolen = world.thefts[kind] if kind in world.thefts else simulate(kind, world.owner, task, seed=seed)
+        crafted = craft_on_suspect(
+            stolen,
+            task.public_x,
+            own_models=world.attacker,
+            count=config.adaptive_count,
+            seed=seed * 89 + j,
+        )
+        claim = _claim("fingerprint", crafted)
+        # crafted on the stolen copy after the original was first known: chosen, and late
+        standing = _standing(
+            claim.name,
+            chosen=True,
+            committed=ATTACKER_COMMITS,
+            first_known=OWNER_COMMITS,
+            binding=_binding(claim, stolen, panel, alpha),
+        )
+        report.records.append(
+            _agreement_record(task, seed, "counterclaim_crafted", claim, world.owner, panel, standing, alpha, j)
+        )
+        mark = generate_watermark(
+            seed=_seed_bytes(seed, 0x7EF, j),
+            count=config.triggers,
+            input_shape=task.input_shape,
+            num_classes=task.num_classes,
+        )
+        marked = carry_claim(stolen, ClaimSet(inputs=mark["inputs"], labels=mark["labels"]), train_x=task.public_x,
+                             train_y=task.public_y, seed=seed)  # fmt: skip
+        claim = AgreementClaim("watermark", "watermark", mark["inputs"], mark["labels"], verifiable=True)
+        # generated from a committed seed: not chosen, so precedence is not needed; the original never saw it
+        standing = _standing(
+            claim.name,
+            chosen=False,
+            committed=ATTACKER_COMMITS,
+            first_known=OWNER_COMMITS,
+            binding=_binding(claim, marked, panel, alpha),
+        )
+        report.records.append(
+            _agreement_record(task, seed, "counterclaim_watermark", claim, world.owner, panel, standing, alpha, j)
+        )
+
+
+def _multiplicity(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """The claimant draws many generated watermarks, puts each to an innocent suspect and files the best match."""
+    task, panel, alpha = world.task, world.panel, config.alpha
+    suspects = world.independents[: config.adaptive_suspects]
+    seeds = [_seed_bytes(seed, 0x3D, i) for i in range(config.multiplicity_draws)]
+    draws = best_of_watermarks(
+        [_suspect(m, task) for m in suspects],
+        seeds=seeds,
+        count=config.multiplicity_triggers,
+        input_shape=task.input_shape,
+        num_classes=task.num_classes,
+    )
+    for j, (module, draw) in enumerate(zip(suspects, draws, strict=True)):
+        claim = AgreementClaim("watermark", "watermark", draw.inputs, draw.labels, verifiable=True)
+        # the attacker embeds the winner in its registered model, so binding passes
+        marked = carry_claim(
+            world.attacker[0], ClaimSet(inputs=draw.inputs, labels=draw.labels), train_x=task.public_x,
+            train_y=task.public_y, seed=seed,
+        )  # fmt: skip
+        standing = _standing(
+            claim.name,
+            chosen=False,
+            committed=ATTACKER_COMMITS,
+            first_known=SUSPECT_APPEARS,
+            binding=_binding(claim, marked, panel, alpha),
+            draws=draw.draws,
+        )
+        extra = {"draws": float(draw.draws), "best_matches": float(draw.matches)}
+        single = dataclasses.replace(standing, draws=1)
+        report.records.append(
+            _agreement_record(
+                task, seed, "multiplicity", claim, module, panel, standing, alpha, j, extra, {"uncorrected": single}
+            )
+        )
+
+
+def _family(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """A public parent's fine-tuned children: the claimant's model is one, the suspect another, the panel holds some.
+
+    The siblings share the parent's boundaries, so the claimant's fingerprints transfer to them far more
+    than to the rest of the panel; a null that pools the panel's answers as independent trials misses that.
+    """
+    task, alpha = world.task, config.alpha
+    parent_seed = 60_000 + seed
+    parent = build_model("mlp", input_shape=task.input_shape, num_classes=task.num_classes, seed=parent_seed)
+    train_classifier(parent, task.public_x, task.public_y, epochs=60, seed=parent_seed)
+    children = fine_tuned_family(
+        parent,
+        task.public_x,
+        task.public_y,
+        size=config.family_in_panel + config.family_suspects,
+        epochs=20,
+        lr=1e-2,
+        seed=parent_seed,
+    )
+    claimant = fine_tune(parent, task.owner_x, task.owner_y, epochs=20, lr=1e-2, seed=parent_seed + 1)
+    made = generate_fingerprints(
+        claimant, task.holdout_x, references=world.own_refs, count=config.fingerprints, seed=seed
+    )
+    claim = AgreementClaim("fingerprint", "fingerprint", made.inputs, made.labels)
+    regular = world.panel.modules[: len(world.panel) - config.family_in_panel]
+    panel = _panel_of(world.panel, [*regular, *children[: config.family_in_panel]], "family")
+    standing = _standing(
+        claim.name,
+        chosen=True,
+        committed=OWNER_COMMITS,
+        first_known=SUSPECT_APPEARS,
+        binding=_binding(claim, claimant, panel, alpha),
+    )
+    for j, module in enumerate(children[config.family_in_panel :]):
+        report.records.append(_agreement_record(task, seed, "family", claim, module, panel, standing, alpha, j))
+
+
+def _margin_split(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """Dataset inference whose members the claimant picked by its model's margin, against independent suspects."""
+    task = world.task
+    n = config.margin_samples
+    members, nonmembers = margin_split(
+        world.owner, np.concatenate([task.owner_x, task.holdout_x]), members=n, nonmembers=n
+    )
+    claim = _DatasetClaim(
+        task, world.owner, members, nonmembers, seed, "mingd", world.panel.modules[: config.di_panel_members]
+    )
+    for module in world.independents[: config.margin_suspects]:
+        report.records.append(_di_record(seed, "margin_split", claim, module, config.alpha))
+
+
+def _verifiable_flow(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """Generate a watermark from a committed seed, embed it, check it regenerates and binds, then steal the model."""
+    task, panel, alpha = world.task, world.panel, config.alpha
+    committed = _seed_bytes(seed, 0xF10)
+    mark = generate_watermark(
+        seed=committed, count=config.triggers, input_shape=task.input_shape, num_classes=task.num_classes
+    )
+    claimant = copy.deepcopy(world.base)
+    embed_watermark(
+        claimant,
+        train_inputs=task.owner_x,
+        train_labels=task.owner_y,
+        trigger_inputs=mark["inputs"],
+        trigger_labels=mark["labels"],
+        epochs=20,
+        seed=seed + 7,
+    )
+    claimant.eval()
+    again = generate_watermark(
+        seed=committed, count=config.triggers, input_shape=task.input_shape, num_classes=task.num_classes
+    )
+    if not (np.array_equal(again["inputs"], mark["inputs"]) and np.array_equal(again["labels"], mark["labels"])):
+        raise RuntimeError("a generated watermark did not regenerate from its seed")
+    claim = AgreementClaim("watermark", "watermark", mark["inputs"], mark["labels"], verifiable=True)
+    binding = _binding(claim, claimant, panel, alpha)
+    for j, kind in enumerate(("copy", "fine_tune", "prune")):
+        stolen = simulate(kind, claimant, task, seed=seed)  # type: ignore[arg-type]
+        standing = _standing(
+            claim.name, chosen=False, committed=OWNER_COMMITS, first_known=SUSPECT_APPEARS, binding=binding
+        )
+        report.records.append(
+            _agreement_record(task, seed, f"verifiable_flow_{kind}", claim, stolen, panel, standing, alpha, j)
+        )
+
+
+def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
+    world = _digits_world(config, seed, progress)
+    _digits_main(config, seed, world, report)
+    progress(f"digits seed {seed}: {len(world.thefts) + len(world.independents)} suspects tested")
+    _digits_false_claims(config, seed, world, report)
     progress(f"digits seed {seed}: false claims at eps {list(config.false_claim_eps)} tested")
+    if config.adaptive:
+        _crafted_claims(config, seed, world, report)
+        _counterclaims(config, seed, world, report)
+        progress(f"digits seed {seed}: white-box, label-only and counter-claims tested")
+        _multiplicity(config, seed, world, report)
+        _family(config, seed, world, report)
+        _verifiable_flow(config, seed, world, report)
+        progress(f"digits seed {seed}: multiplicity, family and the verifiable flow tested")
+        _margin_split(config, seed, world, report)
+        progress(f"digits seed {seed}: margin-chosen dataset split tested")
 
 
 def _synthetic_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
@@ -269,18 +787,22 @@ def _synthetic_seed(config: ValidityConfig, seed: int, report: ValidityReport, p
     suspects: list[tuple[str, nn.Module]] = [
         (kind, simulate(kind, owner, task, seed=seed)) for kind in config.synthetic_thefts
     ]
-    independents = train_panel(
+    models = train_panel(
         task,
-        size=config.di_independents,
+        size=config.synthetic_independents + config.synthetic_panel_members,
         seed=40_000 + seed,
         epochs=150,
         name_prefix="ind",
         architectures=("mlp", "wide_mlp", "deep_mlp"),
     ).modules
+    # the calibrating models and the independent suspects come from one recipe: they are exchangeable
+    calibration, independents = models[: config.synthetic_panel_members], models[config.synthetic_panel_members :]
     suspects += [("independent", m) for m in independents]
-    for kind, module in suspects:
-        for method in ("mingd", "blind_walk"):
-            report.records.append(_di_record(task, seed, kind, owner, module, method, config))
+    n = config.di_samples_synthetic
+    for method in ("mingd", "blind_walk"):
+        claim = _DatasetClaim(task, owner, task.owner_x[:n], task.holdout_x[:n], seed, method, calibration)
+        for kind, module in suspects:
+            report.records.append(_di_record(seed, kind, claim, module, config.alpha))
     progress(f"synthetic seed {seed}: {len(suspects)} suspects tested by dataset inference")
 
 
@@ -324,6 +846,9 @@ def run_validity(config: ValidityConfig, progress: Progress | None = None) -> Va
     return report
 
 
+# ------------------------------------------------------------------------------------------ the summary
+
+
 def _interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Two-sided Clopper-Pearson interval for a rate k/n."""
     lo = 0.0 if k == 0 else float(stats.beta.ppf((1 - level) / 2, k, n - k + 1))
@@ -336,91 +861,186 @@ def _acceptance(rate: float, n: int, level: float = 0.95) -> tuple[float, float]
     return float(stats.binom.ppf((1 - level) / 2, n, rate)) / n, float(stats.binom.isf((1 - level) / 2, n, rate)) / n
 
 
+def _rates(items: Sequence[DisputeRecord], old: bool = False) -> dict[str, float]:
+    counts = Counter(r.old_outcome if old else r.outcome for r in items)
+    return {o: counts.get(o, 0) / len(items) for o in OUTCOMES}
+
+
+def _fpr(label: str, values: Sequence[float], level: float = 0.05) -> dict[str, Any]:
+    n = len(values)
+    k = sum(1 for v in values if v <= level)
+    lo, hi = _acceptance(level, n)
+    return {
+        "test": label,
+        "n": n,
+        "fpr_at_0.05": k / n,
+        "fpr_interval": _interval(k, n),
+        "calibrated_range": (lo, hi),
+        "within": lo <= k / n <= hi,
+    }
+
+
 def summarise(report: ValidityReport) -> dict[str, Any]:
-    """Outcome counts per (task, suspect, method), calibration at 0.05, the cost, and every check with its verdict."""
+    """Outcome counts per (task, suspect, method), the adaptive rows, old against new rules, calibration, checks."""
+    config = report.config
     groups: dict[tuple[str, str, str], list[DisputeRecord]] = defaultdict(list)
     for r in report.records:
         groups[(r.task, r.suspect, r.method)].append(r)
     rows: list[dict[str, Any]] = []
+    adaptive: list[dict[str, Any]] = []
     for (task, suspect, method), items in sorted(groups.items()):
-        counts = Counter(r.outcome for r in items)
-        rows.append(
-            {
-                "task": task,
-                "suspect": suspect,
-                "method": method,
-                "n": len(items),
-                **{o: counts.get(o, 0) / len(items) for o in OUTCOMES},
-                "median_p": float(np.median([r.p_value for r in items])),
+        row: dict[str, Any] = {
+            "task": task,
+            "suspect": suspect,
+            "method": method,
+            "n": len(items),
+            **_rates(items),
+            "old": _rates(items, old=True) if all(r.old_outcome is not None for r in items) else {},
+            "median_p": float(np.median([r.p_value for r in items])),
+        }
+        if suspect in ADAPTIVE_ROWS:
+            labels = sorted({k for r in items for k in r.extra if k.endswith("_confirmed")})
+            what_if = {
+                k.removesuffix("_confirmed"): float(np.mean([r.extra.get(k, 0.0) for r in items])) for k in labels
             }
-        )
+            adaptive.append(
+                {**row, "what": ADAPTIVE_ROWS[suspect][0], "true_claim": ADAPTIVE_ROWS[suspect][1], "what_if": what_if}
+            )
+        else:
+            rows.append(row)
+    adaptive.sort(key=lambda a: list(ADAPTIVE_ROWS).index(a["suspect"]))
+
+    # what the new rules cost an honest owner: confirmation rates per theft and method, old against new
+    power: list[dict[str, Any]] = []
+    for row in rows:
+        if row["suspect"] in THEFT_KINDS and row["old"]:
+            power.append(
+                {
+                    "task": row["task"],
+                    "suspect": row["suspect"],
+                    "method": row["method"],
+                    "n": row["n"],
+                    "new": row["ownership_confirmed"],
+                    "old": row["old"]["ownership_confirmed"],
+                }
+            )
 
     independents = [r for r in report.records if r.suspect == "independent"]
     calibration: list[dict[str, Any]] = []
     for label, method, key in (
-        ("watermark, binomial at the bound p0 (used)", "watermark", None),
+        ("watermark, agreement test (used)", "watermark", None),
+        ("watermark, pooled binomial at the bound p0 (old)", "watermark", "old_p_value"),
         ("watermark, binomial at the panel's point rate", "watermark", "point_p_value"),
         ("watermark, panel rank p-value (ties count against)", "watermark", "rank_p_value"),
         ("watermark, panel rank p-value, random tie-break", "watermark", "rank_p_value_randomised"),
-        ("fingerprint, binomial at the bound p0 (used)", "fingerprint", None),
+        ("fingerprint, agreement test (used)", "fingerprint", None),
+        ("fingerprint, pooled binomial at the bound p0 (old)", "fingerprint", "old_p_value"),
         ("fingerprint, panel rank p-value (ties count against)", "fingerprint", "rank_p_value"),
         ("fingerprint, panel rank p-value, random tie-break", "fingerprint", "rank_p_value_randomised"),
-        ("dataset inference (MinGD), Welch", "di_mingd", None),
-        ("dataset inference (Blind Walk), Welch", "di_blind_walk", None),
+        ("dataset inference (MinGD), panel-calibrated (used)", "di_mingd", None),
+        ("dataset inference (MinGD), Welch (old)", "di_mingd", "old_p_value"),
+        ("dataset inference (Blind Walk), panel-calibrated (used)", "di_blind_walk", None),
+        ("dataset inference (Blind Walk), Welch (old)", "di_blind_walk", "old_p_value"),
     ):
         values = [r.p_value if key is None else r.extra[key] for r in independents if r.method == method]
-        if not values:
-            continue
-        n = len(values)
-        k = sum(1 for v in values if v <= 0.05)
-        lo, hi = _acceptance(0.05, n)
-        calibration.append(
-            {
-                "test": label,
-                "n": n,
-                "fpr_at_0.05": k / n,
-                "fpr_interval": _interval(k, n),
-                "calibrated_range": (lo, hi),
-                "within": lo <= k / n <= hi,
-            }
-        )
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            calibration.append({**_fpr(label, values), "suspects": "independent"})
+    family = [r for r in report.records if r.suspect == "family"]
+    for label, key in (
+        ("family sibling, fingerprint agreement test (used)", None),
+        ("family sibling, fingerprint pooled binomial (old)", "old_p_value"),
+    ):
+        values = [r.p_value if key is None else r.extra[key] for r in family]
+        if values:
+            calibration.append({**_fpr(label, values), "suspects": "family"})
 
-    checks = []
-    ind_all = independents
-    confirmed = sum(1 for r in ind_all if r.outcome == "ownership_confirmed")
+    checks: list[tuple[str, bool]] = []
+    false = [r for r in report.records if is_false_claim(r)]
+    wrong = sum(1 for r in false if r.outcome == "ownership_confirmed")
+    wrong_old = sum(1 for r in false if r.old_outcome == "ownership_confirmed")
     checks.append(
         (
-            f"independent models never confirmed: {confirmed} of {len(ind_all)} disputes",
-            confirmed == 0 and len(ind_all) >= report.config.min_independent_disputes,
+            f"no false confirmation in any false-claim, independent or adaptive dispute: {wrong} of {len(false)} "
+            f"(old rules: {wrong_old})",
+            wrong == 0 and len(false) >= config.min_false_disputes,
+        )
+    )
+    confirmed = sum(1 for r in independents if r.outcome == "ownership_confirmed")
+    checks.append(
+        (
+            f"independent models never confirmed: {confirmed} of {len(independents)} disputes",
+            confirmed == 0 and len(independents) >= config.min_independent_disputes,
         )
     )
     for kind in ("copy", "fine_tune", "prune"):
         items = [r for r in report.records if r.task == "digits" and r.suspect == kind and r.method == "watermark"]
         ok = sum(1 for r in items if r.outcome == "ownership_confirmed")
         checks.append((f"{kind}: watermark confirms in {ok} of {len(items)} seeds", bool(items) and ok == len(items)))
-    false = [r for r in report.records if r.suspect.startswith("false_claim")]
-    wrongly = sum(1 for r in false if r.outcome == "ownership_confirmed")
-    checks.append((f"false claims never confirmed: {wrongly} of {len(false)}", bool(false) and wrongly == 0))
-    naive = [r for r in false if r.extra["naive_p_value"] <= report.config.alpha]
-    caught = sum(1 for r in naive if r.outcome == "claim_rejected")
+    eps_claims = [r for r in report.records if r.suspect.startswith("false_claim")]
+    caught_needed = [r for r in eps_claims if r.extra["naive_p_value"] <= config.alpha]
+    caught = sum(1 for r in caught_needed if r.outcome == "claim_rejected")
     checks.append(
         (
-            f"false claims the naive test would confirm are rejected: {caught} of {len(naive)}",
-            caught == len(naive),
+            f"transferable false claims the naive test would confirm are rejected: {caught} of {len(caught_needed)}",
+            bool(eps_claims) and caught == len(caught_needed),
         )
     )
-    well_calibrated = [c for c in calibration if "random tie-break" in c["test"] or "Welch" in c["test"]]
+    for a in adaptive:
+        items = groups[(a["task"], a["suspect"], a["method"])]
+        new_conf = sum(1 for r in items if r.outcome == "ownership_confirmed")
+        old_conf = sum(1 for r in items if r.old_outcome == "ownership_confirmed")
+        if a["true_claim"]:
+            text = f"{a['suspect']}: confirmed in {new_conf} of {len(items)} (old rules: {old_conf})"
+            checks.append((text, new_conf == len(items)))
+        else:
+            text = f"{a['suspect']}: never confirmed, {new_conf} of {len(items)} (old rules: {old_conf})"
+            checks.append((text, new_conf == 0))
+    if config.adaptive:
+        missing = [name for name in ADAPTIVE_ROWS if not any(a["suspect"] == name for a in adaptive)]
+        checks.append((f"every adaptive row ran{': missing ' + ', '.join(missing) if missing else ''}", not missing))
+    exact = [
+        c
+        for c in calibration
+        if c["suspects"] == "independent" and ("random tie-break" in c["test"] or "(used)" in c["test"])
+    ]
     checks.append(
         (
-            "exact p-values (rank with random tie-break, Welch) calibrated at 0.05: "
-            + ", ".join(f"{c['test']}: {c['fpr_at_0.05']:.3f}" for c in well_calibrated),
-            bool(well_calibrated) and all(c["within"] for c in well_calibrated),
+            "p-values in use calibrated at 0.05 on independent models: "
+            + ", ".join(f"{c['test']}: {c['fpr_at_0.05']:.3f}" for c in exact),
+            bool(exact) and all(c["within"] for c in exact),
+        )
+    )
+    siblings = [c for c in calibration if c["suspects"] == "family" and "(used)" in c["test"]]
+    checks.append(
+        (
+            "family siblings (not exchangeable with the panel) at 0.05: the test in use is not anti-conservative: "
+            + ", ".join(f"FPR {c['fpr_at_0.05']:.3f}, range up to {c['calibrated_range'][1]:.3f}" for c in siblings),
+            not config.adaptive
+            or (bool(siblings) and all(c["fpr_at_0.05"] <= c["calibrated_range"][1] for c in siblings)),
         )
     )
     if report.cost:
         speedup = report.cost["speedup"]
         checks.append((f"cost: MinGD vectorised is {speedup:.1f}x the per-target loop (aim >= 5x)", speedup >= 5))
-    return {"rows": rows, "calibration": calibration, "checks": checks, "cost": report.cost}
+    return {
+        "rows": rows,
+        "adaptive": adaptive,
+        "power": power,
+        "calibration": calibration,
+        "checks": checks,
+        "cost": report.cost,
+        "false_disputes": len(false),
+        "false_confirmations": wrong,
+        "false_confirmations_old": wrong_old,
+    }
+
+
+def _outcome_cells(rates: dict[str, float]) -> str:
+    return (
+        f"{rates['ownership_confirmed']:>6.2f} {rates['not_confirmed']:>6.2f} "
+        f"{rates['claim_rejected']:>6.2f} {rates['inconclusive']:>6.2f}"
+    )
 
 
 def format_report(report: ValidityReport, summary: dict[str, Any] | None = None) -> str:
@@ -430,20 +1050,49 @@ def format_report(report: ValidityReport, summary: dict[str, Any] | None = None)
         f"validity benchmark: seeds {list(report.config.seeds)}, panel of {report.config.panel_size}, "
         f"alpha {report.config.alpha:g}, {len(report.records)} disputes in {report.seconds:.0f} s",
         "",
-        f"{'task':<10} {'suspect':<20} {'method':<14} {'n':>4} {'confirmed':>10} {'not_conf':>9} "
-        f"{'rejected':>9} {'inconcl':>8} {'median p':>10}",
+        "outcome rates under the rules in force (conf / not / rej / inc), and under the old rules",
+        f"{'task':<10} {'suspect':<20} {'method':<14} {'n':>4}   {'conf':>6} {'not':>6} {'rej':>6} {'inc':>6}"
+        f"   {'old conf':>8} {'median p':>10}",
     ]
     for r in s["rows"]:
+        old = f"{r['old']['ownership_confirmed']:>8.2f}" if r["old"] else f"{'-':>8}"
         lines.append(
-            f"{r['task']:<10} {r['suspect']:<20} {r['method']:<14} {r['n']:>4} {r['ownership_confirmed']:>10.2f} "
-            f"{r['not_confirmed']:>9.2f} {r['claim_rejected']:>9.2f} {r['inconclusive']:>8.2f} {r['median_p']:>10.2g}"
+            f"{r['task']:<10} {r['suspect']:<20} {r['method']:<14} {r['n']:>4}   {_outcome_cells(r)}   {old} "
+            f"{r['median_p']:>10.2g}"
         )
-    lines += ["", "false-positive rate at 0.05 on independent models (a calibrated test falls in the range)"]
+    if s["adaptive"]:
+        lines += [
+            "",
+            "adaptive claimants: outcome rates now (conf / not / rej / inc) and under the old rules, same inputs",
+            f"{'row':<26} {'method':<12} {'n':>4}   {'conf':>6} {'not':>6} {'rej':>6} {'inc':>6}   "
+            f"{'conf':>6} {'not':>6} {'rej':>6} {'inc':>6}  {'median p':>9}",
+        ]
+        for a in s["adaptive"]:
+            old = _outcome_cells(a["old"]) if a["old"] else "-"
+            lines.append(
+                f"{a['suspect']:<26} {a['method']:<12} {a['n']:>4}   {_outcome_cells(a)}   {old}  {a['median_p']:>9.2g}"
+            )
+        lines += [f"  {a['suspect']}: {a['what']}" for a in s["adaptive"]]
+        for a in s["adaptive"]:
+            for label, rate in a["what_if"].items():
+                lines.append(f"  {a['suspect']}, decided {label} (all else as now): confirmation rate {rate:.2f}")
+    lines += [
+        "",
+        f"false confirmations over {s['false_disputes']} disputes where the suspect does not derive from the "
+        f"claimant: {s['false_confirmations']} (old rules: {s['false_confirmations_old']})",
+    ]
+    if s["power"]:
+        lines += ["", "power lost to the new rules: confirmation rate per theft and method, old -> new"]
+        for p in s["power"]:
+            lines.append(
+                f"  {p['task']:<10} {p['suspect']:<10} {p['method']:<14} n={p['n']:<3} {p['old']:.2f} -> {p['new']:.2f}"
+            )
+    lines += ["", "false-positive rate at 0.05 (a calibrated test falls in the range)"]
     for c in s["calibration"]:
         lo, hi = c["calibrated_range"]
         ilo, ihi = c["fpr_interval"]
         lines.append(
-            f"  {c['test']:<48} n={c['n']:<4} FPR {c['fpr_at_0.05']:.3f} (95% CI {ilo:.3f}-{ihi:.3f}); "
+            f"  {c['test']:<56} n={c['n']:<4} FPR {c['fpr_at_0.05']:.3f} (95% CI {ilo:.3f}-{ihi:.3f}); "
             f"calibrated range {lo:.3f}-{hi:.3f}: {'yes' if c['within'] else 'no'}"
         )
     cost = s["cost"]
@@ -462,7 +1111,7 @@ def format_report(report: ValidityReport, summary: dict[str, Any] | None = None)
             per_sample = np.mean([r.extra["seconds"] / r.extra["samples"] for r in items])
             queries = np.mean([r.extra["queries_per_sample"] for r in items])
             lines.append(
-                f"{method}: {per_sample * 1e3:.1f} ms per sample (claimant and suspect), "
+                f"{method}: {per_sample * 1e3:.1f} ms per sample (claimant, suspect and calibration), "
                 f"{queries:.0f} metered suspect queries per tested sample"
             )
     lines += ["", "checks"]
@@ -476,15 +1125,26 @@ def main_checks_pass(summary: dict[str, Any]) -> bool:
 
 
 def configs_for(names: Sequence[str]) -> ValidityConfig:
-    """``full`` (the default) or ``quick`` (one seed, smaller sets; what the test suite runs)."""
+    """``full`` (the default) or ``quick`` (one seed, smaller sets, every row once; what the test suite runs)."""
     if "quick" in names:
         return ValidityConfig(
             seeds=(0,),
-            independents=10,
-            di_independents=3,
-            synthetic_thefts=("copy", "distill"),
-            false_claim_suspects=3,
-            cost_samples=5,
-            min_independent_disputes=20,
+            independents=6,
+            di_independents=1,
+            di_samples_digits=60,
+            di_panel_members=4,
+            synthetic_independents=1,
+            synthetic_panel_members=5,
+            synthetic_thefts=("copy",),
+            false_claim_suspects=2,
+            cost_samples=3,
+            min_independent_disputes=12,
+            adaptive_suspects=1,
+            thief_thefts=("copy",),
+            multiplicity_draws=20_000,
+            family_suspects=1,
+            margin_samples=60,
+            margin_suspects=1,
+            min_false_disputes=30,
         )
     return ValidityConfig()

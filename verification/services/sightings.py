@@ -24,6 +24,7 @@ from timestamps import services as timestamp_services
 from verification import tasks
 from verification.exceptions import DisputeError
 from verification.models import Sighting, SuspectDescription
+from verification.precedence import endpoint_host
 from verification.services.disputes import check_public_endpoint, check_url
 
 MAX_NOTE = 300
@@ -111,6 +112,7 @@ def sighting_record_endpoint(
         kind=Sighting.Kind.ENDPOINT,
         state=Sighting.State.PROBING,
         url=url,
+        endpoint_host=endpoint_host(url),
         protocol=protocol,
         model_name=model_name.strip(),
         output_kind=output_kind,
