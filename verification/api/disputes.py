@@ -23,6 +23,7 @@ from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsArbiter
 from verification import reference, selectors
 from verification.exceptions import DisputeNotFoundError
+from verification.methods.budgets import blind_walk_queries_estimate
 from verification.models import Dispute, Verdict, VerificationRun
 from verification.services import disputes as dispute_services
 from verification.services import verdicts as verdict_services
@@ -125,6 +126,23 @@ class DisputeOutputSerializer(serializers.ModelSerializer):
     suspect = SuspectOutputSerializer(source="*", read_only=True)
     runs = RunOutputSerializer(many=True, read_only=True)
     verdict = VerdictSummarySerializer(read_only=True, allow_null=True, help_text="null until the dispute is decided")
+    dataset_inference_queries = serializers.SerializerMethodField(
+        help_text="for dataset inference against a label-only suspect (an endpoint or an ONNX file): the most "
+        "queries Blind Walk needs for the dataset sets (assuming as many non-members as members) beside the "
+        "dispute's budget; null when it does not apply. A budget below it leaves dataset inference inconclusive."
+    )
+
+    def get_dataset_inference_queries(self, dispute: Dispute) -> dict[str, Any] | None:
+        if "dataset_inference" not in dispute.methods:
+            return None
+        form = dispute.suspect_format
+        if dispute.suspect_kind == Dispute.SuspectKind.REGISTERED and dispute.suspect_registration is not None:
+            form = dispute.suspect_registration.artifact_format
+        if dispute.suspect_kind != Dispute.SuspectKind.ENDPOINT and form != "onnx":
+            return None
+        sizes = [e.size for e in dispute.evidence_sets.all() if e.kind == "dataset"]
+        needed = sum(blind_walk_queries_estimate(members=n, nonmembers=n) for n in sizes)
+        return {"needed": needed, "budget": dispute.query_budget, "enough": needed <= dispute.query_budget}
 
     class Meta:
         model = Dispute
@@ -145,6 +163,7 @@ class DisputeOutputSerializer(serializers.ModelSerializer):
             "claimant_model",
             "evidence_sets",
             "suspect",
+            "dataset_inference_queries",
             "runs",
             "verdict",
             "created_at",

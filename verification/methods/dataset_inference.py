@@ -80,6 +80,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from verification.methods.budgets import WALK_DIRECTIONS, WALK_MAX_STEPS
 from verification.methods.decision import DEFAULT_ALPHA, StatValue, TestResult
 from verification.methods.panels import ReferencePanel
 from verification.methods.statistics import (
@@ -128,9 +129,7 @@ MINGD_STEP_LINF = 0.005
 MINGD_STEP_L2 = 0.02
 MINGD_STEP_L1 = 0.1
 MINGD_L1_COORDINATES = 4
-WALK_DIRECTIONS = 30
 WALK_STEP = 0.05
-WALK_MAX_STEPS = 60
 SCORE_BOUND = 10.0  # scores are log-odds clipped to [-10, 10]: no run reports a mean of 1847
 FEATURE_BOUND = 10.0  # standardised features are clipped to 10 claimant standard deviations
 PERMUTATIONS = 19_999  # within-suspect permutations: p can reach 1 / 20,000 = 5e-5, below alpha = 1e-3
