@@ -198,6 +198,12 @@ class DisputeRequestAcceptApi(ArbiterApiView):
         )
         panel = serializers.CharField(required=False, max_length=100, default="digits")
         note = serializers.CharField(required=False, allow_blank=True, max_length=request_services.MAX_STATEMENT)
+        suspect_released_at = serializers.DateTimeField(
+            required=False, allow_null=True, default=None, help_text="when the suspect was first released, if known"
+        )
+        suspect_release_source = serializers.CharField(
+            required=False, allow_blank=True, default="", max_length=dispute_services.MAX_RELEASE_SOURCE
+        )
 
     @extend_schema(
         parameters=[_request_id_parameter()],

@@ -180,6 +180,8 @@ def _check_release(released_at: datetime | None, source: str) -> tuple[datetime 
         raise DisputeError("the release time needs a time zone (e.g. 2026-05-01T12:00:00Z)", code="suspect_released_at")
     if released_at > timezone.now():
         raise DisputeError("the release time lies in the future", code="suspect_released_at")
+    if released_at.year < 1990:
+        raise DisputeError("the release time lies before 1990; check the date", code="suspect_released_at")
     if not source or len(source) > MAX_RELEASE_SOURCE:
         raise DisputeError(
             f"a release time needs its source (1 to {MAX_RELEASE_SOURCE} characters: a URL or a document)",

@@ -1,6 +1,7 @@
 """Dispute requests: an owner asks the arbiters for a dispute; an arbiter accepts (files it) or declines."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -107,8 +108,13 @@ def dispute_request_accept(
     query_budget: int = 100_000,
     panel: str = "digits",
     note: str = "",
+    suspect_released_at: datetime | None = None,
+    suspect_release_source: str = "",
 ) -> Dispute:
-    """An arbiter takes an open request: a dispute is filed from it (suspect and evidence copied) and queued."""
+    """An arbiter takes an open request: a dispute is filed from it (suspect and evidence copied) and queued.
+
+    The arbiter may add a release time of the suspect, with its source (see ``dispute_file``).
+    """
     request = _locked_open_request(request, "accepted")
     if request.owner_id == arbiter.pk:
         raise DisputeError("an arbiter cannot accept a request they made as an owner", code="arbiter")
@@ -132,6 +138,8 @@ def dispute_request_accept(
             alpha=alpha,
             query_budget=query_budget,
             panel=panel,
+            suspect_released_at=suspect_released_at,
+            suspect_release_source=suspect_release_source,
         )
     finally:
         if suspect_file is not None:
