@@ -96,6 +96,41 @@ def _verdict_places(verdict: Verdict, client: APIClient) -> dict[str, Any]:
 LOOPING = {"spin"}
 
 
+def _file_and_run(arbiter, claimant, evidence_set, suspect: bytes, title: str) -> Dispute:  # type: ignore[no-untyped-def]
+    dispute = dispute_services.dispute_file(
+        arbiter=arbiter,
+        title=title,
+        claimant_model=claimant,
+        methods=["watermark"],
+        evidence_sets=[evidence_set],
+        suspect_file=SimpleUploadedFile("suspect.pt", suspect, content_type="application/octet-stream"),
+        panel=PANEL,
+    )
+    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id=title)
+    dispute.refresh_from_db()
+    return dispute
+
+
+def _nothing_leaked(
+    dispute: Dispute, arbiter, paths: tuple[str, ...], secrets: Secrets, heard: Heard
+) -> Verdict | None:  # type: ignore[no-untyped-def]
+    """The run ended failed (in our words) or decided (our words only), and no secret is anywhere."""
+    client = APIClient()
+    client.force_authenticate(arbiter)
+    places: dict[str, Any] = {"dispute_api": client.get(f"/api/v1/disputes/{dispute.public_id}").content}
+    assert dispute.state in (Dispute.State.FAILED, Dispute.State.DECIDED), (dispute.state, dispute.failure_reason)
+    verdict = None
+    if dispute.state == Dispute.State.FAILED:
+        assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
+    else:
+        verdict = Verdict.objects.get(dispute=dispute)
+        places |= _verdict_places(verdict, client)
+        for where, value in places.items():  # a signed verdict carries our words only
+            assert attacks.MARKER not in _text(value), f"the model's own words are in {where}"
+    signed_and_stored(secrets, **places, logs=heard.text())
+    return verdict
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[no-untyped-def]
     case: str,
@@ -114,30 +149,8 @@ def test_a_hostile_suspect_leaves_no_secret_and_no_file_behind(  # type: ignore[
     claimant = registered_row(owner, "digits", attacks.benign())
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
     artifact, paths = CASES[case](secrets, untouched, outside)
-    dispute = dispute_services.dispute_file(
-        arbiter=arbiter,
-        title=f"hostile {case}",
-        claimant_model=claimant,
-        methods=["watermark"],
-        evidence_sets=[evidence_set],
-        suspect_file=SimpleUploadedFile("suspect.pt", artifact, content_type="application/octet-stream"),
-        panel=PANEL,
-    )
-
-    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-{case}")
-
-    dispute.refresh_from_db()
-    client = APIClient()
-    client.force_authenticate(arbiter)
-    places: dict[str, Any] = {"dispute_api": client.get(f"/api/v1/disputes/{dispute.public_id}").content}
-    assert dispute.state in (Dispute.State.FAILED, Dispute.State.DECIDED), (dispute.state, dispute.failure_reason)
-    if dispute.state == Dispute.State.FAILED:
-        assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
-    else:
-        places |= _verdict_places(Verdict.objects.get(dispute=dispute), client)
-        for where, value in places.items():  # a signed verdict carries our words only
-            assert attacks.MARKER not in _text(value), f"the model's own words are in {where}"
-    signed_and_stored(secrets, **places, logs=heard.text())
+    dispute = _file_and_run(arbiter, claimant, evidence_set, artifact, f"hostile {case}")
+    _nothing_leaked(dispute, arbiter, paths, secrets, heard)
     untouched.check()
     assert_sandbox_still_works()
 
@@ -177,32 +190,9 @@ def test_a_hostile_claimant_model_leaves_no_secret_and_no_file_behind(  # type: 
     artifact, paths = CASES[case](secrets, untouched, outside)
     claimant = registered_row(owner, "digits", artifact)
     evidence_set, _ = ownership_services.evidence_generate(model=claimant, count=10)
-    dispute = dispute_services.dispute_file(
-        arbiter=arbiter,
-        title=f"hostile claimant {case}",
-        claimant_model=claimant,
-        methods=["watermark"],
-        evidence_sets=[evidence_set],
-        suspect_file=SimpleUploadedFile("suspect.pt", attacks.benign(), content_type="application/octet-stream"),
-        panel=PANEL,
-    )
-
-    dispute_services.verification_run_execute(dispute_id=dispute.pk, task_id=f"hostile-claimant-{case}")
-
-    dispute.refresh_from_db()
-    client = APIClient()
-    client.force_authenticate(arbiter)
-    places: dict[str, Any] = {"dispute_api": client.get(f"/api/v1/disputes/{dispute.public_id}").content}
-    assert dispute.state in (Dispute.State.FAILED, Dispute.State.DECIDED), (dispute.state, dispute.failure_reason)
-    if dispute.state == Dispute.State.FAILED:
-        assert_clean_sentence(dispute.failure_reason, attack_paths=paths)
-    else:
-        verdict = Verdict.objects.get(dispute=dispute)
-        # a model that does not give its claimed labels never confirms
-        assert verdict.outcome != "ownership_confirmed"
-        places |= _verdict_places(verdict, client)
-        for where, value in places.items():
-            assert attacks.MARKER not in _text(value), f"the model's own words are in {where}"
-    signed_and_stored(secrets, **places, logs=heard.text())
+    dispute = _file_and_run(arbiter, claimant, evidence_set, attacks.benign(), f"hostile claimant {case}")
+    verdict = _nothing_leaked(dispute, arbiter, paths, secrets, heard)
+    # a model that does not give its claimed labels never confirms
+    assert verdict is None or verdict.outcome != "ownership_confirmed"
     untouched.check()
     assert_sandbox_still_works()
