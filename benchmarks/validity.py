@@ -1,8 +1,13 @@
-"""The validity benchmark of the verification methods: outcome rates per suspect kind and method.
+"""The validity benchmark of the verification methods: outcome rates per suspect kind, method and claimant.
 
-    make bench-validity                 # five seeds, panels of 20 (about 15-20 minutes on 2 cores)
-    python -m benchmarks.validity quick # one seed, what the test suite checks
+    make bench-validity                 # five seeds, panels of 20 (about 15 minutes on 2 cores)
+    python -m benchmarks.validity quick # one seed, every row once: what the test suite checks
     python -m benchmarks.validity --json out.json
+
+Besides thefts and independent models it runs adaptive false claimants (examples crafted on the
+suspect, label-only claims, a thief's counter-claim, the best of many watermarks, a margin-chosen
+dataset split, a family in the panel) and the verifiable flow end to end, and prints every outcome
+under the rules in force beside what the old rules would have said on the same inputs.
 
 Pure methods: no database, no broker. Exits 1 when a check fails.
 """
