@@ -105,7 +105,8 @@ def test_a_watermark_survives_copy_and_fine_tuning_and_never_confirms_on_the_con
     assert _cell(results, "copy")["confirmed"]
     assert _cell(results, "copy")["match_rate"] == 1.0
     assert _cell(results, "fine_tune")["confirmed"]
-    assert _cell(results, "fine_tune")["p_value"] < 1e-10
+    # an uploaded set's null is the panel's models (never below delta = alpha / 10): confirmed, not astronomically
+    assert _cell(results, "fine_tune")["p_value"] <= 1e-3
     assert not _cell(results, CONTROL)["confirmed"]
     assert _cell(results, CONTROL)["match_rate"] < 0.4
     copy_row = results["rows"][0]
