@@ -394,6 +394,8 @@ def evidence_spec(evidence_set: EvidenceSet, arrays: Mapping[str, Any]) -> dict[
 def _precedence_record(opened: _Opened) -> dict[str, Any]:
     """The precedence block of the verdict: the suspect's first known times and each set's standing."""
     sets = [r["precedence"] for r in opened.records]
+    # a generated watermark needs no precedence: the badge speaks of the sets the claimant could have chosen
+    chosen = [r["precedence"] for r in opened.records if not r["verifiable"]]
     first = opened.first_known[0] if opened.first_known else None
     if not sets:
         detail = "no evidence was committed"
@@ -407,8 +409,8 @@ def _precedence_record(opened: _Opened) -> dict[str, Any]:
         late = sum(1 for s in sets if not s["precedes"])
         detail = f"{late} of {len(sets)} evidence sets were committed after the suspect's first known time"
     return {
-        # true only when every set came first (the public page shows "claimant first" on this alone)
-        "ok": bool(sets) and all(s["precedes"] for s in sets),
+        # true only when every set the claimant could have chosen came first (the public page's badge)
+        "ok": bool(sets) and all(s["precedes"] for s in chosen),
         "detail": detail,
         "first_known": [m.to_dict() for m in opened.first_known],
         "sets": sets,

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from modelcourt.bundle import all_ok, verify_bundle
-from ownership import services as ownership_services
-from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
+from tests.verification.conftest import PANEL, Models, register_marked
 from verification.services import disputes as dispute_services
 
 from .conftest import PASSWORD, UUID, assert_fits
@@ -29,20 +28,11 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def stolen_model(owner: Any, digits_models: Models, data_dir: Path, tmp_path: Path) -> tuple[Any, Path]:
-    """The owner's registered digits model with a generated watermark, and a fine-tuned theft of it on disk."""
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits-mlp",
-        task="handwritten digits, 8x8",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("digits-mlp.pt", digits_models.base),
-    )
-    _, arrays = ownership_services.evidence_generate(model=model, count=40)
-    _, stolen = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
+    """The owner's marked (deployed) digits model with its adopted watermark, and a fine-tuned theft of it on disk."""
+    claimant = register_marked(owner, digits_models, name="digits-mlp")
     path = tmp_path / "acme-classifier.pt"
-    path.write_bytes(stolen)
-    return model, path
+    path.write_bytes(claimant.stolen)
+    return claimant.model, path
 
 
 def test_an_arbiter_files_follows_and_publishes_a_dispute(

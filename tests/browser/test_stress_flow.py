@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from ownership import services as ownership_services
-from tests.verification.conftest import PANEL, Models, mark_and_steal, upload
+from tests.verification.conftest import PANEL, Models, register_marked
 from verification import tasks
 from verification.services import stress as stress_services
 
@@ -30,19 +29,8 @@ def test_an_owner_stress_tests_a_watermark_and_reads_the_table(
     data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits-mlp",
-        task="handwritten digits, 8x8",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("digits-mlp.pt", digits_models.base),
-    )
-    _, arrays = ownership_services.evidence_generate(model=model, count=40)
-    marked, _ = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
-    # the owner embeds the committed triggers and re-uploads: here the registered file is swapped for the marked one
-    with model.artifact.open("wb") as handle:
-        handle.write(marked)
+    # the owner draws a watermark, embeds it, registers the marked model and adopts the watermark for it
+    model = register_marked(owner, digits_models, name="digits-mlp").model
     queued: list[int] = []
     monkeypatch.setattr(tasks, "stress_test_task", type("Caught", (), {"delay": staticmethod(queued.append)}))
     url = live_server.url

@@ -125,3 +125,14 @@ def test_standings_must_name_tests_once(standings: list[Standing]) -> None:
 def test_draws_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Standing("wm", draws=0)
+
+
+def test_the_screen_never_sets_a_generated_watermark_aside() -> None:
+    screens = [ClaimScreen("wm", True, 1e-4)]
+    d = decide(tests=[_test("wm", 1e-20)], screens=screens, standings=[Standing("wm", chosen=False)], alpha=ALPHA)
+    assert d.outcome == "ownership_confirmed"
+    assert any("chance" in r for r in d.reasons)
+    uploaded = decide(
+        tests=[_test("wm", 1e-20)], screens=screens, standings=[Standing("wm", precedes=True)], alpha=ALPHA
+    )
+    assert uploaded.outcome == "claim_rejected"

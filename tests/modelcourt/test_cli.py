@@ -250,6 +250,22 @@ def test_evidence_generate_posts_json_and_saves_the_trigger_set(
     assert "evidence_npz_b64" not in printed
 
 
+def test_evidence_adopt_posts_the_source_for_the_deployed_model(
+    service: StubService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adopted = {"id": "e-2", "commitment": COMMITMENT, "derived_from": "e-1", "verifiable": True}
+    service.answers["POST", "/api/v1/models/m-2/evidence/adopt"] = (201, adopted)
+
+    status = main(["--url", service.url, "--token", "t0k3n", "evidence", "adopt", "m-2", "e-1"])
+
+    assert status == 0
+    (request,) = service.requests
+    assert request.headers["Authorization"] == "Token t0k3n"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.body) == {"source": "e-1"}
+    assert json.loads(capsys.readouterr().out) == adopted
+
+
 def test_receipt_get_writes_the_receipt(service: StubService, tmp_path: Path) -> None:
     service.answers["GET", f"/api/v1/receipts/{COMMITMENT}"] = (200, {"commitment": COMMITMENT})
     out = tmp_path / "receipt.json"

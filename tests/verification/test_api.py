@@ -17,7 +17,7 @@ from ownership import services as ownership_services
 from verification.models import Dispute
 from verification.services import disputes as dispute_services
 
-from .conftest import PANEL, Claimant, Models, bare_model, mark_and_steal, upload
+from .conftest import PANEL, Claimant, Models, bare_model, upload
 
 pytestmark = pytest.mark.django_db
 DISPUTES = "/api/v1/disputes/"
@@ -73,12 +73,9 @@ def _assert_error(response: Any, status: int, code: str | None = None) -> dict[s
 def test_an_uploaded_theft_is_filed_run_published_and_its_bundle_verifies(
     arbiter_client: APIClient,
     claimant: Claimant,
-    digits_models: Models,
     django_user_model: Any,
 ) -> None:
-    _, stolen = mark_and_steal(digits_models.marked, claimant.arrays["inputs"], claimant.arrays["labels"])
-
-    filed = _file_upload(arbiter_client, claimant, stolen)
+    filed = _file_upload(arbiter_client, claimant, claimant.stolen)
 
     assert filed.status_code == 201, filed.content
     body = filed.json()

@@ -15,7 +15,7 @@ from verification.services import disputes as dispute_services
 from verification.services import requests as request_services
 from verification.services import verdicts as verdict_services
 
-from .conftest import PANEL, Claimant, Models, bare_model, mark_and_steal
+from .conftest import PANEL, Claimant, bare_model
 
 pytestmark = pytest.mark.django_db
 REQUESTS = "/api/v1/dispute-requests/"
@@ -66,12 +66,11 @@ def _error(response: Any, status: int, code: str | None = None) -> dict[str, Any
 
 
 def test_a_requested_dispute_is_accepted_run_and_the_owner_sees_the_published_verdict(
-    owner: Any, arbiter: Any, claimant: Claimant, digits_models: Models
+    owner: Any, arbiter: Any, claimant: Claimant
 ) -> None:
-    _, stolen = mark_and_steal(digits_models.marked, claimant.arrays["inputs"], claimant.arrays["labels"])
     owner_client, arbiter_client = _client(owner), _client(arbiter)
 
-    made = _upload_request(owner_client, claimant, stolen)
+    made = _upload_request(owner_client, claimant, claimant.stolen)
 
     assert made.status_code == 201, made.content
     body = made.json()

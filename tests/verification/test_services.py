@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from modelcourt.bundle import all_ok, verify_bundle
-from ownership import services as ownership_services
 from timestamps.selectors import log_size
 from verification import selectors
 from verification.exceptions import DisputeError, DisputeStateError
@@ -17,24 +16,16 @@ from verification.models import Dispute, VerificationRun
 from verification.services import disputes as dispute_services
 from verification.services import verdicts as verdict_services
 
-from .conftest import PANEL, Models, mark_and_steal, upload
+from .conftest import PANEL, Models, register_marked, upload
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def registration(owner, digits_models: Models, data_dir):  # type: ignore[no-untyped-def]
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits",
-        task="digits",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("digits.pt", digits_models.base),
-    )
-    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=40)
-    marked, stolen = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
-    return model, evidence_set, marked, stolen
+    """The marked (deployed) model with its adopted watermark, its bytes and a fine-tuned theft."""
+    claimant = register_marked(owner, digits_models)
+    return claimant.model, claimant.evidence, claimant.marked, claimant.stolen
 
 
 def _file(arbiter, model, data: bytes, name: str = "suspect.pt", **kw):  # type: ignore[no-untyped-def]
@@ -60,13 +51,16 @@ def test_a_stolen_copy_is_confirmed_and_the_bundle_verifies(arbiter, registratio
     dispute.refresh_from_db()
     assert dispute.state == Dispute.State.DECIDED
     assert dispute.progress == 100
-    assert verdict.outcome == "ownership_confirmed"
+    assert verdict.outcome == "ownership_confirmed", verdict.predicate["decision"]["reasons"]
     test = verdict.predicate["decision"]["tests"][0]
     assert test["statistics"]["K"] == 40
     assert test["statistics"]["m"] >= 25  # the triggers are drawn afresh each run; chance would give about 4
     assert verdict.predicate["panel"]["size"] == 8
     assert verdict.predicate["claims"][0]["commitment"] == evidence_set.commitment
     assert verdict.predicate["precedence"]["ok"] is True
+    # the claimant's own (marked) model carries the adopted watermark, a generated set
+    [standing] = verdict.predicate["decision"]["standings"]
+    assert (standing["bound"], standing["chosen"]) == (True, False)
     assert log_size() == size_before + 1  # the verdict's own token
     run = verdict.run
     assert run.state == VerificationRun.State.SUCCEEDED

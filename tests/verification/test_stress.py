@@ -2,76 +2,34 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from django.core.files.base import ContentFile
 from django.test import Client
 from rest_framework.test import APIClient
 
-from modelcourt.embed import embed_watermark
 from ownership import services as ownership_services
-from ownership.evidence import dump_evidence
 from ownership.models import EvidenceSet, RegisteredModel
-from ownership.watermarks import generate_watermark
 from verification import selectors
 from verification.exceptions import StressTestError, StressTestNotFoundError
-from verification.methods.datasets import digits_task
 from verification.models import StressTest
 from verification.services import stress as stress_services
 
-from .conftest import PANEL, Models, bare_model, upload
+from .conftest import PANEL, Models, bare_model, register_marked
 
 pytestmark = pytest.mark.django_db
 
 
-@dataclass(frozen=True)
-class Marked:
-    """The owner's watermarked model (TorchScript bytes) and the trigger set embedded in it."""
-
-    artifact: bytes
-    arrays: dict[str, np.ndarray]
-
-
-@pytest.fixture(scope="session")
-def marked(digits_models: Models) -> Marked:
-    """As an owner does it: draw triggers, embed them, then register the marked model and upload the set."""
-    task = digits_task(0)
-    arrays = generate_watermark(seed=b"stress-views", count=40, input_shape=[64], num_classes=10)
-    model = copy.deepcopy(digits_models.marked)
-    report = embed_watermark(
-        model,
-        train_inputs=task.owner_x,
-        train_labels=task.owner_y,
-        trigger_inputs=arrays["inputs"],
-        trigger_labels=arrays["labels"],
-        epochs=15,
-    )
-    assert report.trigger_accuracy == 1.0
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(1, 64)), buffer)
-    return Marked(buffer.getvalue(), arrays)
-
-
 @pytest.fixture
-def registered(owner, marked: Marked, data_dir) -> tuple[RegisteredModel, EvidenceSet]:  # type: ignore[no-untyped-def]
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits",
-        task="digits",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("m.pt", marked.artifact),
-    )
-    evidence_set = ownership_services.evidence_upload(model=model, kind="watermark", data=dump_evidence(marked.arrays))
-    return model, evidence_set
+def registered(owner, digits_models: Models, data_dir) -> tuple[RegisteredModel, EvidenceSet]:  # type: ignore[no-untyped-def]
+    """As an owner does it: draw a watermark, embed it, register the marked model and adopt the watermark for it."""
+    claimant = register_marked(owner, digits_models)
+    return claimant.model, claimant.evidence
 
 
 def _other_owner():  # type: ignore[no-untyped-def]

@@ -14,13 +14,13 @@ from django.test import Client
 
 from modelcourt.bundle import all_ok, verify_bundle
 from ownership import services as ownership_services
-from ownership.models import EvidenceSet, RegisteredModel
+from ownership.models import RegisteredModel
 from tests.conftest import _user
 from verification.models import Dispute, Verdict
 from verification.services import disputes as dispute_services
 from verification.services import verdicts as verdict_services
 
-from .conftest import PANEL, Models, mark_and_steal, upload
+from .conftest import PANEL, Claimant, Models, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -43,33 +43,17 @@ def _field_error(page: str, field: str) -> str:
 
 
 @pytest.fixture
-def claimant(owner: Any, digits_models: Models, data_dir: Any) -> tuple[RegisteredModel, EvidenceSet, Any]:
-    """The owner's registered digits model with a generated (committed) watermark, and its trigger arrays."""
-    model = ownership_services.model_register(
-        owner=owner,
-        name="digits",
-        task="digits",
-        input_shape=[64],
-        num_classes=10,
-        artifact=upload("digits.pt", digits_models.base),
-    )
-    evidence_set, arrays = ownership_services.evidence_generate(model=model, count=40)
-    return model, evidence_set, arrays
-
-
-@pytest.fixture
 def arbiter_client(arbiter: Any) -> Client:
     return _signed_in(arbiter)
 
 
 @pytest.fixture
-def dispute(arbiter: Any, claimant: Any, digits_models: Models) -> Dispute:
+def dispute(arbiter: Any, claimant: Claimant, digits_models: Models) -> Dispute:
     """A queued dispute against an independent model (no worker runs it in these tests)."""
-    model, *_ = claimant
     return dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits vs. independent",
-        claimant_model=model,
+        claimant_model=claimant.model,
         methods=["watermark"],
         suspect_file=upload("independent.pt", digits_models.independent),
         panel=PANEL,
@@ -77,20 +61,19 @@ def dispute(arbiter: Any, claimant: Any, digits_models: Models) -> Dispute:
 
 
 @pytest.fixture
-def decided(arbiter: Any, claimant: Any, digits_models: Models) -> tuple[Dispute, Verdict]:
+def decided(arbiter: Any, claimant: Claimant) -> tuple[Dispute, Verdict]:
     """A dispute against a fine-tuned copy of the marked model, run to its verdict (unpublished)."""
-    model, _, arrays = claimant
-    _, stolen = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
     dispute = dispute_services.dispute_file(
         arbiter=arbiter,
         title="digits theft?",
-        claimant_model=model,
+        claimant_model=claimant.model,
         methods=["watermark"],
-        suspect_file=upload("stolen.pt", stolen),
+        suspect_file=upload("stolen.pt", claimant.stolen),
         panel=PANEL,
     )
     verdict = dispute_services.verification_run_execute(dispute_id=dispute.pk)
     assert verdict is not None
+    assert verdict.outcome == "ownership_confirmed", verdict.predicate["decision"]["reasons"]
     dispute.refresh_from_db()
     return dispute, verdict
 
@@ -159,8 +142,8 @@ def test_the_list_shows_the_arbiters_disputes(arbiter_client: Client, dispute: D
 # --- filing --------------------------------------------------------------------------------------
 
 
-def test_the_form_lists_registrations_methods_and_panels(arbiter_client: Client, claimant: Any) -> None:
-    model, *_ = claimant
+def test_the_form_lists_registrations_methods_and_panels(arbiter_client: Client, claimant: Claimant) -> None:
+    model = claimant.model
     page = arbiter_client.get("/disputes/new").content.decode()
     assert f'value="{model.public_id}"' in page
     assert f"digits · olivia · {model.model_digest[:12]}" in page
@@ -170,9 +153,9 @@ def test_the_form_lists_registrations_methods_and_panels(arbiter_client: Client,
 
 
 def test_filing_through_the_form_queues_the_dispute(
-    arbiter: Any, arbiter_client: Client, claimant: Any, digits_models: Models
+    arbiter: Any, arbiter_client: Client, claimant: Claimant, digits_models: Models
 ) -> None:
-    model, *_ = claimant
+    model = claimant.model
     response = arbiter_client.post(
         "/disputes/new", _form(model, suspect_file=upload("suspect.pt", digits_models.independent))
     )
@@ -189,9 +172,9 @@ def test_filing_through_the_form_queues_the_dispute(
 
 
 def test_filing_a_registered_suspect(
-    arbiter: Any, arbiter_client: Client, owner: Any, claimant: Any, digits_models: Models
+    arbiter: Any, arbiter_client: Client, owner: Any, claimant: Claimant, digits_models: Models
 ) -> None:
-    model, *_ = claimant
+    model = claimant.model
     suspect = ownership_services.model_register(
         owner=_user("mallory", "owner"),
         name="acme-classifier",
@@ -237,13 +220,13 @@ def test_filing_a_registered_suspect(
 def test_form_errors_show_inline(
     arbiter: Any,
     arbiter_client: Client,
-    claimant: Any,
+    claimant: Claimant,
     digits_models: Models,
     fields: dict[str, Any],
     slot: str,
     text: str,
 ) -> None:
-    model, *_ = claimant
+    model = claimant.model
     data = _form(model, **{k: v for k, v in fields.items() if k not in {"with_file", "evil"}})
     if fields.get("with_file"):
         data["suspect_file"] = upload("suspect.pt", digits_models.independent)
@@ -258,8 +241,8 @@ def test_form_errors_show_inline(
     assert not Dispute.objects.exists()
 
 
-def test_an_unknown_claimant_is_a_field_error_not_a_crash(arbiter_client: Client, claimant: Any) -> None:
-    model, *_ = claimant
+def test_an_unknown_claimant_is_a_field_error_not_a_crash(arbiter_client: Client, claimant: Claimant) -> None:
+    model = claimant.model
     response = arbiter_client.post("/disputes/new", _form(model, claimant="not-a-uuid"))
     assert response.status_code == 400
     assert "No such registered model" in _field_error(response.content.decode(), "claimant")

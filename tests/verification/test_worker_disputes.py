@@ -37,7 +37,7 @@ from verification.models import Dispute, Verdict, VerificationRun
 from verification.services import disputes as dispute_services
 from verification.services import verdicts as verdict_services
 
-from .conftest import PANEL, Models, mark_and_steal, upload
+from .conftest import PANEL, Models, register_marked, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CELERY_BROKER_URL", "")
@@ -123,13 +123,9 @@ def _state(dispute: Dispute) -> str:
 
 
 def _registration(owner, digits_models: Models):  # type: ignore[no-untyped-def]
-    model = ownership_services.model_register(
-        owner=owner, name="digits", task="digits", input_shape=[64], num_classes=10,
-        artifact=upload("digits.pt", digits_models.base),
-    )  # fmt: skip
-    _, arrays = ownership_services.evidence_generate(model=model, count=40)
-    _, stolen = mark_and_steal(digits_models.marked, arrays["inputs"], arrays["labels"])
-    return model, stolen
+    """The marked (deployed) model with its adopted watermark, and a fine-tuned theft of it."""
+    claimant = register_marked(owner, digits_models)
+    return claimant.model, claimant.stolen
 
 
 def _file(arbiter, model, data: bytes, title: str) -> Dispute:  # type: ignore[no-untyped-def]

@@ -556,7 +556,7 @@ VALUES = [
     {"decision": {"tests": [{"p_value": 1e-9, "statistics": {"K": 40, "match_rate": float("nan")}}]}, "queries": 40},
     # what ownership.artifacts hands the child and gets back
     ("/x/m.onnx", (1, 8, 8), 10),
-    ArtifactReport(format="onnx", input_shape=(1, 8, 8), num_classes=10, output_shape=(2, 10)),
+    ArtifactReport(format="onnx", input_shape=(1, 8, 8), num_classes=10, output_shape=(2, 10), probe_labels=(3, 0, 9)),
 ]
 
 

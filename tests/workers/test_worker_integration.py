@@ -169,6 +169,7 @@ def _until(predicate: Callable[[], bool], timeout: float, tmp_path: Path, what: 
 
 def _slow_dispute(owner, arbiter):  # type: ignore[no-untyped-def]
     """A claimant with a committed watermark, filed against a suspect slow enough to be caught mid-run."""
+    from django.core.files.base import ContentFile
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.utils import timezone
 
@@ -176,10 +177,16 @@ def _slow_dispute(owner, arbiter):  # type: ignore[no-untyped-def]
     from ownership.models import RegisteredModel
     from verification.services import disputes as dispute_services
 
+    # every run asks the claimant's own model for its labels (binding): the claimant needs a file; the
+    # outcome is not under test here, only that the dispute gets exactly one verdict
+    own = io.BytesIO()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(64, 10)), own)
     claimant = RegisteredModel.objects.create(
         owner=owner, name="digits", input_shape=[64], num_classes=10, artifact_format="torchscript",
-        artifact_size=1, model_digest=uuid.uuid4().hex * 2, file_digests={}, created_at=timezone.now(),
+        artifact_size=len(own.getvalue()), model_digest=uuid.uuid4().hex * 2, file_digests={},
+        created_at=timezone.now(),
     )  # fmt: skip
+    claimant.artifact.save("digits.pt", ContentFile(own.getvalue()), save=True)
     ownership_services.evidence_generate(model=claimant, count=10)
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(_Slow()), buffer)

@@ -409,9 +409,16 @@ def decide(
                 f"The claimant's own registered model does not carry the evidence of {standing.name!r}{p}: "
                 "the set is rejected."
             )
-    flagged = {s.name for s in screens if s.rejected}
+    # a generated watermark's labels are uniform by construction: the screen can only flag one by chance
+    # (probability alpha), so it is reported but never sets such a set aside
+    flagged = {s.name for s in screens if s.rejected and standing_of[s.name].chosen}
     for s in screens:
-        if s.rejected and s.name not in unbound:
+        if s.rejected and not standing_of[s.name].chosen:
+            reasons.append(
+                f"The screen flags the generated watermark {s.name!r} (p={s.p_value:.3g}); its labels were drawn "
+                "uniformly by the service, so this is chance and the set is kept."
+            )
+        elif s.rejected and s.name not in unbound:
             reasons.append(
                 f"The evidence of {s.name!r} also agrees with independent reference models beyond chance "
                 f"(screen p={s.p_value:.3g}): it transfers like adversarial examples and is set aside."
