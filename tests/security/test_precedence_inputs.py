@@ -18,7 +18,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.security import attacks
-from tests.security.conftest import PANEL, Untouched, registered_row
+from tests.security.conftest import PANEL, Secrets, Untouched, registered_row
 from verification.models import Dispute, Sighting
 
 pytestmark = pytest.mark.django_db
@@ -46,8 +46,9 @@ class _Boom:
 
 
 def test_a_pickle_sighting_is_refused_unread_and_nothing_is_kept(  # type: ignore[no-untyped-def]
-    owner, untouched: Untouched, outside: Path
+    owner, secrets: Secrets, untouched: Untouched, outside: Path
 ) -> None:
+    # `secrets` first: it makes every key file the service makes, before `untouched` looks at the folders
     before = _media_files()
     target = outside / "zz-hostile-sighting"
     answer = _client(owner).post(
@@ -61,7 +62,9 @@ def test_a_pickle_sighting_is_refused_unread_and_nothing_is_kept(  # type: ignor
     untouched.check()
 
 
-def test_a_hostile_model_file_is_only_hashed(owner, untouched: Untouched, outside: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_hostile_model_file_is_only_hashed(  # type: ignore[no-untyped-def]
+    owner, secrets: Secrets, untouched: Untouched, outside: Path
+) -> None:
     before = _media_files()
     target = outside / "zz-hostile-sighting-write"
     hostile = attacks.write_files((str(target), b"x"))
@@ -73,6 +76,7 @@ def test_a_hostile_model_file_is_only_hashed(owner, untouched: Untouched, outsid
     # the file is digested as it streams in, never stored and never loaded
     assert _media_files() == before
     assert not target.exists()
+    secrets.assert_absent(response=answer.content)
     untouched.check()
 
 
