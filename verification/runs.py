@@ -297,7 +297,7 @@ def _recheck_sightings(dispute: Dispute) -> list[precedence.FirstKnown]:
     """Send each recorded sighting's probes to the dispute's endpoint again; those answered alike count."""
     from verification.egress import probe_relayed
     from verification.methods import egress
-    from verification.methods.probes import MIN_AGREEMENT, PROBES, agreement
+    from verification.methods.probes import MIN_AGREEMENT, agreement, probe_spec
     from workers.sandbox import SandboxError, SandboxUnavailable, run_sandboxed
 
     sightings = precedence.endpoint_sightings(dispute=dispute)
@@ -319,20 +319,15 @@ def _recheck_sightings(dispute: Dispute) -> list[precedence.FirstKnown]:
         try:
             answers = run_sandboxed(
                 probe_relayed,
-                {
-                    "suspect": {
-                        "kind": "http",
-                        "url": dispute.suspect_url,
-                        "protocol": dispute.suspect_protocol,
-                        "model_name": dispute.suspect_model_name,
-                        "output_kind": dispute.suspect_output,
-                        "budget": PROBES * len(group),
-                    },
-                    "num_classes": classes,
-                    "input_shape": list(shape),
-                    "count": PROBES,
-                    "probes": [{"id": str(s.public_id), "seed": s.probe_seed} for s in group],
-                },
+                probe_spec(
+                    url=dispute.suspect_url,
+                    protocol=dispute.suspect_protocol,
+                    model_name=dispute.suspect_model_name,
+                    output_kind=dispute.suspect_output,
+                    input_shape=shape,
+                    num_classes=classes,
+                    seeds={str(s.public_id): s.probe_seed for s in group},
+                ),
                 timeout_s=120.0,
                 memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
                 relay=relay,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MIN_AGREEMENT", "PROBES", "agreement", "probe_inputs", "transcript_digest"]
+__all__ = ["MIN_AGREEMENT", "PROBES", "agreement", "probe_inputs", "probe_spec", "transcript_digest"]
 
 PROBES = 32
 # the share of probe labels the endpoint must give again for its sighting to count
@@ -47,3 +48,30 @@ def agreement(recorded: Sequence[int], answered: Sequence[int]) -> float:
     if a.shape != b.shape or a.size == 0:
         raise ValueError("both transcripts need the same, non-zero number of labels")
     return float((a == b).mean())
+
+
+def probe_spec(
+    *,
+    url: str,
+    protocol: str,
+    model_name: str,
+    output_kind: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seeds: dict[str, str],
+) -> dict[str, Any]:
+    """What :func:`verification.egress.probe_relayed` takes: the endpoint and one probe set per id -> hex seed."""
+    return {
+        "suspect": {
+            "kind": "http",
+            "url": url,
+            "protocol": protocol,
+            "model_name": model_name,
+            "output_kind": output_kind,
+            "budget": PROBES * len(seeds),
+        },
+        "num_classes": int(num_classes),
+        "input_shape": [int(d) for d in input_shape],
+        "count": PROBES,
+        "probes": [{"id": key, "seed": seed} for key, seed in seeds.items()],
+    }

@@ -131,7 +131,7 @@ def sighting_probe(*, sighting_id: int) -> Sighting | None:
     """Send the sighting's probe set to its endpoint (in the sandbox, through the relay) and stamp the transcript."""
     from verification.egress import probe_relayed
     from verification.methods import egress as methods_egress
-    from verification.methods.probes import PROBES, transcript_digest
+    from verification.methods.probes import PROBES, probe_spec, transcript_digest
     from workers.sandbox import SandboxError, run_sandboxed
 
     with transaction.atomic():
@@ -147,20 +147,15 @@ def sighting_probe(*, sighting_id: int) -> Sighting | None:
         relay = methods_egress.relay_for(url, timeout_s=10.0)
         answers = run_sandboxed(
             probe_relayed,
-            {
-                "suspect": {
-                    "kind": "http",
-                    "url": sighting.url,
-                    "protocol": sighting.protocol,
-                    "model_name": sighting.model_name,
-                    "output_kind": sighting.output_kind,
-                    "budget": PROBES,
-                },
-                "num_classes": sighting.num_classes,
-                "input_shape": sighting.input_shape,
-                "count": PROBES,
-                "probes": [{"id": "sighting", "seed": sighting.probe_seed}],
-            },
+            probe_spec(
+                url=sighting.url,
+                protocol=sighting.protocol,
+                model_name=sighting.model_name,
+                output_kind=sighting.output_kind,
+                input_shape=sighting.input_shape,
+                num_classes=sighting.num_classes,
+                seeds={"sighting": sighting.probe_seed},
+            ),
             timeout_s=120.0,
             memory_bytes=settings.MODELCOURT_RUN_MEMORY_BYTES,
             relay=relay,
