@@ -13,6 +13,7 @@ from rest_framework.views import exception_handler
 
 from ownership.escrow import EscrowError
 from ownership.exceptions import (
+    AlarmLimitError,
     DrawLimitError,
     ModelInDisputeError,
     RegistryError,
@@ -37,6 +38,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     UploadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     ValidationBusyError: status.HTTP_429_TOO_MANY_REQUESTS,
     DrawLimitError: status.HTTP_429_TOO_MANY_REQUESTS,
+    AlarmLimitError: status.HTTP_429_TOO_MANY_REQUESTS,
     ModelInDisputeError: status.HTTP_409_CONFLICT,
     RegistryError: status.HTTP_400_BAD_REQUEST,
     DisputeStateError: status.HTTP_409_CONFLICT,

@@ -104,7 +104,7 @@ LOG_FIELDS = ("origin", "index", "tree_size", "inclusion_proof", "checkpoint")
 PROOF_FIELDS = ("first", "second", "hashes")
 MAX_PROOF_HASHES = 64
 OUTCOMES = ("ownership_confirmed", "not_confirmed", "claim_rejected", "inconclusive")
-CLAIM_KINDS = ("watermark", "fingerprint", "dataset")
+CLAIM_KINDS = ("watermark", "fingerprint", "dataset", "api_watermark")
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES = 32 * 1024 * 1024

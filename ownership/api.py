@@ -4,6 +4,7 @@ import base64
 import json
 import math
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from django.apps import apps
 from django.conf import settings
 from django.http import FileResponse
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -25,7 +27,7 @@ from rest_framework.views import APIView
 from ownership import selectors, services
 from ownership.evidence import dump_evidence
 from ownership.exceptions import UploadTooLargeError
-from ownership.models import EvidenceSet, RegisteredModel
+from ownership.models import EvidenceSet, GuardAlarm, RegisteredModel
 from ownership.parsers import BoundedJSONParser
 from ownership.roles import IsOwner, user_roles
 from timestamps.api import PublicApiView as PublicReadApiView
@@ -108,6 +110,7 @@ class EvidenceOutputSerializer(serializers.ModelSerializer):
             "verifiable",
             "generator",
             "derived_from",
+            "journal",
             "serial",
             "created_at",
             "receipt_url",
@@ -360,3 +363,76 @@ class ReceiptApi(PublicReadApiView):
     def get(self, request: Request, commitment: str) -> Response:
         evidence_set = selectors.evidence_by_commitment(commitment=commitment)
         return Response(services.receipt_build(evidence_set=evidence_set))
+
+
+class GuardAlarmSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(read_only=True)
+    client = serializers.CharField(source="client_tag", help_text="the guard's client tag (32 hex digits)")
+    request_url = serializers.SerializerMethodField(help_text="the web form to request a dispute over this client")
+
+    class Meta:
+        model = GuardAlarm
+        ref_name = "GuardAlarm"
+        fields = ["id", "client", "queries", "statistic", "threshold", "raised_at", "received_at", "request_url"]
+
+    def get_request_url(self, obj: GuardAlarm) -> str:
+        query = f"model={obj.model.public_id}&methods=api_watermark&api_client={obj.client_tag}"
+        return f"{reverse('owner-request-new')}?{query}"
+
+
+class GuardAlarmListApi(OwnerApiView):
+    """Extraction alarms your guard raised for this model's API, or report one (the guard does, with your token).
+
+    An alarm names a client by the guard's keyed tag, never by its address. From an alarm you can request
+    a dispute over that client's journaled answers (`api_client` in a dispute request).
+    """
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "GuardAlarmInput"
+
+        client = serializers.CharField(max_length=64, help_text="the guard's client tag (32 hex digits)")
+        queries = serializers.IntegerField(min_value=1, max_value=10**12)
+        statistic = serializers.FloatField(help_text="Shapiro-Wilk W of the client's query distances")
+        threshold = serializers.FloatField()
+        raised_at = serializers.DateTimeField()
+
+    @extend_schema(responses=GuardAlarmSerializer(many=True), summary="The guard's alarms for a model")
+    def get(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        alarms = model.guard_alarms.select_related("model").all()[:500]
+        return Response(GuardAlarmSerializer(alarms, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: GuardAlarmSerializer}, summary="Report a guard alarm")
+    def post(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        alarm = services.guard_alarm_record(
+            model=model,
+            client_tag=data["client"],
+            queries=data["queries"],
+            statistic=data["statistic"],
+            threshold=data["threshold"],
+            raised_at=data["raised_at"],
+        )
+        return Response(GuardAlarmSerializer(alarm).data, status=status.HTTP_201_CREATED)
+
+
+class GuardSummaryApi(OwnerApiView):
+    """What the guard committed for this model: its journal batches (with receipts), clients and alarms."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The guard's batches and alarms for a model")
+    def get(self, request: Request, model_id: uuid.UUID) -> Response:
+        model = selectors.model_get(owner=request.user, public_id=model_id)
+        batches = selectors.evidence_list(model=model).filter(kind=EvidenceSet.Kind.API_WATERMARK)
+        clients = services.api_clients_before(model=model, moment=timezone.now() + timedelta(days=1))
+        return Response(
+            {
+                "batches": EvidenceOutputSerializer(batches, many=True).data,
+                "answers": sum(b.size for b in batches),
+                "clients": len(clients),
+                "alarms": GuardAlarmSerializer(model.guard_alarms.select_related("model").all()[:500], many=True).data,
+            }
+        )

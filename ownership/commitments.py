@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 SCHEME = "modelcourt-commitment-v1"
-KINDS = ("watermark", "fingerprint", "dataset")
+KINDS = ("watermark", "fingerprint", "dataset", "api_watermark")
 SALT_BYTES = 32
 
 

@@ -18,12 +18,19 @@ MAX_UNPACKED_BYTES = 1 << 30
 MAX_SAMPLES = 10_000
 _FLOAT = np.dtype("<f4")
 _LABEL = np.dtype("<i8")
+_CLIENT = np.dtype("u1")
+_TIME = np.dtype("<f8")
+CLIENT_TAG_BYTES = 16  # an api_watermark row's client: the guard's keyed tag, never the raw client id
 # kind -> (array, dtype, fewest samples); labels are the only non-input array
 _EXPECTED: dict[str, tuple[tuple[str, np.dtype[Any], int], ...]] = {
     "watermark": (("inputs", _FLOAT, 1), ("labels", _LABEL, 1)),
     "fingerprint": (("inputs", _FLOAT, 1), ("labels", _LABEL, 1)),
     "dataset": (("members", _FLOAT, 10), ("nonmembers", _FLOAT, 10)),
+    # a guard's journal batch: watermarked inputs, the wrong labels served, each row's client tag and time
+    "api_watermark": (("inputs", _FLOAT, 1), ("labels", _LABEL, 1), ("clients", _CLIENT, 1), ("served_at", _TIME, 1)),
 }
+# arrays with one row per input that are not inputs themselves: their expected shape after the row count
+_PER_ROW: dict[str, tuple[int, ...]] = {"labels": (), "clients": (CLIENT_TAG_BYTES,), "served_at": ()}
 
 
 class EvidenceRejected(ValueError):  # noqa: N818 (a verdict on the upload, not a program error)
@@ -64,6 +71,8 @@ def load_evidence(
         _reject("the .npz archive is damaged (a member cannot be read or decompressed)")
     for name, _, _ in expected:
         _check_finite(name, arrays[name])
+    if "served_at" in arrays and bool((arrays["served_at"] < 0).any()):
+        _reject("array 'served_at' holds a negative time (expected Unix seconds)")
     if "labels" in arrays:
         _check_labels(arrays["labels"], num_classes)
     return arrays
@@ -129,10 +138,11 @@ def _check_headers(
         if dtype != want:
             shown = dtype.name if dtype.isnative else dtype.str
             _reject(f"array {name!r} has dtype {shown}; expected {want.name} (convert with .astype(np.{want.name}))")
-        if name == "labels":
+        if name in _PER_ROW:
             count = headers["inputs"][0][0]  # inputs come first and are checked by now
-            if shape != (count,):
-                _reject(f"array 'labels' has shape {list(shape)}; expected [{count}] (one label per input)")
+            want_shape = (count, *_PER_ROW[name])
+            if shape != want_shape:
+                _reject(f"array {name!r} has shape {list(shape)}; expected {list(want_shape)} (one row per input)")
         else:
             if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape:
                 _reject(f"array {name!r} has shape {list(shape)}; expected [N, {', '.join(map(str, input_shape))}]")

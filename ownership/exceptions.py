@@ -40,3 +40,9 @@ class DrawLimitError(RegistryError):
     """The owner drew the most generated watermarks allowed in 24 hours (answered 429)."""
 
     code = "draw_limit"
+
+
+class AlarmLimitError(RegistryError):
+    """A model's guard reported the most alarms allowed in an hour (answered 429)."""
+
+    code = "alarm_limit"

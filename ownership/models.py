@@ -90,6 +90,7 @@ class EvidenceSet(models.Model):
         WATERMARK = "watermark", "Watermark (backdoor trigger set)"
         FINGERPRINT = "fingerprint", "Fingerprint set"
         DATASET = "dataset", "Dataset-inference samples"
+        API_WATERMARK = "api_watermark", "API watermark (a guard's journal batch)"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="evidence_sets")
@@ -109,6 +110,11 @@ class EvidenceSet(models.Model):
         help_text="the generated watermark this set commits again for the model it was embedded in",
     )
     timestamp_token = models.OneToOneField(TimestampToken, on_delete=models.PROTECT, related_name="evidence_set")
+    journal = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="api_watermark: the batch's client tags and when its answers were served (the owner's, not public)",
+    )
     created_at = models.DateTimeField()
 
     class Meta:
@@ -117,6 +123,30 @@ class EvidenceSet(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.commitment[:12]}"
+
+
+class GuardAlarm(models.Model):
+    """An extraction alarm a guard raised for one client of the owner's API (a keyed tag, never the raw id).
+
+    The guard watches each client's query stream (PRADA-style: how far each new query lies from the
+    client's earlier ones) and reports a client whose distances stop looking natural. The owner may ask
+    for a dispute over that client's journaled answers.
+    """
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="guard_alarms")
+    client_tag = models.CharField(max_length=32, help_text="the guard's keyed tag of the client (32 hex digits)")
+    queries = models.PositiveIntegerField(help_text="queries the guard had seen from the client")
+    statistic = models.FloatField(help_text="the Shapiro-Wilk W of the client's query distances")
+    threshold = models.FloatField(help_text="the guard's alarm threshold on W")
+    raised_at = models.DateTimeField(help_text="when the guard raised it (the guard's clock)")
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["model", "client_tag"], name="guardalarm_model_client")]
+
+    def __str__(self) -> str:
+        return f"guard alarm {self.client_tag[:12]}"
 
 
 class WatermarkDraw(models.Model):

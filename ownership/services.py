@@ -7,7 +7,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,13 +21,14 @@ from django.utils import timezone
 
 from ownership import artifacts, commitments, escrow, evidence, probes, tasks, watermarks
 from ownership.exceptions import (
+    AlarmLimitError,
     DrawLimitError,
     ModelInDisputeError,
     RegistryError,
     UploadTooLargeError,
     ValidationBusyError,
 )
-from ownership.models import EvidenceSet, RegisteredModel, WatermarkDraw
+from ownership.models import EvidenceSet, GuardAlarm, RegisteredModel, WatermarkDraw
 from timestamps import services as timestamp_services
 from workers import sandbox
 
@@ -287,6 +288,7 @@ def evidence_commit(
     arrays: Mapping[str, np.ndarray],
     seed: str | None = None,
     generator: Mapping[str, Any] | None = None,
+    journal: Mapping[str, Any] | None = None,
 ) -> EvidenceSet:
     """Escrow evidence and publish its salted commitment: time-stamped and appended to the log."""
     model_require_active(model=model)
@@ -311,6 +313,7 @@ def evidence_commit(
         commitment=commitment,
         verifiable=seed is not None,
         generator=dict(generator or {}),
+        journal=dict(journal or {}),
         timestamp_token=token,
         created_at=timezone.now(),
     )
@@ -335,7 +338,42 @@ def evidence_upload(*, model: RegisteredModel, kind: str, data: bytes) -> Eviden
         )
     except evidence.EvidenceRejected as exc:
         raise RegistryError(str(exc), code="evidence_rejected") from exc
-    return evidence_commit(model=model, kind=kind, arrays=arrays)
+    journal = _journal_summary(arrays) if kind == EvidenceSet.Kind.API_WATERMARK else None
+    return evidence_commit(model=model, kind=kind, arrays=arrays, journal=journal)
+
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _journal_summary(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A guard batch's client tags and serving times (kept with the set for the owner; never public).
+
+    Answers cannot have been served after they were committed: a serving time beyond the guard's clock
+    skew allowance is refused. The commitment's time-stamp, not these times, is what precedence uses.
+    """
+    served = arrays["served_at"]
+    latest = datetime.fromtimestamp(float(served.max()), tz=UTC)
+    if latest > timezone.now() + MAX_CLOCK_SKEW:
+        raise RegistryError(
+            "the batch holds answers served in the future (served_at beyond the service's clock)",
+            code="evidence_rejected",
+        )
+    tags = sorted({bytes(row).hex() for row in arrays["clients"]})
+    return {
+        "clients": tags,
+        "served_from": datetime.fromtimestamp(float(served.min()), tz=UTC).isoformat(),
+        "served_to": latest.isoformat(),
+    }
+
+
+def api_clients_before(*, model: RegisteredModel, moment: datetime) -> set[str]:
+    """Every client tag in the model's guard batches committed before ``moment``: the choices a claim had."""
+    tags: set[str] = set()
+    for journal in EvidenceSet.objects.filter(
+        model=model, kind=EvidenceSet.Kind.API_WATERMARK, created_at__lt=moment
+    ).values_list("journal", flat=True):
+        tags.update(t for t in (journal or {}).get("clients", []) if isinstance(t, str))
+    return tags
 
 
 def evidence_generate(
@@ -512,3 +550,38 @@ def receipt_build(*, evidence_set: EvidenceSet) -> dict[str, Any]:
             "verifier_key": timestamp_keys.log_verifier_key(checkpoint.key),
         },
     }
+
+
+MAX_ALARMS_PER_HOUR = 120  # per model: a guard that reports more is broken or being flooded
+
+
+def guard_alarm_record(
+    *, model: RegisteredModel, client_tag: str, queries: int, statistic: float, threshold: float, raised_at: datetime
+) -> GuardAlarm:
+    """Record an extraction alarm a guard raised for one client of the model's API.
+
+    The owner's guard reports it; it proves nothing by itself (the dispute does), so it is checked for
+    shape only: a client tag, counts and a W statistic in range, a time that is not in the future.
+    """
+    model_require_active(model=model)
+    tag = client_tag.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", tag):
+        raise RegistryError("client must be the guard's client tag: 32 hexadecimal digits", code="client")
+    if not (0.0 <= statistic <= 1.0) or not (0.0 < threshold <= 1.0):
+        raise RegistryError("statistic and threshold are Shapiro-Wilk W values in [0, 1]", code="statistic")
+    if timezone.is_naive(raised_at) or raised_at > timezone.now() + MAX_CLOCK_SKEW:
+        raise RegistryError("raised_at must be a past time with a time zone", code="raised_at")
+    now = timezone.now()
+    if GuardAlarm.objects.filter(model=model, received_at__gte=now - timedelta(hours=1)).count() >= MAX_ALARMS_PER_HOUR:
+        raise AlarmLimitError(
+            f"this model's guard has reported {MAX_ALARMS_PER_HOUR} alarms in the last hour; try again later"
+        )
+    return GuardAlarm.objects.create(
+        model=model,
+        client_tag=tag,
+        queries=queries,
+        statistic=statistic,
+        threshold=threshold,
+        raised_at=raised_at,
+        received_at=now,
+    )

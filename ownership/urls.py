@@ -14,5 +14,7 @@ urlpatterns = [
         api.EvidenceOpeningApi.as_view(),
         name="evidence-opening",
     ),
+    path("models/<uuid:model_id>/guard/", api.GuardSummaryApi.as_view(), name="guard-summary"),
+    path("models/<uuid:model_id>/guard/alarms/", api.GuardAlarmListApi.as_view(), name="guard-alarms"),
     path("receipts/<str:commitment>", api.ReceiptApi.as_view(), name="receipt"),
 ]

@@ -257,8 +257,20 @@ def _render_model_page(
         "status_url": reverse("model-detail", kwargs={"model_id": model.public_id}),
         # disputes live in the verification app, which ownership may not import: ask the app registry
         "cases": apps.get_app_config("verification").model_cases(model),  # type: ignore[attr-defined]
+        "guard": _guard_summary(model),
     }
     return render(request, "ownership/model_detail.html", context, status=status)
+
+
+def _guard_summary(model: RegisteredModel) -> dict[str, Any]:
+    batches = [e for e in selectors.evidence_list(model=model) if e.kind == EvidenceSet.Kind.API_WATERMARK]
+    clients = {t for b in batches for t in (b.journal or {}).get("clients", [])}
+    return {
+        "batches": batches,
+        "answers": sum(b.size for b in batches),
+        "clients": len(clients),
+        "alarms": list(model.guard_alarms.all()[:100]),
+    }
 
 
 def _uploaded_message(model: RegisteredModel) -> str:

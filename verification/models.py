@@ -66,7 +66,12 @@ class Dispute(SuspectDescription):
     title = models.CharField(max_length=200)
     claimant_model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="claims")
     evidence_sets = models.ManyToManyField(EvidenceSet, related_name="disputes")
-    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
+    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference, api_watermark")
+    api_client = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="api_watermark evidence: only this client's journaled answers (the guard's tag); empty: all",
+    )
     alpha = models.FloatField(default=1e-3)
     query_budget = models.PositiveIntegerField(default=100_000)
     panel = models.CharField(max_length=100, help_text="the reference panel the run compares against")
@@ -192,7 +197,12 @@ class DisputeRequest(SuspectDescription):
         RegisteredModel, on_delete=models.SET_NULL, null=True, blank=True, related_name="suspected_in_requests"
     )
     evidence_sets = models.ManyToManyField(EvidenceSet, related_name="dispute_requests")
-    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference")
+    methods = models.JSONField(help_text="requested methods: watermark, fingerprint, dataset_inference, api_watermark")
+    api_client = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="api_watermark evidence: only this client's journaled answers (the guard's tag); empty: all",
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
     arbiter = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="handled_requests"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
@@ -109,6 +110,7 @@ class _Opened:
     # each set with its record and, when it opened, its method spec's name (precedence is judged after the run)
     sets: list[tuple[EvidenceSet, dict[str, Any], str]] = field(default_factory=list)
     first_known: list[precedence.FirstKnown] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why a requested claim was not made (no problem of integrity)
 
 
 def _open_claims(dispute: Dispute) -> _Opened:
@@ -116,6 +118,7 @@ def _open_claims(dispute: Dispute) -> _Opened:
     model = dispute.claimant_model
     cas, log_vkey = _trust_anchors()
     opened = _Opened()
+    journal: list[tuple[EvidenceSet, dict[str, Any], Mapping[str, Any]]] = []
     claims, problems, records = opened.claims, opened.problems, opened.records
     for evidence_set in dispute.evidence_sets.select_related(
         "derived_from__timestamp_token", "timestamp_token"
@@ -152,13 +155,56 @@ def _open_claims(dispute: Dispute) -> _Opened:
             problems.append(f"evidence {evidence_set.commitment[:16]} is unreadable: {exc}")
             opened.sets.append((evidence_set, record, ""))
             continue
+        if evidence_set.kind == EvidenceSet.Kind.API_WATERMARK:
+            journal.append((evidence_set, record, arrays))
+            continue
         spec = evidence_spec(evidence_set, arrays)
         opened.sets.append((evidence_set, record, spec["name"]))
         if evidence_set.kind == EvidenceSet.Kind.DATASET:
             opened.datasets.append({**spec, "claimant_path": model.artifact.path})
         else:
             claims.append(spec)
+    if journal:
+        _pool_journal(dispute, journal, opened)
     return opened
+
+
+def _pool_journal(
+    dispute: Dispute, batches: list[tuple[EvidenceSet, dict[str, Any], Mapping[str, Any]]], opened: _Opened
+) -> None:
+    """A guard's journal batches as one claim: their rows together (one client's, if the dispute names one).
+
+    Each batch still has its own record and precedence; the pooled claim stands only if every batch that
+    gives it rows was committed before the suspect's first known time (see ``_judge_precedence``).
+    """
+    tag = bytes.fromhex(dispute.api_client) if dispute.api_client else None
+    name = f"api_watermark-{batches[0][0].commitment[:12]}"
+    inputs, labels = [], []
+    for evidence_set, record, arrays in batches:
+        rows = np.ones(len(arrays["labels"]), dtype=bool)
+        if tag is not None:
+            rows = (np.asarray(arrays["clients"], dtype=np.uint8) == np.frombuffer(tag, dtype=np.uint8)).all(axis=1)
+        record["rows"] = int(rows.sum())
+        opened.sets.append((evidence_set, record, name if rows.any() else ""))
+        if rows.any():
+            inputs.append(np.asarray(arrays["inputs"])[rows])
+            labels.append(np.asarray(arrays["labels"])[rows])
+    if not inputs:
+        opened.notes.append(
+            "the guard's batches hold no answer served to the client the dispute names"
+            if tag is not None
+            else "the guard's batches hold no answers"
+        )
+        return
+    opened.claims.append(
+        {
+            "name": name,
+            "kind": EvidenceSet.Kind.API_WATERMARK,
+            "inputs": np.concatenate(inputs),
+            "labels": np.concatenate(labels),
+            "verifiable": False,
+        }
+    )
 
 
 def _judge_precedence(dispute: Dispute, opened: _Opened, suspect_probe_labels: Any) -> dict[str, dict[str, Any]]:
@@ -172,18 +218,29 @@ def _judge_precedence(dispute: Dispute, opened: _Opened, suspect_probe_labels: A
     )
     opened.first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=confirmed)
     draws = ownership_services.watermark_draws_before(moment=dispute.created_at)
+    # a claim narrowed to one client could have named any client the guard had committed by the filing
+    clients = (
+        len(ownership_services.api_clients_before(model=dispute.claimant_model, moment=dispute.created_at))
+        if dispute.api_client
+        else 1
+    )
     standings: dict[str, dict[str, Any]] = {}
     for evidence_set, record, name in opened.sets:
         judged = precedence.evidence_precedence(evidence_set=evidence_set, first_known=opened.first_known)
         record["precedence"] = judged.to_dict()
-        if name:
-            standings[name] = {
-                # a generated watermark cannot be crafted on the suspect; everything else could have been
-                "chosen": not evidence_set.verifiable,
-                "precedes": judged.precedes,
-                "precedence_detail": judged.detail,
-                "draws": draws if evidence_set.verifiable else 1,
-            }
+        if not name:
+            continue
+        if name in standings:  # a guard's batches pooled in one claim: it stands only if every batch precedes
+            if standings[name]["precedes"] is True and judged.precedes is not True:
+                standings[name].update(precedes=judged.precedes, precedence_detail=judged.detail)
+            continue
+        standings[name] = {
+            # a generated watermark cannot be crafted on the suspect; everything else could have been
+            "chosen": not evidence_set.verifiable,
+            "precedes": judged.precedes,
+            "precedence_detail": judged.detail,
+            "draws": draws if evidence_set.verifiable else max(1, clients) if name.startswith("api_watermark-") else 1,
+        }
     return standings
 
 
@@ -669,7 +726,7 @@ def run_to_verdict(
             "alpha": dispute.alpha,
             "panel_dir": str(panel_dir),
             "panel_name": dispute.panel,
-            "claims": claims if set(dispute.methods) & {"watermark", "fingerprint"} else [],
+            "claims": claims if set(dispute.methods) & {"watermark", "fingerprint", "api_watermark"} else [],
             "datasets": opened.datasets if "dataset_inference" in dispute.methods else [],
             "claimant": {"kind": model.artifact_format, "path": model.artifact.path},
             # the suspect's answers to the registry's probes: which earlier registration it behaves as
@@ -690,6 +747,8 @@ def run_to_verdict(
         record = decide(tests=[], integrity_ok=False, alpha=dispute.alpha).to_dict()
         record["reasons"] = problems + record["reasons"]
         decision = record
+    if opened.notes:
+        decision["reasons"] = [f"{note[:1].upper()}{note[1:]}." for note in opened.notes] + list(decision["reasons"])
     precedence_record = _precedence_record(opened)
 
     progress(dispute.pk, 90, "signing the verdict")

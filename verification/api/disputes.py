@@ -160,6 +160,7 @@ class DisputeOutputSerializer(serializers.ModelSerializer):
             "panel",
             "suspect_released_at",
             "suspect_release_source",
+            "api_client",
             "claimant_model",
             "evidence_sets",
             "suspect",
@@ -195,7 +196,14 @@ class ClaimAndSuspectInput(serializers.Serializer):
     methods = CommaListField(
         child=serializers.ChoiceField(choices=METHOD_CHOICES),
         allow_empty=False,
-        help_text="a list, or comma-separated: watermark, fingerprint, dataset_inference",
+        help_text="a list, or comma-separated: watermark, fingerprint, dataset_inference, api_watermark",
+    )
+    api_client = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="with api_watermark: only this client's journaled answers (the guard's 32-hex-digit tag, e.g. "
+        "from an alarm); the p-value is then corrected for every client the guard committed",
     )
     evidence_sets = CommaListField(
         child=serializers.UUIDField(),

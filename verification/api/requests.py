@@ -50,6 +50,7 @@ class DisputeRequestOutputSerializer(serializers.ModelSerializer):
             "statement",
             "state",
             "methods",
+            "api_client",
             "claimant_model",
             "evidence_sets",
             "suspect",

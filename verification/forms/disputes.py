@@ -20,11 +20,13 @@ METHOD_CHOICES = [
     ("watermark", "Watermark"),
     ("fingerprint", "Fingerprint"),
     ("dataset_inference", "Dataset inference"),
+    ("api_watermark", "API watermark"),
 ]
 METHOD_HELP = {
     "watermark": "the claimant's trigger set: K queries, m matching labels",
     "fingerprint": "conferrable adversarial examples of the claimant's model",
     "dataset_inference": "the claimant's private training samples (needs a TorchScript claimant)",
+    "api_watermark": "the wrong answers the claimant's guard served and committed: does the suspect repeat them?",
 }
 
 
@@ -83,6 +85,13 @@ def panel_choices() -> list[tuple[str, str]]:
 class SuspectForm(forms.Form):
     """Exactly one suspect (a file, a registration or an endpoint), and the service errors shown by field."""
 
+    api_client = forms.CharField(
+        required=False,
+        max_length=64,
+        label="API client (optional)",
+        help_text="With API watermark: only this client's journaled answers, by the guard's tag (from an alarm).",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "32 hexadecimal digits"}),
+    )
     suspect_source = forms.ChoiceField(
         label="Suspect", choices=SuspectSource.CHOICES, initial=SuspectSource.UPLOAD, widget=forms.RadioSelect
     )
@@ -240,6 +249,7 @@ class DisputeFileForm(SuspectForm, RunSettingsForm):
             "methods": data["methods"],
             "suspect_released_at": data.get("suspect_released_at"),
             "suspect_release_source": data.get("suspect_release_source") or "",
+            "api_client": data.get("api_client") or "",
             **self.run_kwargs(),
             **self.suspect_kwargs(),
         }

@@ -53,6 +53,7 @@ class DisputeRequestForm(SuspectForm):
             "statement": data["statement"],
             "claimant_model": data["claimant"],
             "methods": data["methods"],
+            "api_client": data.get("api_client") or "",
             **self.suspect_kwargs(),
         }
 

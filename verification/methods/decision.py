@@ -10,7 +10,8 @@ Rules (docs/decision-rules.md), applied in this order by :func:`decide`:
 3. **Screen.** A set flagged by the false-claim screen (it transfers to independent reference
    models) is removed; if every set is removed by binding or screen: ``claim_rejected``.
 4. **Multiplicity.** A seed-generated (verifiable) watermark's p-value is multiplied by the number of
-   verifiable watermarks the claimant has committed (Bonferroni over the claimant's draws).
+   verifiable watermarks the service generated before the filing (Bonferroni over the draws); a
+   guard's journal narrowed to one client is multiplied by the number of clients it could have named.
 5. **Precedence.** A set the claimant could have chosen (uploaded watermark or fingerprint inputs,
    dataset samples) can support ``ownership_confirmed`` only when its commitment was time-stamped
    before the suspect's first known time; otherwise its test is reported and excluded. Seed-generated
@@ -54,7 +55,7 @@ __all__ = [
 
 DEFAULT_ALPHA = 1e-3
 
-TestKind = Literal["watermark", "fingerprint", "dataset_inference"]
+TestKind = Literal["watermark", "fingerprint", "dataset_inference", "api_watermark"]
 Outcome = Literal["ownership_confirmed", "not_confirmed", "claim_rejected", "inconclusive"]
 StatValue = float | int | str
 
@@ -328,7 +329,8 @@ def _generated_test(
 
 
 def _corrected(test: TestResult, draws: int, alpha: float) -> TestResult:
-    """A generated watermark's test with its p-value multiplied by the claimant's number of draws."""
+    """The test with its p-value multiplied by ``draws``: the claimant's watermark draws, or for a guard's
+    journal narrowed to one client, the number of clients it could have picked (Bonferroni either way)."""
     if draws <= 1:
         return test
     p_value = min(1.0, test.p_value * draws)
@@ -338,9 +340,14 @@ def _corrected(test: TestResult, draws: int, alpha: float) -> TestResult:
     reason = test.reason
     if conclusive and isinstance(floor, int | float) and float(floor) * draws > alpha:
         conclusive = False
+        what = (
+            f"the claim picks one client of the {draws} whose answers the guard committed"
+            if test.kind == "api_watermark"
+            else f"the claimant has committed {draws} generated watermarks"
+        )
         reason = (
-            f"the claimant has committed {draws} generated watermarks; even a perfect match, corrected for "
-            f"all of them, gives p={min(1.0, float(floor) * draws):.3g}, above alpha={alpha:g}"
+            f"{what}; even a perfect match, corrected for all of them, gives "
+            f"p={min(1.0, float(floor) * draws):.3g}, above alpha={alpha:g}"
         )
     return TestResult(test.name, test.kind, p_value, stats, conclusive, reason)
 
@@ -380,9 +387,7 @@ def decide(
         raise ValueError(f"Standings {unknown} name no test that was run.")
     standings = tuple(standing_of.get(n) or Standing(n) for n in names)
     standing_of = {s.name: s for s in standings}
-    tests = tuple(
-        _corrected(t, standing_of[t.name].draws, alpha) if not standing_of[t.name].chosen else t for t in tests
-    )
+    tests = tuple(_corrected(t, standing_of[t.name].draws, alpha) for t in tests)
 
     def verdict(
         outcome: Outcome, reasons: list[str], holm: dict[str, bool] | None = None, excluded: Sequence[str] = ()

@@ -38,7 +38,7 @@ class AgreementClaim:
     """A watermark or fingerprint set as claimed: inputs, the labels the claimant's model gives them."""
 
     name: str
-    kind: Literal["watermark", "fingerprint"]
+    kind: Literal["watermark", "fingerprint", "api_watermark"]
     inputs: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
     verifiable: bool = False
@@ -115,6 +115,8 @@ def agreement_claim_test(
             else "the suspect did not answer: its answers could not be used",
         )
         return failed, screen
+    if claim.kind == "api_watermark":  # served wrong labels: verification.methods.api_watermark tests them
+        raise ValueError("api_watermark claims are tested by api_watermark_test, not the agreement test")
     matches = int((answers == claim.labels).sum())
     test = agreement_test(
         name=claim.name,

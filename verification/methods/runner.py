@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ownership.probes import registry_probe_inputs
+from verification.methods.api_watermark import api_watermark_binding, api_watermark_test
 from verification.methods.binding import claim_binding
 from verification.methods.dataset_inference import Method, claimant_side_features, dataset_inference_test
 from verification.methods.decision import DEFAULT_ALPHA, ClaimScreen, Standing, TestResult, decide
@@ -128,6 +129,13 @@ def run_methods(
         if suspect is None:
             tests.append(TestResult(claim.name, claim.kind, 1.0, {"K": len(claim.labels)}, False, failure))
             continue
+        if claim.kind == "api_watermark":
+            test, bound = _api_watermark(claim, raw.get("claimant_labels"), suspect, panel, num_classes, alpha)
+            tests.append(test)
+            if bound is not None:
+                bindings[claim.name] = bound
+            plots[claim.name] = _api_watermark_plot(test, num_classes)
+            continue
         test, screen = agreement_claim_test(claim, suspect, panel, alpha=alpha, tie_break=claim.tie_break)
         tests.append(test)
         screens.append(screen)
@@ -174,6 +182,55 @@ def run_methods(
         "suspect": "" if suspect is None else suspect.describe(),
         "device": str(getattr(suspect, "device", "remote")),
         "timings": timings,
+    }
+
+
+def _api_watermark(
+    claim: AgreementClaim,
+    claimant_labels: Any,
+    suspect: Suspect,
+    panel: ReferencePanel,
+    num_classes: int,
+    alpha: float,
+) -> tuple[TestResult, tuple[bool, float] | None]:
+    """A guard's journaled answers put to the suspect, against the panel; binding on the claimant's labels.
+
+    The binding's number is the claimant model's agreement with the served labels (not a p-value): the
+    guard serves a label other than the model's own, so a model that gives the served labels did not serve them.
+    """
+    if claimant_labels is None:
+        reason = "the claimant's own model gave no labels for the journaled inputs"
+        return TestResult(claim.name, "api_watermark", 1.0, {"K": len(claim.labels)}, False, reason), None
+    own = np.asarray(claimant_labels, dtype=np.int64)
+    try:
+        answered = suspect.labels(claim.inputs)
+    except QueryBudgetExceeded:
+        reason = f"the suspect's query budget does not cover the {len(claim.labels)} journaled inputs"
+        return TestResult(claim.name, "api_watermark", 1.0, {"K": len(claim.labels)}, False, reason), None
+    except (SuspectError, ValueError):
+        reason = "the suspect did not answer the journaled inputs"
+        return TestResult(claim.name, "api_watermark", 1.0, {"K": len(claim.labels)}, False, reason), None
+    test = api_watermark_test(
+        name=claim.name,
+        suspect_labels=answered,
+        served_labels=claim.labels,
+        claimant_labels=own,
+        panel_labels=list(panel.labels(claim.inputs)),
+        num_classes=num_classes,
+        alpha=alpha,
+    )
+    bound, agreement = api_watermark_binding(claimant_labels=own, served_labels=claim.labels)
+    return test, (bound, agreement)
+
+
+def _api_watermark_plot(test: TestResult, num_classes: int) -> dict[str, Any]:
+    k, m = test.statistics.get("K"), test.statistics.get("m")
+    rate = float(m) / float(k) if isinstance(k, int | float) and isinstance(m, int | float) and k else float("nan")
+    return {
+        "kind": "api_watermark",
+        "suspect_match_rate": rate,
+        "panel_match_rates": [],
+        "chance": 1.0 / max(1, num_classes - 1),
     }
 
 

@@ -3,6 +3,7 @@ and the verification run (its claim, lease and failure); the filing checks that 
 
 import hashlib
 import logging
+import re
 import socket
 import unicodedata
 from collections.abc import Sequence
@@ -31,8 +32,15 @@ from verification.tasks import enqueue_on_commit
 
 logger = logging.getLogger(__name__)
 
-METHOD_EVIDENCE = {"watermark": "watermark", "fingerprint": "fingerprint", "dataset_inference": "dataset"}
+METHOD_EVIDENCE = {
+    "watermark": "watermark",
+    "fingerprint": "fingerprint",
+    "dataset_inference": "dataset",
+    "api_watermark": "api_watermark",
+}
+_CLIENT_TAG = re.compile(r"[0-9a-f]{32}")
 MAX_RELEASE_SOURCE = 300
+MAX_EVIDENCE_SETS = 60  # below the bundle verifier's bound on claims (64)
 MAX_TITLE = 200
 MAX_BUDGET = 10_000_000
 
@@ -86,6 +94,14 @@ def _check_claim(
     sets = list(evidence_sets) if evidence_sets is not None else list(claimant_model.evidence_sets.all())
     if any(s.model_id != claimant_model.pk for s in sets):
         raise DisputeError("every evidence set must belong to the claimant's model", code="evidence_sets")
+    chosen_sets = [s for s in sets if s.kind in {METHOD_EVIDENCE[m] for m in chosen}]
+    if len(chosen_sets) > MAX_EVIDENCE_SETS:
+        # every set's receipt travels in the verdict's bundle, which verifiers accept up to a bound
+        raise DisputeError(
+            f"a dispute opens at most {MAX_EVIDENCE_SETS} evidence sets; {len(chosen_sets)} were chosen (name the "
+            "sets, e.g. the guard batches that cover the suspected client's period, or commit larger batches)",
+            code="evidence_sets",
+        )
     kinds = {s.kind for s in sets}
     missing = [m for m in chosen if METHOD_EVIDENCE[m] not in kinds]
     if missing:
@@ -169,6 +185,25 @@ def _check_title(title: str) -> str:
     return title
 
 
+def check_api_client(api_client: str, methods: Sequence[str], sets: Sequence[EvidenceSet]) -> str:
+    """A guard's client tag (32 lowercase hex digits) that narrows api_watermark evidence, or empty for all.
+
+    The tag must appear in one of the chosen guard batches: a claim over a client with no journaled answer
+    could only ever be inconclusive.
+    """
+    api_client = api_client.strip().lower()
+    if not api_client:
+        return ""
+    if not _CLIENT_TAG.fullmatch(api_client):
+        raise DisputeError("api_client must be a guard's client tag: 32 hexadecimal digits", code="api_client")
+    if "api_watermark" not in methods:
+        raise DisputeError("api_client narrows api_watermark evidence: request that method too", code="api_client")
+    batches = [s for s in sets if s.kind == EvidenceSet.Kind.API_WATERMARK]
+    if not any(api_client in (s.journal or {}).get("clients", []) for s in batches):
+        raise DisputeError("none of the chosen guard batches holds an answer served to that client", code="api_client")
+    return api_client
+
+
 def _check_release(released_at: datetime | None, source: str) -> tuple[datetime | None, str]:
     """A release time needs its source, lies in the past and is aware; a source alone means nothing."""
     source = source.strip()
@@ -213,6 +248,7 @@ def dispute_file(
     panel: str = "digits",
     suspect_released_at: datetime | None = None,
     suspect_release_source: str = "",
+    api_client: str = "",
     start: bool = True,
 ) -> Dispute:
     """File a dispute: the claimant's registration and evidence against exactly one suspect; queue it.
@@ -223,6 +259,7 @@ def dispute_file(
     title = _check_title(title)
     released_at, release_source = _check_release(suspect_released_at, suspect_release_source)
     chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
+    api_client = check_api_client(api_client, chosen, sets)
     if not 0.0 < alpha <= 0.1:
         raise DisputeError("alpha must lie in (0, 0.1]; the default is 0.001", code="alpha")
     if not 1 <= query_budget <= MAX_BUDGET:
@@ -243,6 +280,7 @@ def dispute_file(
         panel=panel,
         suspect_released_at=released_at,
         suspect_release_source=release_source,
+        api_client=api_client,
         created_at=now,
         updated_at=now,
     )

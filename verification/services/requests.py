@@ -12,7 +12,14 @@ from django.utils import timezone
 from ownership.models import EvidenceSet, RegisteredModel
 from verification.exceptions import DisputeError, DisputeStateError
 from verification.models import Dispute, DisputeRequest
-from verification.services.disputes import _check_claim, _check_title, _describe_suspect, _save_described, dispute_file
+from verification.services.disputes import (
+    _check_claim,
+    _check_title,
+    _describe_suspect,
+    _save_described,
+    check_api_client,
+    dispute_file,
+)
 
 MAX_STATEMENT = 5000
 
@@ -32,6 +39,7 @@ def dispute_request_create(
     suspect_protocol: str = "json",
     suspect_model_name: str = "",
     suspect_output: str = "logits",
+    api_client: str = "",
 ) -> DisputeRequest:
     """An owner asks the arbiters to file a dispute for one of their registrations against one suspect."""
     if claimant_model.owner_id != owner.pk:
@@ -41,6 +49,7 @@ def dispute_request_create(
     if len(statement) > MAX_STATEMENT:
         raise DisputeError(f"the statement is limited to {MAX_STATEMENT} characters", code="statement")
     chosen, sets = _check_claim(claimant_model, methods, evidence_sets)
+    api_client = check_api_client(api_client, chosen, sets)
     now = timezone.now()
     request = DisputeRequest(
         owner=owner,
@@ -48,6 +57,7 @@ def dispute_request_create(
         statement=statement,
         claimant_model=claimant_model,
         methods=chosen,
+        api_client=api_client,
         created_at=now,
         updated_at=now,
     )
@@ -140,6 +150,7 @@ def dispute_request_accept(
             panel=panel,
             suspect_released_at=suspect_released_at,
             suspect_release_source=suspect_release_source,
+            api_client=request.api_client,
         )
     finally:
         if suspect_file is not None:

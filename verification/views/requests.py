@@ -1,6 +1,8 @@
 """Dispute request pages: the owner's (list, new, detail, withdraw) and the arbiter's (accept or decline)."""
 
+import re
 import uuid
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -39,10 +41,16 @@ class RequestNewView(_RequestFormView):
     """Request a dispute: one of your registrations against a suspect you found."""
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        initial = {}
+        initial: dict[str, Any] = {}
         model = request.GET.get("model", "")
         if model:
             initial["claimant"] = model
+        # from a guard alarm: that client's journaled answers (the service checks the values again)
+        if request.GET.get("methods") == "api_watermark":
+            initial["methods"] = ["api_watermark"]
+        client = request.GET.get("api_client", "")
+        if re.fullmatch(r"[0-9a-f]{32}", client):
+            initial["api_client"] = client
         return self._render(request, DisputeRequestForm(owner=request_user(request), initial=initial))
 
     def post(self, request: HttpRequest) -> HttpResponse:
