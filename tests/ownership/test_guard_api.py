@@ -55,7 +55,8 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 def test_a_batch_round_trips() -> None:
     arrays = load_evidence(_npz(_batch()), kind="api_watermark", input_shape=[64], num_classes=10)
-    assert arrays["clients"].shape == (5, 16) and arrays["served_at"].dtype == np.float64
+    assert arrays["clients"].shape == (5, 16)
+    assert arrays["served_at"].dtype == np.float64
 
 
 @pytest.mark.parametrize(
@@ -116,9 +117,11 @@ def test_the_guard_commits_a_batch_and_reports_an_alarm(owner, client: APIClient
     assert alarm.json()["client"] == TAG
     assert f"api_client={TAG}" in alarm.json()["request_url"]
     summary = client.get(f"/api/v1/models/{model.public_id}/guard/").json()
-    assert summary["answers"] == 5 and summary["clients"] == 1
+    assert summary["answers"] == 5
+    assert summary["clients"] == 1
     assert [a["client"] for a in summary["alarms"]] == [TAG]
-    assert len(summary["batches"]) == 1 and summary["batches"][0]["receipt_url"].startswith("/api/v1/receipts/")
+    assert len(summary["batches"]) == 1
+    assert summary["batches"][0]["receipt_url"].startswith("/api/v1/receipts/")
 
 
 @pytest.mark.parametrize(

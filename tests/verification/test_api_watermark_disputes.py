@@ -117,7 +117,8 @@ def _test(verdict: Any) -> dict[str, Any]:
 def test_the_batch_keeps_its_clients_private_and_its_rows_counted(owner, guarded, data_dir) -> None:  # type: ignore[no-untyped-def]
     model = _register(owner, guarded["owner"], "guarded")
     batch = _commit(model, guarded)
-    assert batch.kind == "api_watermark" and batch.size == ROWS
+    assert batch.kind == "api_watermark"
+    assert batch.size == ROWS
     assert batch.journal["clients"] == sorted([THIEF.hex(), HONEST.hex()])
     receipt = ownership_services.receipt_build(evidence_set=batch)
     assert THIEF.hex() not in str(receipt)  # the receipt is public: client tags stay with the owner
@@ -129,7 +130,8 @@ def test_a_knockoff_of_the_guarded_api_is_confirmed(owner, arbiter, guarded, dat
     verdict = _decide(arbiter, model, guarded["knockoff"])
     assert verdict.outcome == "ownership_confirmed", verdict.predicate["decision"]["reasons"]
     stats = _test(verdict)["statistics"]
-    assert stats["K"] == ROWS and stats["m"] >= 10
+    assert stats["K"] == ROWS
+    assert stats["m"] >= 10
     assert verdict.predicate["claims"][0]["rows"] == ROWS
     assert verdict.predicate["claims"][0]["precedence"]["precedes"] is True
 
