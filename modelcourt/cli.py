@@ -24,8 +24,8 @@ from modelcourt.receipts import Check, all_ok, verify_receipt
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 300  # one request, e.g. a large upload on a slow link (the sandbox check is polled, not awaited)
-KINDS = ("watermark", "fingerprint", "dataset")
-METHODS = ("watermark", "fingerprint", "dataset_inference")
+KINDS = ("watermark", "fingerprint", "dataset", "api_watermark")
+METHODS = ("watermark", "fingerprint", "dataset_inference", "api_watermark")
 # a dispute in one of these states changes no more by itself: `dispute status --wait` stops there
 SETTLED = ("decided", "published", "failed", "withdrawn")
 VERDICT_STATISTICS = ("K", "m", "p0", "panel_rank_p_value")
@@ -452,6 +452,8 @@ def _suspect_form(
     """The claimant, methods, evidence and the one suspect as multipart fields and files."""
     fields = [("claimant_model", args.claimant), ("methods", args.methods)]
     fields += [("evidence_sets", evidence_id) for evidence_id in args.evidence or []]
+    if args.api_client:
+        fields.append(("api_client", args.api_client))
     files: list[tuple[str, str, bytes]] = []
     if args.suspect_file:
         files.append(("suspect_file", Path(args.suspect_file).name, _read_bytes(args.suspect_file)))
@@ -587,6 +589,137 @@ def _report(checks: Sequence[Check]) -> int:
     return 0 if all_ok(checks) else 1
 
 
+# --- guard: run beside the owner's own model server ---------------------------------------------
+
+
+def _guard_config(args: argparse.Namespace) -> Any:
+    """The guard's settings: MODELCOURT_GUARD_* variables, with this command's flags winning."""
+    from modelcourt.guard.config import GuardConfig, GuardConfigError
+
+    try:
+        return GuardConfig.from_env(
+            os.environ,
+            model_id=args.model,
+            num_classes=getattr(args, "classes", None),
+            service_url=args.url,
+            token=args.token,
+            journal_dir=Path(args.journal) if args.journal else None,
+            trust_client_header=True if getattr(args, "trust_client_header", False) else None,
+            input_shape=tuple(args.input_shape) if getattr(args, "input_shape", None) else None,
+        )
+    except GuardConfigError as exc:
+        raise CliError(f"error: {exc}") from None
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CliError(f"error: --listen is HOST:PORT, e.g. 127.0.0.1:8080 (not {text!r})")
+    return host.strip("[]"), int(port)
+
+
+def cmd_guard_serve(args: argparse.Namespace) -> int:
+    """Run the guarding reverse proxy in front of a model server until interrupted (SIGINT or SIGTERM)."""
+    import logging
+    import signal
+    import threading
+
+    from modelcourt.guard.journal import JournalError
+    from modelcourt.guard.proxy import serve
+
+    config = _guard_config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = serve(config, args.upstream, _listen_address(args.listen), args.protocol, args.model_name)
+    except (ValueError, OSError, JournalError) as exc:
+        raise CliError(f"error: the guard cannot start: {exc}") from None
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    print(f"guarding {args.upstream} at {server.url} (model {config.model_id})", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()  # stops the commit thread after one last try
+    return 0
+
+
+def cmd_guard_flush(args: argparse.Namespace) -> int:
+    """Commit every pending journaled answer now (when no guard process holds the journal)."""
+    from modelcourt.guard.commit import CommitError
+    from modelcourt.guard.journal import JournalError
+    from modelcourt.guard.wrap import Guard
+
+    config = _guard_config(args)
+    try:
+        guard = Guard(config, background=False)
+    except JournalError as exc:
+        raise CliError(f"error: {exc}") from None
+    try:
+        _print_json(guard.flush())
+    except CommitError as exc:
+        _print_json(exc.committed)
+        raise CliError(f"error: {exc.reason}; {guard.journal.pending_count} answers stay pending") from None
+    finally:
+        guard.close()
+    return 0
+
+
+def cmd_guard_status(args: argparse.Namespace) -> int:
+    """Print the journal's counts: answers journaled, committed, pending (read-only; safe while serving)."""
+    import datetime as dt
+
+    from modelcourt.guard.journal import Journal, JournalError
+
+    directory = args.journal or os.environ.get("MODELCOURT_GUARD_JOURNAL")
+    if not directory:
+        raise CliError("error: give --journal or set MODELCOURT_GUARD_JOURNAL")
+    try:
+        journal = Journal(directory, readonly=True)
+    except JournalError as exc:
+        raise CliError(f"error: {exc}") from None
+    pending = journal.pending_count
+    committed = journal.commits[-1].last_seq if journal.commits else 0
+    _show(f"journal: {directory}")
+    _show(f"watermarked answers: {journal.last_seq}")
+    _show(f"committed: {committed} in {len(journal.commits)} batches")
+    if journal.commits:
+        last = journal.commits[-1]
+        _show(f"last commit: evidence {last.evidence_id}, commitment {last.commitment}, at {last.committed_at}")
+    oldest = journal.oldest_pending_time()
+    if oldest is None:
+        _show("pending: 0")
+    else:
+        since = dt.datetime.fromtimestamp(oldest, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        _show(f"pending: {pending} (oldest served {since}, {max(0.0, time.time() - oldest):.0f} s ago)")
+    journal.close()
+    return 0
+
+
+def _add_guard_commands(commands: Any) -> None:
+    guard = commands.add_parser(
+        "guard", help="watermark and journal your model's API answers, and watch for extraction (docs/guard.md)"
+    ).add_subparsers(dest="guard_command", required=True)
+    serving = guard.add_parser("serve", help="run the guarding reverse proxy in front of your model server")
+    serving.add_argument("--upstream", required=True, help="the model server: its URL (json) or base URL (v2)")
+    serving.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    serving.add_argument("--protocol", choices=("json", "v2"), default="json")
+    serving.add_argument("--model-name", help="the model's name on a v2 server (default: any name)")
+    serving.add_argument("--classes", type=int, help="number of classes (default $MODELCOURT_GUARD_CLASSES)")
+    serving.add_argument("--input-shape", type=_shape, help="the input shape without the batch dimension, e.g. 1,8,8")
+    serving.add_argument(
+        "--trust-client-header", action="store_true", help="take the client id from X-Client-Id (behind a gateway)"
+    )
+    flushing = guard.add_parser("flush", help="commit pending journaled answers now")
+    flushing.add_argument("--classes", type=int, help="number of classes (default $MODELCOURT_GUARD_CLASSES)")
+    showing = guard.add_parser("status", help="print the journal's counts")
+    for parser, handler in ((serving, cmd_guard_serve), (flushing, cmd_guard_flush), (showing, cmd_guard_status)):
+        if parser is not showing:
+            parser.add_argument("--model", help="the registered model's id (default $MODELCOURT_GUARD_MODEL)")
+        parser.add_argument("--journal", help="the journal directory (default $MODELCOURT_GUARD_JOURNAL)")
+        parser.set_defaults(handler=handler, offline=True)
+
+
 # --- arguments ------------------------------------------------------------------------------
 
 
@@ -626,6 +759,9 @@ def _add_claim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", help="the model's name on the endpoint's server (v2)")
     parser.add_argument("--output", choices=("logits", "probabilities", "labels"), help="what the endpoint returns")
     parser.add_argument("--evidence", action="append", help="an evidence set to open (public id; repeatable)")
+    parser.add_argument(
+        "--api-client", help="with api_watermark: only this client's journaled answers (the guard's tag, from an alarm)"
+    )
     parser.add_argument("--title", help="the dispute's title")
 
 
@@ -761,6 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("verdict_id")
     show.add_argument("--bundle", metavar="OUT.zip", help="save the evidence bundle here")
     show.set_defaults(handler=cmd_verdict_get)
+    _add_guard_commands(commands)
     return parser
 
 

@@ -142,7 +142,8 @@ def _check_headers(
             count = headers["inputs"][0][0]  # inputs come first and are checked by now
             want_shape = (count, *_PER_ROW[name])
             if shape != want_shape:
-                _reject(f"array {name!r} has shape {list(shape)}; expected {list(want_shape)} (one row per input)")
+                what = "one label per input" if name == "labels" else "one row per input"
+                _reject(f"array {name!r} has shape {list(shape)}; expected {list(want_shape)} ({what})")
         else:
             if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape:
                 _reject(f"array {name!r} has shape {list(shape)}; expected [N, {', '.join(map(str, input_shape))}]")

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.e2e import models
+from tests.e2e.guard_story import a_guarded_api_is_extracted
 from tests.e2e.service import (
     ROOT,
     Service,
@@ -215,6 +216,9 @@ def test_make_run_takes_a_dispute_to_a_verified_verdict(artifacts: dict[str, Any
         seconds = _the_whole_story(service, artifacts, workdir)
         seconds["stress test (copy)"] = _an_owner_stress_tests_the_watermark(service, artifacts)
         _a_looping_upload_does_not_slow_the_site(service, artifacts)
+        seconds["guarded API, extracted"] = a_guarded_api_is_extracted(
+            service, workdir, _await_verdict, _publish_and_verify
+        )
         _no_secret_in_logs(service)
     print(f"\nmake run: seconds from filing to verdict: {seconds}")
 

@@ -35,7 +35,7 @@ from verification.methods.suspects import (
 
 __all__ = ["METHODS", "PanelMismatchError", "claimant_claim_labels", "dataset_specs", "load_suspect", "run_methods"]
 
-METHODS = ("watermark", "fingerprint", "dataset_inference")
+METHODS = ("watermark", "fingerprint", "dataset_inference", "api_watermark")
 Progress = Callable[[str, int], None]
 
 

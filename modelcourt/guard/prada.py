@@ -1,0 +1,265 @@
+"""Per-client extraction alarms after PRADA (Juuti et al., 2019).
+
+For each client and each predicted class, PRADA keeps a *growing set* of that client's queries. Every new
+query's distance to the nearest earlier growing-set point of its class joins the client's list of
+distances; the query itself joins the growing set when that distance is above the class's threshold
+T_c = max(T_c, mean - std of the distances that grew the set). Natural queries give distances that look
+normally distributed; an extraction attack (synthetic or augmented samples crafted from a few seeds)
+gives clustered, skewed ones. The Shapiro-Wilk W of the last ``window`` distances measures that: W below
+the threshold raises one alarm, and the client stays alarmed until W recovers.
+
+Exact repeats (distance 0) are left out of the distances: a repeated query teaches an attacker nothing,
+and a benign client that retries would otherwise look like an attacker.
+
+Memory is bounded three ways: points per class (oldest overwritten), clients tracked (least recently
+seen dropped), and total bytes of stored points (least recently seen clients dropped first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelcourt.guard.shapiro import MAX_SAMPLES, shapiro_w
+
+__all__ = ["Alarm", "PradaDetector"]
+
+
+def utc_now_iso() -> str:
+    """Now as ISO-8601 UTC with a Z, to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A client whose recent queries look like an extraction attack. ``client`` is whatever key observe() got."""
+
+    client: str
+    queries: int
+    statistic: float
+    threshold: float
+    raised_at: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The body the service's alarm endpoint takes."""
+        return {
+            "client": self.client,
+            "queries": self.queries,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "raised_at": self.raised_at,
+        }
+
+
+class _GrowingSet:
+    """One class's growing set: a ring of at most ``cap`` points with their squared norms, and its threshold."""
+
+    def __init__(self, first: npt.NDArray[np.float32], cap: int) -> None:
+        self.cap = cap
+        self.points = np.empty((min(cap, 16), first.size), dtype=np.float32)
+        self.norms = np.empty(self.points.shape[0], dtype=np.float32)
+        self.count = 0
+        self.next = 0
+        self._store(first)
+        # Welford's running mean and variance of the distances that grew the set
+        self.grown = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.threshold = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.points.nbytes + self.norms.nbytes)
+
+    def nearest(self, x: npt.NDArray[np.float32]) -> float:
+        """The L2 distance from x to the nearest point of the set.
+
+        |p - x|^2 = |p|^2 - 2 p.x + |x|^2 finds the nearest point with one matrix-vector product; the
+        distance to it is then computed directly, so that it is exact (and 0.0 for a repeat).
+        """
+        points = self.points[: self.count]
+        squared = self.norms[: self.count] - 2.0 * (points @ x)
+        nearest = points[int(np.argmin(squared))]
+        return float(np.linalg.norm(nearest.astype(np.float64) - x.astype(np.float64)))
+
+    def grow(self, x: npt.NDArray[np.float32], distance: float, *, may_allocate: bool) -> int:
+        """Add x if its distance passes the threshold; the bytes newly allocated."""
+        if distance <= self.threshold:
+            return 0
+        added = 0
+        if self.count < self.cap and self.count == self.points.shape[0] and may_allocate:
+            before = self.nbytes
+            size = min(self.cap, 2 * self.count)
+            self.points = np.concatenate([self.points, np.empty((size - self.count, self.points.shape[1]), np.float32)])
+            self.norms = np.concatenate([self.norms, np.empty(size - self.count, np.float32)])
+            added = self.nbytes - before
+        self._store(x)
+        self.grown += 1
+        delta = distance - self.mean
+        self.mean += delta / self.grown
+        self.m2 += delta * (distance - self.mean)
+        self.threshold = max(self.threshold, self.mean - math.sqrt(self.m2 / self.grown))
+        return added
+
+    def _store(self, x: npt.NDArray[np.float32]) -> None:
+        """Append x, or (full by the cap or by the memory budget) overwrite the oldest point."""
+        if self.count < self.points.shape[0]:
+            slot = self.count
+            self.count += 1
+            self.next = self.count % self.points.shape[0]
+        else:
+            slot = self.next
+            self.next = (self.next + 1) % self.points.shape[0]
+        self.points[slot] = x
+        self.norms[slot] = float(x.astype(np.float64) @ x.astype(np.float64))
+
+
+@dataclass
+class _Client:
+    window: int
+    sets: dict[int, _GrowingSet] = field(default_factory=dict)
+    distances: deque[float] = field(default_factory=deque)
+    queries: int = 0
+    alarmed: bool = False
+    statistic: float | None = None
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.distances = deque(maxlen=self.window)
+
+
+class PradaDetector:
+    """Tracks clients' query streams and says when one looks like an extraction attack. Thread-safe."""
+
+    def __init__(
+        self,
+        threshold: float = 0.90,
+        window: int = 100,
+        min_distances: int = 50,
+        max_points_per_class: int = 2000,
+        max_clients: int = 10_000,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"the W threshold is between 0 and 1, got {threshold!r}")
+        if not 3 <= window <= MAX_SAMPLES:
+            raise ValueError(f"the window holds 3 to {MAX_SAMPLES} distances, got {window!r}")
+        if not 3 <= min_distances <= window:
+            raise ValueError(f"min_distances is between 3 and the window ({window}), got {min_distances!r}")
+        if max_points_per_class < 1 or max_clients < 1 or max_bytes < 1:
+            raise ValueError("the memory caps are positive")
+        self.threshold = float(threshold)
+        self.window = int(window)
+        self.min_distances = int(min_distances)
+        self.max_points_per_class = int(max_points_per_class)
+        self.max_clients = int(max_clients)
+        self.max_bytes = int(max_bytes)
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def tracked_clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    @property
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return self._nbytes
+
+    def observe(self, client: str, x: npt.ArrayLike, label: int) -> Alarm | None:
+        """Take one query and the model's (true) label for it; an Alarm when this query makes the client alarmed."""
+        point = np.asarray(x, dtype=np.float32).reshape(-1)
+        if not np.isfinite(point).all():
+            raise ValueError("PRADA needs finite inputs")
+        with self._lock:
+            state = self._client(client)
+            state.queries += 1
+            distance = self._distance(state, point, int(label))
+            if distance is None:
+                return None
+            state.distances.append(distance)
+            if len(state.distances) < self.min_distances:
+                return None
+            return self._judge(client, state)
+
+    def statistic(self, client: str) -> float | None:
+        """The client's latest W, or None before enough distances (or for an unknown client)."""
+        with self._lock:
+            state = self._clients.get(client)
+            return None if state is None else state.statistic
+
+    def queries(self, client: str) -> int:
+        """How many queries of the client were observed (0 for an unknown or forgotten client)."""
+        with self._lock:
+            state = self._clients.get(client)
+            return 0 if state is None else state.queries
+
+    def _client(self, client: str) -> _Client:
+        state = self._clients.get(client)
+        if state is None:
+            state = _Client(self.window)
+            self._clients[client] = state
+            while len(self._clients) > self.max_clients:
+                self._forget_oldest()
+        else:
+            self._clients.move_to_end(client)
+        return state
+
+    def _forget_oldest(self) -> None:
+        _, dropped = self._clients.popitem(last=False)
+        self._nbytes -= dropped.nbytes
+
+    def _distance(self, state: _Client, point: npt.NDArray[np.float32], label: int) -> float | None:
+        """The query's distance to its class's growing set (None for a first or a repeated query); grows the set."""
+        growing = state.sets.get(label)
+        if growing is None or growing.points.shape[1] != point.size:
+            self._make_room(state)
+            if growing is not None:  # the input size changed: start the class again
+                self._account(state, -growing.nbytes)
+            growing = _GrowingSet(point, self.max_points_per_class)
+            state.sets[label] = growing
+            self._account(state, growing.nbytes)
+            return None
+        distance = growing.nearest(point)
+        if distance == 0.0:
+            return None
+        self._make_room(state)
+        self._account(state, growing.grow(point, distance, may_allocate=self._nbytes < self.max_bytes))
+        return distance
+
+    def _make_room(self, state: _Client) -> None:
+        """Forget the least recently seen clients (never ``state``) while the stored points exceed the budget."""
+        while self._nbytes > self.max_bytes and len(self._clients) > 1:
+            if next(iter(self._clients.values())) is state:
+                return
+            self._forget_oldest()
+
+    def _account(self, state: _Client, added: int) -> None:
+        state.nbytes += added
+        self._nbytes += added
+
+    def _judge(self, client: str, state: _Client) -> Alarm | None:
+        try:
+            w = shapiro_w(np.fromiter(state.distances, dtype=np.float64, count=len(state.distances)))
+        except ValueError:  # all distances equal: no shape to judge
+            return None
+        state.statistic = w
+        if w >= self.threshold:
+            state.alarmed = False
+            return None
+        if state.alarmed:
+            return None
+        state.alarmed = True
+        return Alarm(
+            client=client, queries=state.queries, statistic=w, threshold=self.threshold, raised_at=utc_now_iso()
+        )

@@ -1,0 +1,159 @@
+"""PRADA: natural query streams pass, a knockoff attacker's augmented copies raise one alarm; memory stays bounded."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+
+from modelcourt.guard import Alarm, PradaDetector
+
+DIGITS, LABELS = load_digits(return_X_y=True)
+DIGITS = DIGITS.astype(np.float32)
+
+
+def _stream(
+    detector: PradaDetector, client: str, xs: np.ndarray, labels: np.ndarray
+) -> tuple[list[Alarm], list[float | None]]:
+    alarms: list[Alarm] = []
+    statistics: list[float | None] = []
+    for x, label in zip(xs, labels, strict=True):
+        alarm = detector.observe(client, x, int(label))
+        if alarm is not None:
+            alarms.append(alarm)
+        statistics.append(detector.statistic(client))
+    return alarms, statistics
+
+
+def _benign(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(len(DIGITS))[:n]
+    return DIGITS[order], LABELS[order]
+
+
+def _augmented_copies(seed: int, n: int = 300, seeds: int = 10, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A knockoff attacker's queries: a few natural samples, each sent again and again with a little noise."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(DIGITS), seeds, replace=False)
+    picks = rng.choice(chosen, n)
+    return DIGITS[picks] + rng.normal(0, noise, size=(n, DIGITS.shape[1])).astype(np.float32), LABELS[picks]
+
+
+def test_natural_samples_in_random_order_rarely_raise_an_alarm() -> None:
+    alarmed = 0
+    for seed in range(20):
+        alarms, statistics = _stream(PradaDetector(), f"client-{seed}", *_benign(seed))
+        alarmed += bool(alarms)
+        assert statistics[-1] is not None
+    assert alarmed <= 2
+
+
+def test_noisy_copies_of_a_few_samples_raise_an_alarm() -> None:
+    alarmed = 0
+    for seed in range(10):
+        detector = PradaDetector()
+        alarms, _ = _stream(detector, "attacker", *_augmented_copies(seed))
+        if alarms:
+            alarmed += 1
+            first = alarms[0]
+            assert first.client == "attacker"
+            assert first.statistic < first.threshold == 0.90
+            assert first.queries >= 50  # not before min_distances distances
+            assert first.raised_at.endswith("Z")
+    assert alarmed >= 9
+
+
+def test_one_alarm_per_client_until_w_recovers() -> None:
+    detector = PradaDetector(window=30, min_distances=30)
+    xs, labels = _augmented_copies(0, n=1500, seeds=5, noise=0.5)
+    alarms, statistics = _stream(detector, "c", xs, labels)
+    # the rule, replayed on the statistics: alarm when W < threshold and the client is not already alarmed
+    expected, alarmed, suppressed = [], False, 0
+    for i, w in enumerate(statistics):
+        if w is None:
+            continue
+        if w >= detector.threshold:
+            alarmed = False
+        elif not alarmed:
+            alarmed = True
+            expected.append(i + 1)
+        else:
+            suppressed += 1
+    assert [alarm.queries for alarm in alarms] == expected
+    assert alarms
+    assert suppressed > 0
+
+
+def test_clients_are_judged_apart() -> None:
+    detector = PradaDetector()
+    attack, attack_labels = _augmented_copies(1)
+    benign, benign_labels = _benign(1)
+    attacker_alarms, benign_alarms = [], []
+    for i in range(300):
+        attacker_alarms.append(detector.observe("attacker", attack[i], int(attack_labels[i])))
+        benign_alarms.append(detector.observe("benign", benign[i], int(benign_labels[i])))
+    assert any(attacker_alarms)
+    assert not any(benign_alarms)
+    assert detector.queries("attacker") == detector.queries("benign") == 300
+
+
+def test_no_statistic_before_min_distances() -> None:
+    detector = PradaDetector(min_distances=50)
+    xs, labels = _benign(2, n=60)
+    _, statistics = _stream(detector, "c", xs, labels)
+    assert statistics[:50] == [None] * 50  # the first query of each class has no distance
+    assert statistics[-1] is not None
+
+
+def test_exact_repeats_are_not_distances() -> None:
+    detector = PradaDetector(min_distances=3, window=3)
+    for _ in range(100):
+        assert detector.observe("retrying", DIGITS[0], 0) is None
+    assert detector.statistic("retrying") is None
+    assert detector.queries("retrying") == 100
+
+
+def test_tracked_clients_are_capped_least_recent_first() -> None:
+    detector = PradaDetector(max_clients=3)
+    for client in ("a", "b", "c"):
+        detector.observe(client, DIGITS[0], 0)
+    detector.observe("a", DIGITS[1], 0)  # a is now the most recent
+    detector.observe("d", DIGITS[2], 0)
+    assert detector.tracked_clients == 3
+    assert detector.queries("b") == 0  # forgotten
+    assert detector.queries("a") == 2
+
+
+def test_points_per_class_are_capped() -> None:
+    detector = PradaDetector(max_points_per_class=20)
+    for i in range(400):
+        detector.observe("c", DIGITS[i] + i, 0)  # ever farther apart: every one grows the set
+    assert detector.stored_bytes <= 20 * (64 + 1) * 4  # 20 points and their norms
+
+
+def test_stored_points_stay_within_the_byte_budget() -> None:
+    budget = 64 * 4 * 200
+    detector = PradaDetector(max_bytes=budget)
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        for _ in range(10):
+            detector.observe(f"client-{i}", rng.normal(size=64) * 10, int(rng.integers(10)))
+        assert detector.stored_bytes <= budget + (64 + 1) * 4 * 16 * 10  # at most the newest client's first sets
+    assert detector.tracked_clients < 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"threshold": 0.0}, "threshold"),
+        ({"window": 2}, "window holds"),
+        ({"min_distances": 200}, "min_distances"),
+        ({"max_clients": 0}, "caps"),
+    ],
+)
+def test_settings_out_of_range_are_refused(settings: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PradaDetector(**settings)  # type: ignore[arg-type]
+
+
+def test_non_finite_queries_are_refused() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        PradaDetector().observe("c", np.array([np.nan, 1.0]), 0)
