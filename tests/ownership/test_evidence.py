@@ -230,7 +230,10 @@ def test_rejects_evidence_that_unpacks_beyond_the_limit() -> None:
 
 
 def test_rejects_an_unknown_kind() -> None:
-    assert rejection(dump_evidence(watermark()), "backdoor") == "kind must be one of watermark, fingerprint, dataset"
+    assert (
+        rejection(dump_evidence(watermark()), "backdoor")
+        == "kind must be one of watermark, fingerprint, dataset, api_watermark"
+    )
 
 
 def test_dump_refuses_object_arrays() -> None:
