@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python -m benchmarks.trust_layer
 	$(BIN)/python -m benchmarks.dispute_latency
 	$(BIN)/python -m benchmarks.sandbox_layers
+	$(BIN)/python -m benchmarks.guard
 
 ## Outcome rates of every method against every kind of suspect, over five seeds (pure methods, no services).
 bench-validity: install

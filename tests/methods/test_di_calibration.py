@@ -133,7 +133,7 @@ def test_the_walk_query_bound_is_what_a_suspect_that_never_flips_costs() -> None
 PANEL_SIZE = 8
 ARCHITECTURES: tuple[Architecture, ...] = ("mlp",)
 POOL = 300  # the claimant's pool for the margin split (300 owner + 300 holdout): its surest and least sure quarters
-COPY_SAMPLES = 300
+COPY_SAMPLES = 500  # every owner sample: the panel null's heavier tail asks the copy to stand 7 deviations out
 STEPS = 50  # MinGD steps: half the default keeps the file fast; the copy still stands far out
 
 
@@ -381,3 +381,36 @@ def test_the_panel_calibrates_on_the_suspects_gpu_as_on_the_cpu(digits_world: Wo
     gpu_t = [float(v) for v in str(on_gpu.statistics["panel_t_statistics"]).split(",")]
     np.testing.assert_allclose(gpu_t, cpu_t, rtol=1e-3, atol=1e-3)
     assert all(next(m.parameters()).device.type == "cpu" for m in digits_world.panel.modules)
+
+
+def test_the_panel_p_value_has_heavier_tails_and_a_rank_floor() -> None:
+    from verification.methods.dataset_inference import PANEL_TAIL_DF, panel_p_value
+
+    null = list(np.random.default_rng(4).normal(0.0, 1.0, size=20))
+    mean, sd = float(np.mean(null)), float(np.std(null, ddof=1))
+    z = (6.0 - mean) / (sd * np.sqrt(1 + 1 / 20))
+    # beyond every panel model: the Student tail with 4 degrees of freedom, larger than with k - 1 = 19
+    assert panel_p_value(6.0, null) == pytest.approx(stats.t.sf(z, PANEL_TAIL_DF))
+    assert panel_p_value(6.0, null) > prediction_p_value(6.0, null)
+    # a suspect that does not beat the panel's best is never below the rank p-value
+    inside = max(null) - 1e-9
+    assert panel_p_value(inside, null) >= 2 / 21
+    # an independent suspect drawn like the panel: the test is conservative at every level
+    rng = np.random.default_rng(5)
+    draws = rng.normal(0.0, 1.0, size=(4000, 21))
+    p_values = np.array([panel_p_value(row[0], list(row[1:])) for row in draws])
+    for level in (0.01, 0.05, 0.2):
+        assert (p_values <= level).mean() <= level
+
+
+def test_the_panel_p_value_tolerates_a_suspect_twice_as_spread_as_the_panel() -> None:
+    from verification.methods.dataset_inference import panel_p_value
+
+    rng = np.random.default_rng(6)
+    panel = rng.normal(0.0, 1.0, size=(20_000, 20))
+    suspect = rng.normal(0.0, 2.0, size=20_000)  # another recipe: twice the spread of the panel's statistics
+    p_values = np.array([panel_p_value(s, list(row)) for s, row in zip(suspect, panel, strict=True)])
+    # at alpha = 1e-3 the heavier tail covers it (about 2e-4 expected); the normal-theory p-value does not
+    assert (p_values <= ALPHA).mean() <= ALPHA
+    plain = np.array([prediction_p_value(s, row) for s, row in zip(suspect, panel, strict=True)])
+    assert (plain <= ALPHA).mean() > 10 * ALPHA

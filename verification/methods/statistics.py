@@ -318,12 +318,13 @@ def _finite_values(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
     return arr
 
 
-def prediction_p_value(statistic: float, null_statistics: npt.ArrayLike) -> float:
+def prediction_p_value(statistic: float, null_statistics: npt.ArrayLike, *, max_df: int | None = None) -> float:
     """One-sided p-value of ``statistic`` against k null draws, by the normal prediction interval.
 
     P[T_{k-1} >= (statistic - mean) / (sd * sqrt(1 + 1/k))] with the null draws' mean and sample
     standard deviation: exactly uniform when the statistic and the k draws are independent draws of
-    one normal distribution. Needs k >= 2 and draws that are not all equal.
+    one normal distribution. ``max_df`` caps the degrees of freedom (heavier tails: a larger p-value
+    beyond the centre, so still valid there). Needs k >= 2 and draws that are not all equal.
     """
     null = _finite_values(null_statistics, "the null statistics")
     value = float(statistic)
@@ -336,7 +337,8 @@ def prediction_p_value(statistic: float, null_statistics: npt.ArrayLike) -> floa
     if not sd > 0.0:
         raise ValueError("the null statistics are all equal: their spread cannot be estimated.")
     z = (value - float(null.mean())) / (sd * math.sqrt(1.0 + 1.0 / k))
-    return min(max(float(stats.t.sf(z, k - 1)), 0.0), 1.0)
+    df = k - 1 if max_df is None else max(1, min(k - 1, int(max_df)))
+    return min(max(float(stats.t.sf(z, df)), 0.0), 1.0)
 
 
 def empirical_p_value(statistic: float, null_statistics: npt.ArrayLike) -> float:

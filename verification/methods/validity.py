@@ -43,6 +43,7 @@ from scipy import stats  # type: ignore[import-untyped]
 from torch import nn
 
 from modelcourt.embed import embed_watermark
+from modelcourt.guard.watermark import ResponseWatermark
 from ownership.watermarks import generate_watermark
 from verification.methods.adaptive import (
     best_of_watermarks,
@@ -52,6 +53,7 @@ from verification.methods.adaptive import (
     label_only_claim,
     margin_split,
 )
+from verification.methods.api_watermark import api_watermark_binding, api_watermark_test
 from verification.methods.binding import claim_binding
 from verification.methods.dataset_inference import (
     Method,
@@ -59,19 +61,30 @@ from verification.methods.dataset_inference import (
     dataset_inference_test,
     mingd_distances,
     mingd_distances_naive,
+    panel_p_value,
 )
 from verification.methods.datasets import TaskData, digits_task, synthetic_task
 from verification.methods.decision import ClaimScreen, Decision, Outcome, Standing, TestResult, decide
 from verification.methods.evaluate import AgreementClaim, agreement_claim_test
 from verification.methods.fingerprints import generate_fingerprints
 from verification.methods.panels import ReferencePanel, load_or_train_panel, train_panel
-from verification.methods.statistics import binomial_test, min_achievable_p_value, prediction_p_value
+from verification.methods.statistics import binomial_test, min_achievable_p_value
 from verification.methods.suspects import TorchModuleSuspect
-from verification.methods.thefts import THEFT_KINDS, ClaimSet, TheftKind, false_claim_set, fine_tune, simulate
-from verification.methods.training import build_model, predict_labels, train_classifier
+from verification.methods.thefts import (
+    THEFT_KINDS,
+    Augmentation,
+    ClaimSet,
+    TheftKind,
+    extract_knockoff,
+    false_claim_set,
+    fine_tune,
+    simulate,
+)
+from verification.methods.training import accuracy, build_model, predict_labels, train_classifier
 
 __all__ = [
     "ADAPTIVE_ROWS",
+    "GUARD_ROWS",
     "DisputeRecord",
     "ValidityConfig",
     "ValidityReport",
@@ -147,6 +160,14 @@ class ValidityConfig:
     margin_samples: int = 100
     margin_suspects: int = 4
     min_false_disputes: int = 200
+    # the API guard section
+    guard: bool = True
+    guard_rate: float = 0.005
+    guard_budgets: tuple[int, ...] = (2_500, 5_000, 10_000)
+    guard_noise: float = 0.1
+    guard_mixup_budget: int = 10_000  # 0: no mixup thief
+    guard_min_seed_share: float = 0.8
+    guard_min_independent: int = 100
     cache_dir: Path | None = None
 
 
@@ -178,7 +199,7 @@ def is_false_claim(record: DisputeRecord) -> bool:
     """Whether the suspect does NOT derive from the claimant's model: a confirmation there is a false one."""
     if record.suspect == "independent" or record.suspect.startswith("false_claim"):
         return True
-    row = ADAPTIVE_ROWS.get(record.suspect)
+    row = ADAPTIVE_ROWS.get(record.suspect) or GUARD_ROWS.get(record.suspect)
     return row is not None and not row[1]
 
 
@@ -377,7 +398,7 @@ class _DatasetClaim:
         s.update(calibration="panel", panel_members=len(self.panel_t))
         if len(finite) < len(self.panel_t) or len(finite) < 2 or float(np.std(finite)) == 0.0:
             return TestResult(plain.name, plain.kind, 1.0, {**s, "p_value": 1.0}, False, "Not calibrated.")
-        p_panel = prediction_p_value(t, finite)
+        p_panel = panel_p_value(t, finite)
         p = max(within, p_panel)
         s.update(p_value_panel=p_panel, p_value=p)
         return TestResult(plain.name, plain.kind, p, s, plain.conclusive, plain.reason)
@@ -777,6 +798,290 @@ def _verifiable_flow(config: ValidityConfig, seed: int, world: _DigitsWorld, rep
         )
 
 
+# ------------------------------------------------------------------------------------------ the API guard
+#
+# The owner serves its model behind modelcourt.guard: a keyed share (``guard_rate``) of the answers carries a
+# wrong label, and the (input, served label) pairs are journaled and committed as they are served, so the
+# journal precedes any model trained on the answers. A thief buys ``Q`` label queries (the public split,
+# then augmented samples) and trains a knockoff on what was served; every independent model is put to the
+# same journal with a panel resampled as in the main rows. The honest users' cost is how much the served
+# labels lose against the model's own on the holdout.
+
+GUARD_ROWS: dict[str, tuple[str, bool]] = {
+    "guard_knockoff": ("a knockoff trained on the guarded API's answers (public, then noisy queries)", True),
+    "guard_knockoff_mixup": ("the same thief with mixup queries (reported, not required)", True),
+    "guard_independent": ("independent models put to the knockoffs' journals", False),
+}
+_GUARD_KEY_TAG = 0x6A4D
+
+
+class _GuardedApi(TorchModuleSuspect):
+    """The owner's model behind a response watermark: answers labels only and journals every changed answer."""
+
+    white_box = False
+    label_only = True
+
+    def __init__(self, module: nn.Module, task: TaskData, mark: ResponseWatermark) -> None:
+        super().__init__(
+            copy.deepcopy(module), num_classes=task.num_classes, input_shape=task.input_shape, device="cpu"
+        )
+        self.mark = mark
+        self.journal_x: list[npt.NDArray[np.float32]] = []
+        self.journal_y: list[npt.NDArray[np.int64]] = []
+
+    def _labels_batch(self, x: torch.Tensor) -> npt.NDArray[np.int64]:
+        own = super()._labels_batch(x)
+        inputs = x.numpy()
+        served, _, mask = self.mark.serve_batch(inputs, own, None)
+        self.journal_x.append(inputs[mask].copy())
+        self.journal_y.append(served[mask])
+        return served
+
+    def journal(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Every journaled (input, served label) pair so far, in the order served."""
+        if not self.journal_x:
+            return np.empty((0, *self.input_shape), dtype=np.float32), np.empty(0, dtype=np.int64)
+        return np.concatenate(self.journal_x), np.concatenate(self.journal_y)
+
+
+def _guard_mark(config: ValidityConfig, seed: int, task: TaskData) -> ResponseWatermark:
+    return ResponseWatermark(_seed_bytes(seed, _GUARD_KEY_TAG), task.num_classes, config.guard_rate)
+
+
+def _guard_record(
+    seed: int,
+    suspect: str,
+    queries: int,
+    module: nn.Module,
+    journal: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+    owner_labels: npt.NDArray[np.int64],
+    panel: ReferencePanel,
+    alpha: float,
+    extra: dict[str, float],
+) -> DisputeRecord:
+    """One API-watermark dispute: the suspect's labels on the journaled inputs, decided with the journal's standing."""
+    inputs, served = journal
+    test = api_watermark_test(
+        name="api_watermark",
+        suspect_labels=predict_labels(module, inputs),
+        served_labels=served,
+        claimant_labels=owner_labels,
+        panel_labels=list(panel.labels(inputs)),
+        num_classes=panel.num_classes,
+        alpha=alpha,
+    )
+    bound, agreement = api_watermark_binding(claimant_labels=owner_labels, served_labels=served)
+    # the guard committed each batch as it served it: the journal precedes any model trained on the answers
+    standing = _standing(test.name, chosen=True, committed=OWNER_COMMITS, first_known=SUSPECT_APPEARS)
+    standing = dataclasses.replace(standing, bound=bound)
+    decision = decide(tests=[test], standings=[standing], alpha=alpha)
+    s = test.statistics
+    values = {
+        "queries": float(queries),
+        "watermarked": float(len(served)),
+        "p_value_panel": float(s.get("p_value_panel", 1.0)),
+        "p_value_guard": float(s.get("p_value_guard", 1.0)),
+        "binding_agreement": agreement,
+        **{key: float(s[key]) for key in ("K", "m", "D", "unbound_rows", "panel_max_matches") if key in s},
+        **extra,
+    }
+    return DisputeRecord("digits", seed, suspect, f"api_wm_q{queries}", decision.outcome, test.p_value, values, None)
+
+
+def _guard_honest_cost(mark: ResponseWatermark, owner: nn.Module, task: TaskData) -> dict[str, float]:
+    """What the guard costs honest users: the served labels against the model's own on the holdout."""
+    own = predict_labels(owner, task.holdout_x)
+    served, _, mask = mark.serve_batch(task.holdout_x, own, None)
+    return {
+        "holdout_rows": float(len(own)),
+        "holdout_changed": float(mask.sum()),
+        "holdout_accuracy_own": float((own == task.holdout_y).mean()),
+        "holdout_accuracy_served": float((served == task.holdout_y).mean()),
+    }
+
+
+def _guard_rows(config: ValidityConfig, seed: int, world: _DigitsWorld, report: ValidityReport) -> None:
+    """The guard's disputes of one digits seed, against the seed's owner, panel and independent models."""
+    report.records.extend(_guard_disputes(config, seed, world.task, world.owner, world.panel, world.independents))
+
+
+def _guard_disputes(
+    config: ValidityConfig,
+    seed: int,
+    task: TaskData,
+    owner: nn.Module,
+    panel: ReferencePanel,
+    independents: list[nn.Module],
+) -> list[DisputeRecord]:
+    """The knockoff thief at each budget of the ladder (and the mixup thief), then every independent model.
+
+    Each independent model is judged with a panel drawn from the other models of the recipe (the panel's
+    and the other independents), as in the main rows.
+    """
+    started = time.perf_counter()
+    alpha = config.alpha
+    mark = _guard_mark(config, seed, task)
+    thieves: list[tuple[str, int, Augmentation]] = [("guard_knockoff", q, "noise") for q in config.guard_budgets]
+    if config.guard_mixup_budget > 0:
+        thieves.append(("guard_knockoff_mixup", config.guard_mixup_budget, "mixup"))
+    pool = [*zip(panel.members, panel.modules, strict=True), *((None, m) for m in independents)]
+    honest = _guard_honest_cost(mark, owner, task)
+    records: list[DisputeRecord] = []
+    for suspect, queries, augment in thieves:
+        api = _GuardedApi(owner, task, mark)
+        knockoff = extract_knockoff(
+            api, task.public_x, budget=queries, augment=augment, noise=config.guard_noise, seed=seed
+        )
+        journal = api.journal()
+        if len(journal[1]) == 0:
+            continue  # nothing was watermarked: no dispute to run (reported by the missing rung)
+        owner_labels = predict_labels(owner, journal[0])
+        extra = {"knockoff_accuracy": accuracy(knockoff, task.holdout_x, task.holdout_y), **honest}
+        records.append(_guard_record(seed, suspect, queries, knockoff, journal, owner_labels, panel, alpha, extra))
+        if suspect != "guard_knockoff":
+            continue
+        for i, module in enumerate(independents):
+            judge = _resampled_panel(panel, pool, module, seed, i)
+            records.append(
+                _guard_record(seed, "guard_independent", queries, module, journal, owner_labels, judge, alpha, {})
+            )
+    if records:  # the section's time rides on its first record
+        first = records[0]
+        records[0] = dataclasses.replace(first, extra={**first.extra, "guard_seconds": time.perf_counter() - started})
+    return records
+
+
+def _guard_summary(report: ValidityReport) -> dict[str, Any]:
+    """Per budget: seeds confirmed and the journal's size; the smallest budget that confirms; independents; cost."""
+    config = report.config
+    records = [r for r in report.records if r.suspect in GUARD_ROWS]
+    if not records:
+        return {}
+    seeds = len(config.seeds)
+    needed = math.ceil(config.guard_min_seed_share * seeds)
+    ladder: list[dict[str, Any]] = []
+    for suspect in ("guard_knockoff", "guard_knockoff_mixup"):
+        for queries in sorted({int(r.extra["queries"]) for r in records if r.suspect == suspect}):
+            items = [r for r in records if r.suspect == suspect and int(r.extra["queries"]) == queries]
+            ladder.append(
+                {
+                    "suspect": suspect,
+                    "queries": queries,
+                    "seeds": len(items),
+                    "confirmed": sum(1 for r in items if r.outcome == "ownership_confirmed"),
+                    "watermarked": float(np.median([r.extra["watermarked"] for r in items])),
+                    "matched": float(np.median([r.extra.get("m", 0.0) for r in items])),
+                    "bound_rows": float(np.median([r.extra.get("K", 0.0) for r in items])),
+                    "knockoff_accuracy": float(np.mean([r.extra["knockoff_accuracy"] for r in items])),
+                    "median_p": float(np.median([r.p_value for r in items])),
+                }
+            )
+    reaching = [row for row in ladder if row["suspect"] == "guard_knockoff" and row["confirmed"] >= needed]
+    independents = [r for r in records if r.suspect == "guard_independent"]
+    per_seed = {r.seed: r.extra for r in records if r.suspect == "guard_knockoff"}
+    rows = sum(e["holdout_rows"] for e in per_seed.values())
+    changed = sum(e["holdout_changed"] for e in per_seed.values())
+    cost = sum(
+        (e["holdout_accuracy_own"] - e["holdout_accuracy_served"]) * e["holdout_rows"] for e in per_seed.values()
+    )
+    lo, hi = (
+        (
+            float(stats.binom.ppf(0.0005, rows, config.guard_rate)),
+            float(stats.binom.isf(0.0005, rows, config.guard_rate)),
+        )
+        if rows
+        else (0.0, 0.0)
+    )
+    return {
+        "rate": config.guard_rate,
+        "needed_seeds": needed,
+        "ladder": ladder,
+        "smallest_budget": None if not reaching else reaching[0],
+        "independent_n": len(independents),
+        "independent_confirmed": sum(1 for r in independents if r.outcome == "ownership_confirmed"),
+        "independent_fpr": _fpr("API watermark, independent models", [r.p_value for r in independents])
+        if independents
+        else None,
+        # the guard's own p-value alone (exact given the suspect's answers, conservative by discreteness)
+        "independent_fpr_guard": _fpr("the guard's p-value alone", [r.extra["p_value_guard"] for r in independents])
+        if independents
+        else None,
+        "holdout_rows": rows,
+        "holdout_changed": changed,
+        "changed_share": changed / rows if rows else math.nan,
+        "changed_range": (lo, hi),  # the central 99.9% of Binomial(rows, rate)
+        "accuracy_cost": cost / rows if rows else math.nan,
+        "seconds": sum(r.extra.get("guard_seconds", 0.0) for r in records),
+    }
+
+
+def _guard_checks(config: ValidityConfig, guard: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The guard section's pass/fail lines; when it did not run, one line that passes only if it was switched off."""
+    if not guard:
+        return [("the API guard section ran", not config.guard)]
+    best = guard["smallest_budget"]
+    rungs = [row for row in guard["ladder"] if row["suspect"] == "guard_knockoff"]
+    if best:
+        knockoff = (
+            f"guard_knockoff: confirmed in {best['confirmed']} of {best['seeds']} seeds from Q={best['queries']} "
+            f"queries ({best['watermarked']:.0f} watermarked answers, median)"
+        )
+    elif rungs:
+        top = rungs[-1]
+        knockoff = (
+            f"guard_knockoff: confirmed in {top['confirmed']} of {top['seeds']} seeds at the top Q={top['queries']}"
+        )
+    else:
+        knockoff = "guard_knockoff: no budget of the ladder journaled a watermarked answer"
+    n, wrong = guard["independent_n"], guard["independent_confirmed"]
+    lo, hi = guard["changed_range"]
+    return [
+        (f"{knockoff} (needed: {guard['needed_seeds']})", best is not None),
+        (
+            f"guard_independent: never confirmed, {wrong} of {n} disputes",
+            wrong == 0 and n >= config.guard_min_independent,
+        ),
+        (
+            f"guard: honest answers changed {guard['holdout_changed']:.0f} of {guard['holdout_rows']:.0f} "
+            f"(rate {guard['rate']:g}: 99.9% range {lo:.0f}-{hi:.0f})",
+            lo <= guard["holdout_changed"] <= hi,
+        ),
+    ]
+
+
+def _guard_lines(guard: dict[str, Any]) -> list[str]:
+    """The guard section of the report."""
+    if not guard:
+        return []
+    lines = [
+        "",
+        f"API guard (wrong label on a keyed {guard['rate']:g} of answers): confirmations per thief and budget Q",
+        f"  {'thief':<22} {'Q':>7} {'confirmed':>10} {'watermarked':>12} {'bound':>6} {'matched':>8} "
+        f"{'knockoff acc':>13} {'median p':>9}",
+    ]
+    for row in guard["ladder"]:
+        lines.append(
+            f"  {row['suspect']:<22} {row['queries']:>7} {row['confirmed']:>4} of {row['seeds']:<3} "
+            f"{row['watermarked']:>12.0f} {row['bound_rows']:>6.0f} {row['matched']:>8.0f} "
+            f"{row['knockoff_accuracy']:>13.3f} {row['median_p']:>9.2g}"
+        )
+    lines += [f"  {name}: {what}" for name, (what, _) in GUARD_ROWS.items()]
+    fpr = guard["independent_fpr"]
+    if fpr is not None:
+        lines.append(
+            f"  independent models: {guard['independent_confirmed']} of {guard['independent_n']} confirmed; "
+            f"FPR at 0.05 {fpr['fpr_at_0.05']:.3f} (a calibrated test: {fpr['calibrated_range'][0]:.3f}-"
+            f"{fpr['calibrated_range'][1]:.3f}; the larger of two p-values is conservative); "
+            f"the guard's p-value alone: {guard['independent_fpr_guard']['fpr_at_0.05']:.3f}"
+        )
+    lines.append(
+        f"  honest users: {guard['holdout_changed']:.0f} of {guard['holdout_rows']:.0f} holdout answers changed "
+        f"({guard['changed_share']:.4f}); accuracy cost {guard['accuracy_cost']:.4f}; "
+        f"section time {guard['seconds']:.0f} s"
+    )
+    return lines
+
+
 def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
     world = _digits_world(config, seed, progress)
     _digits_main(config, seed, world, report)
@@ -793,6 +1098,9 @@ def _digits_seed(config: ValidityConfig, seed: int, report: ValidityReport, prog
         progress(f"digits seed {seed}: multiplicity, family and the verifiable flow tested")
         _margin_split(config, seed, world, report)
         progress(f"digits seed {seed}: margin-chosen dataset split tested")
+    if config.guard:
+        _guard_rows(config, seed, world, report)
+        progress(f"digits seed {seed}: the API guard's knockoffs and independents tested")
 
 
 def _synthetic_seed(config: ValidityConfig, seed: int, report: ValidityReport, progress: Progress) -> None:
@@ -1040,6 +1348,8 @@ def summarise(report: ValidityReport) -> dict[str, Any]:
             or (bool(siblings) and all(c["fpr_at_0.05"] <= c["calibrated_range"][1] for c in siblings)),
         )
     )
+    guard = _guard_summary(report)
+    checks += _guard_checks(config, guard)
     if report.cost:
         speedup = report.cost["speedup"]
         checks.append((f"cost: MinGD vectorised is {speedup:.1f}x the per-target loop (aim >= 5x)", speedup >= 5))
@@ -1055,6 +1365,7 @@ def summarise(report: ValidityReport) -> dict[str, Any]:
         "false_disputes": len(false),
         "false_confirmations": wrong,
         "false_confirmations_old": wrong_old,
+        "guard": guard,
     }
 
 
@@ -1142,6 +1453,7 @@ def format_report(report: ValidityReport, summary: dict[str, Any] | None = None)
                 "the panel's calibration run once per claim), "
                 f"{queries:.0f} metered suspect queries per tested sample"
             )
+    lines += _guard_lines(s.get("guard", {}))
     lines += ["", "checks"]
     lines += [f"  [{'PASS' if ok else 'FAIL'}] {text}" for text, ok in s["checks"]]
     return "\n".join(lines)
@@ -1174,5 +1486,8 @@ def configs_for(names: Sequence[str]) -> ValidityConfig:
             margin_samples=60,
             margin_suspects=1,
             min_false_disputes=30,
+            guard_budgets=(5_000,),
+            guard_mixup_budget=0,
+            guard_min_independent=6,
         )
     return ValidityConfig()
