@@ -185,3 +185,17 @@ def test_the_model_page_lists_alarms_with_a_request_link(owner, client) -> None:
     form = browser.get(f"/owner/requests/new?model={model.public_id}&methods=api_watermark&api_client={TAG}")
     assert form.status_code == 200
     assert f'value="{TAG}"' in form.content.decode()
+
+
+def test_stress_tests_leave_the_guards_batches_out(owner) -> None:  # type: ignore[no-untyped-def]
+    from ownership.services import evidence_upload
+    from verification.exceptions import StressTestError
+    from verification.services.stress import stress_test_start
+
+    model = _model(owner)
+    batch = evidence_upload(model=model, kind="api_watermark", data=_npz(_batch()))
+    # the journal marks the API's answers, which no simulated theft of the weights reproduces
+    with pytest.raises(StressTestError, match="has none yet"):
+        stress_test_start(owner=owner, model=model)
+    with pytest.raises(StressTestError, match="cannot be stress-tested"):
+        stress_test_start(owner=owner, model=model, evidence_sets=[batch])

@@ -70,7 +70,18 @@ def _check_thefts(model: RegisteredModel, thefts: Sequence[str]) -> list[str]:
 
 
 def _check_stress_evidence(model: RegisteredModel, evidence_sets: Sequence[EvidenceSet] | None) -> list[EvidenceSet]:
-    sets = list(evidence_sets) if evidence_sets is not None else list(model.evidence_sets.all())
+    # a guard's journal speaks only of models trained on the answers it served, which no simulated theft of the
+    # weights is: stress tests leave those batches out by default and refuse them by name
+    if evidence_sets is not None and any(s.kind == EvidenceSet.Kind.API_WATERMARK for s in evidence_sets):
+        raise StressTestError(
+            "a guard's journal batches cannot be stress-tested: they mark the API's answers, not the model's weights",
+            code="evidence_sets",
+        )
+    sets = (
+        list(evidence_sets)
+        if evidence_sets is not None
+        else list(model.evidence_sets.exclude(kind=EvidenceSet.Kind.API_WATERMARK))
+    )
     if not sets:
         raise StressTestError("choose at least one evidence set of the model; it has none yet", code="evidence_sets")
     if any(s.model_id != model.pk for s in sets):
