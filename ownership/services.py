@@ -5,7 +5,6 @@ import json
 import logging
 import re
 import secrets
-import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from ownership.exceptions import (
     ValidationBusyError,
 )
 from ownership.models import EvidenceSet, GuardAlarm, RegisteredModel, WatermarkDraw
+from ownership.text import has_hidden_characters
 from timestamps import services as timestamp_services
 from workers import sandbox
 
@@ -94,7 +94,7 @@ def model_register(
     name = name.strip()
     if not name or len(name) > MAX_NAME:
         raise RegistryError(f"name must be 1 to {MAX_NAME} characters", code="name")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in name):
+    if has_hidden_characters(name):
         raise RegistryError("the name must not contain control or formatting characters", code="name")
     if RegisteredModel.objects.filter(owner=owner, name=name).exists():
         raise RegistryError(f"you already have a model named {name!r}", code="duplicate_name")

@@ -207,15 +207,17 @@ def _pool_journal(
     )
 
 
-def _judge_precedence(dispute: Dispute, opened: _Opened, suspect_probe_labels: Any) -> dict[str, dict[str, Any]]:
+def _judge_precedence(
+    dispute: Dispute, opened: _Opened, suspect_probe_labels: Any, *, reprobe: bool = True
+) -> dict[str, dict[str, Any]]:
     """The suspect's first known times, then each set's standing: precedence (in its record) and draws.
 
     Called after the run: the suspect's answers to the registry's probes show which earlier registration,
     if any, it behaves as; a re-probed endpoint sighting counts if the endpoint still answers alike.
     """
-    confirmed = _recheck_sightings(dispute) + precedence.behaviour_first_known(
-        dispute=dispute, labels=suspect_probe_labels
-    )
+    # a run whose evidence failed integrity is rejected whatever precedence says: its endpoint is not probed again
+    rechecked = _recheck_sightings(dispute) if reprobe else []
+    confirmed = rechecked + precedence.behaviour_first_known(dispute=dispute, labels=suspect_probe_labels)
     opened.first_known = precedence.suspect_first_known(dispute=dispute, confirmed_sightings=confirmed)
     draws = ownership_services.watermark_draws_before(moment=dispute.created_at)
     # a claim narrowed to one client could have named any client the guard had committed by the filing
@@ -743,7 +745,7 @@ def run_to_verdict(
         # the child's numbers, checked; the decision itself is made here, with our own standings
         decision = _decide_here(result.get("decision"), sent=sent, standings=standings, alpha=dispute.alpha)
     else:
-        _judge_precedence(dispute, opened, None)
+        _judge_precedence(dispute, opened, None, reprobe=False)
         record = decide(tests=[], integrity_ok=False, alpha=dispute.alpha).to_dict()
         record["reasons"] = problems + record["reasons"]
         decision = record

@@ -5,7 +5,6 @@ import hashlib
 import logging
 import re
 import socket
-import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from ownership import artifacts
 from ownership import services as ownership_services
 from ownership.exceptions import UploadTooLargeError
 from ownership.models import EvidenceSet, RegisteredModel
+from ownership.text import has_hidden_characters
 from verification import reference, sweeps
 from verification.exceptions import DisputeError, DisputeStateError, RunFailed
 from verification.methods import egress
@@ -179,7 +179,7 @@ def _check_title(title: str) -> str:
     title = title.strip()
     if not title or len(title) > MAX_TITLE:
         raise DisputeError(f"title must be 1 to {MAX_TITLE} characters", code="title")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in title):
+    if has_hidden_characters(title):
         # others read titles in pages, logs and terminals: no control or invisible formatting characters
         raise DisputeError("the title must not contain control or formatting characters", code="title")
     return title
@@ -222,7 +222,7 @@ def _check_release(released_at: datetime | None, source: str) -> tuple[datetime 
             f"a release time needs its source (1 to {MAX_RELEASE_SOURCE} characters: a URL or a document)",
             code="suspect_release_source",
         )
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in source):
+    if has_hidden_characters(source):
         raise DisputeError(
             "the release source must not contain control or formatting characters", code="suspect_release_source"
         )

@@ -7,7 +7,6 @@ suspect after that moment. Only the digest is kept; the file is hashed while it 
 
 import hashlib
 import secrets
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from django.utils import timezone
 from ownership import artifacts
 from ownership import services as ownership_services
 from ownership.exceptions import UploadTooLargeError
+from ownership.text import has_hidden_characters
 from timestamps import services as timestamp_services
 from verification import tasks
 from verification.exceptions import DisputeError
@@ -34,7 +34,7 @@ def _check_note(note: str) -> str:
     note = note.strip()
     if len(note) > MAX_NOTE:
         raise DisputeError(f"the note must be at most {MAX_NOTE} characters", code="note")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in note):
+    if has_hidden_characters(note):
         # notes are read in pages, logs and terminals: no control or invisible formatting characters
         raise DisputeError("the note must not contain control or formatting characters", code="note")
     return note
