@@ -237,7 +237,7 @@ def cmd_evidence_adopt(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_sighting_record(args: argparse.Namespace, client: Client) -> int:
     """Time-stamp a model file's digest, or have an endpoint probed: later disputes count it as first known."""
-    if bool(args.file) == bool(args.url):
+    if bool(args.file) == bool(args.endpoint_url):
         raise CliError("error: give a model file or --url, not both")
     if args.file:
         files = [("file", Path(args.file).name, _read_bytes(args.file))]
@@ -246,7 +246,7 @@ def cmd_sighting_record(args: argparse.Namespace, client: Client) -> int:
     if not args.input_shape or not args.num_classes:
         raise CliError("error: an endpoint sighting needs --input-shape and --num-classes")
     body = {
-        "url": args.url,
+        "url": args.endpoint_url,
         "protocol": args.protocol,
         "model_name": args.model_name or "",
         "output": args.output,
@@ -864,7 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="sighting_command", required=True)
     seen = sighting.add_parser("record", help="record that a model file (or, with --url, an endpoint) existed now")
     seen.add_argument("file", nargs="?", help="a model file (hashed; not kept)")
-    seen.add_argument("--url", help="a prediction endpoint to probe instead of a file")
+    # its own dest: the top-level --url (the service) must not be overwritten by this option's default
+    seen.add_argument("--url", dest="endpoint_url", help="a prediction endpoint to probe instead of a file")
     seen.add_argument("--protocol", choices=["json", "v2"], default="json")
     seen.add_argument("--model-name", help="the model's name on a v2 server")
     seen.add_argument("--output", choices=["logits", "probabilities", "labels"], default="logits")

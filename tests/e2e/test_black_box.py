@@ -87,10 +87,12 @@ def _owner_registers_a_watermarked_model(service: Service, artifacts: dict[str, 
     return {"model": deployed_model, "evidence": evidence, "stolen_pt": stolen_pt, "deployed_pt": deployed_pt}
 
 
-def _file(service: Service, arbiter: str, claim: dict[str, Any], suspect: Path, title: str) -> tuple[str, float]:
+def _file(
+    service: Service, arbiter: str, claim: dict[str, Any], suspect: Path, title: str, *extra: str
+) -> tuple[str, float]:
     dispute = service.cli_json(
         arbiter, "dispute", "file", "--claimant", claim["model"]["id"], "--methods", "watermark",
-        "--evidence", claim["evidence"]["id"], "--suspect-file", str(suspect), "--title", title,
+        "--evidence", claim["evidence"]["id"], "--suspect-file", str(suspect), "--title", title, *extra,
     )  # fmt: skip
     assert dispute["state"] in ("queued", "running"), dispute
     return str(dispute["id"]), time.monotonic()
@@ -132,7 +134,14 @@ def _the_whole_story(service: Service, artifacts: dict[str, Any], workdir: Path)
     assert independent["format"] == "onnx"
 
     stolen_id, stolen_filed = _file(service, arbiter, claim, claim["stolen_pt"], "fine-tuned copy")
-    other_id, other_filed = _file(service, arbiter, claim, artifacts["independent_onnx"], "independent model")
+    # the arbiter saw the independent model on a hub and knows its release: both count as its first known times
+    sighting = service.cli_json(
+        arbiter, "sighting", "record", str(artifacts["independent_onnx"]), "--note", "seen on a model hub"
+    )
+    assert sighting["kind"] == "file", sighting
+    assert service.cli_json(None, "sighting", "show", sighting["id"])["model_digest"] == sighting["model_digest"]
+    release = ("--released-at", "2026-01-02T03:04:05Z", "--release-source", "https://models.example.org/notes")
+    other_id, other_filed = _file(service, arbiter, claim, artifacts["independent_onnx"], "independent model", *release)
     counter_id = _a_thief_claims_the_original(service, arbiter, claim, workdir)
     stolen = _await_verdict(service, arbiter, stolen_id)
     stolen_s = time.monotonic() - stolen_filed
@@ -143,6 +152,12 @@ def _the_whole_story(service: Service, artifacts: dict[str, Any], workdir: Path)
     assert other["verdict"]["outcome"] != "ownership_confirmed", other
     for dispute in (stolen, other):
         _publish_and_verify(service, arbiter, dispute, workdir)
+    # the signed verdict names each first known time with its source
+    verdict = service.get(f"/api/v1/verdicts/{other['verdict']['id']}").json()
+    known = {item["kind"]: item for item in verdict["predicate"]["precedence"]["first_known"]}
+    assert known["release"]["source"] == "https://models.example.org/notes", known
+    assert known["release"]["when"].startswith("2026-01-02T03:04:05"), known
+    assert "sighting" in known, known
     counter = _await_verdict(service, arbiter, counter_id)
     # the thief's evidence came after the owner's registration of these very bytes: it cannot confirm
     assert counter["verdict"]["outcome"] != "ownership_confirmed", counter

@@ -433,3 +433,17 @@ def test_evidence_without_a_salt_is_a_usage_error(files: ReceiptFiles) -> None:
         main(_verify_args(files, "--evidence", str(files.evidence)))
 
     assert exited.value.code == 2
+
+
+def test_a_sighting_never_overwrites_the_service_url() -> None:
+    from modelcourt.cli import build_parser
+
+    parser = build_parser()
+    filed = parser.parse_args(["--url", "http://court.example.org", "sighting", "record", "model.pt"])
+    assert filed.url == "http://court.example.org"
+    assert filed.endpoint_url is None
+    probed = parser.parse_args(
+        ["--url", "http://court.example.org", "sighting", "record", "--url", "https://m.example"]
+    )
+    assert probed.url == "http://court.example.org"
+    assert probed.endpoint_url == "https://m.example"
