@@ -392,7 +392,7 @@ class GuardAlarmListApi(OwnerApiView):
             ref_name = "GuardAlarmInput"
 
         client = serializers.CharField(max_length=64, help_text="the guard's client tag (32 hex digits)")
-        queries = serializers.IntegerField(min_value=1, max_value=10**12)
+        queries = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
         statistic = serializers.FloatField(help_text="Shapiro-Wilk W of the client's query distances")
         threshold = serializers.FloatField()
         raised_at = serializers.DateTimeField()

@@ -352,12 +352,13 @@ def _journal_summary(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     skew allowance is refused. The commitment's time-stamp, not these times, is what precedence uses.
     """
     served = arrays["served_at"]
-    latest = datetime.fromtimestamp(float(served.max()), tz=UTC)
-    if latest > timezone.now() + MAX_CLOCK_SKEW:
+    # compared as numbers first: a time far beyond the calendar cannot even be made a datetime
+    if float(served.max()) > timezone.now().timestamp() + MAX_CLOCK_SKEW.total_seconds():
         raise RegistryError(
             "the batch holds answers served in the future (served_at beyond the service's clock)",
             code="evidence_rejected",
         )
+    latest = datetime.fromtimestamp(float(served.max()), tz=UTC)
     tags = sorted({bytes(row).hex() for row in arrays["clients"]})
     return {
         "clients": tags,

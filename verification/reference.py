@@ -1,7 +1,7 @@
 """Reference panels a dispute can be judged against: built-in recipes and operator-installed folders.
 
-A built-in panel is trained from public data the first time it is needed and cached under the data
-folder; an operator installs another by saving a panel (``ReferencePanel.save``) into
+A built-in panel is trained from public data, with this deployment's secret seed, the first time it is
+needed and cached under the data folder; an operator installs another by saving a panel (``ReferencePanel.save``) into
 ``<data>/panels/installed/<name>/``. Every load checks each member file against the manifest.
 What a panel serves (:func:`panel_info`) is read without training or loading it: the built-in ones
 declare it here, an installed one in its manifest (the native input shape only, unless it lists more).
@@ -9,6 +9,9 @@ declare it here, an installed one in its manifest (the native input shape only, 
 
 import json
 import logging
+import os
+import secrets
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -88,6 +91,36 @@ def panel_infos() -> list[PanelInterface]:
     return found
 
 
+def builtin_seed() -> int:
+    """This deployment's secret seed for its built-in panels, drawn on first use and kept with the keys.
+
+    A panel anyone can rebuild is a panel a false claimant can aim at: evidence chosen so that no member of
+    a known panel matches it, while fresh models of the same recipe often do, passes a null built on those
+    members. With a seed nobody outside the deployment knows, the members are as unknown to the claimant
+    as the suspect is. Operators may reveal it after a dispute for an audit; the panel's hash is in every verdict.
+    """
+    path = Path(settings.MODELCOURT_KEY_DIR) / "panel-seed"
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # written once, never overwritten
+        except FileExistsError:  # another process drew it first: wait for its write
+            for _ in range(50):
+                text = path.read_text(encoding="ascii").strip()
+                if text:
+                    break
+                time.sleep(0.1)
+        else:
+            text = str(secrets.randbits(62))
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(text + "\n")
+    if not text.isdigit():
+        raise PanelUnavailable("the built-in panel's seed file is damaged; an operator must restore it")
+    return int(text)
+
+
 def panel_directory(name: str) -> Path:
     """The folder of panel ``name``, training a built-in one on first use (tens of seconds)."""
     if name in BUILTIN:
@@ -97,8 +130,9 @@ def panel_directory(name: str) -> Path:
 
         task = digits_task(0)
         accepted = BUILTIN_INTERFACES[name].accepted_shapes
-        load_or_train_panel(task, _root() / "builtin", size=BUILTIN_SIZE, seed=0, accepted_shapes=accepted)
-        return cached(task, _root() / "builtin", size=BUILTIN_SIZE, seed=0)
+        seed = builtin_seed()
+        load_or_train_panel(task, _root() / "builtin", size=BUILTIN_SIZE, seed=seed, accepted_shapes=accepted)
+        return cached(task, _root() / "builtin", size=BUILTIN_SIZE, seed=seed)
     directory = _root() / "installed" / name
     if "/" in name or name.startswith(".") or not (directory / "manifest.json").is_file():
         raise PanelUnavailable(f"no reference panel named {name!r}; available: {', '.join(panel_list())}")

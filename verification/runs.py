@@ -172,36 +172,59 @@ def _open_claims(dispute: Dispute) -> _Opened:
 def _pool_journal(
     dispute: Dispute, batches: list[tuple[EvidenceSet, dict[str, Any], Mapping[str, Any]]], opened: _Opened
 ) -> None:
-    """A guard's journal batches as one claim: their rows together (one client's, if the dispute names one).
+    """A guard's journal as one claim: the rows of every batch committed before the suspect was first known.
 
-    Each batch still has its own record and precedence; the pooled claim stands only if every batch that
-    gives it rows was committed before the suspect's first known time (see ``_judge_precedence``).
+    The service, not the claimant, chooses the rows: every batch of the claimant's model (see the filing)
+    that precedes what is known of the suspect before the run (filing, registrations, sightings, release
+    time), narrowed to one client if the dispute names one. A batch that does not precede is recorded and
+    left out; if the run finds an earlier first known time, the pooled claim must precede that too.
+
+    Each distinct input counts once: the guard answers an input the same way every time, so a repeated row
+    adds no evidence, and an input journaled with two different answers cannot be the guard's and is dropped.
     """
     tag = bytes.fromhex(dispute.api_client) if dispute.api_client else None
+    known = precedence.suspect_first_known(dispute=dispute)
     name = f"api_watermark-{batches[0][0].commitment[:12]}"
-    inputs, labels = [], []
+    answers: dict[bytes, tuple[np.ndarray, int]] = {}
+    conflicting: set[bytes] = set()
     for evidence_set, record, arrays in batches:
+        judged = precedence.evidence_precedence(evidence_set=evidence_set, first_known=known)
         rows = np.ones(len(arrays["labels"]), dtype=bool)
         if tag is not None:
             rows = (np.asarray(arrays["clients"], dtype=np.uint8) == np.frombuffer(tag, dtype=np.uint8)).all(axis=1)
-        record["rows"] = int(rows.sum())
-        opened.sets.append((evidence_set, record, name if rows.any() else ""))
-        if rows.any():
-            inputs.append(np.asarray(arrays["inputs"])[rows])
-            labels.append(np.asarray(arrays["labels"])[rows])
-    if not inputs:
+        used = bool(rows.any()) and judged.precedes
+        record["rows"] = int(rows.sum()) if used else 0
+        if rows.any() and not judged.precedes:
+            record["left_out"] = "committed after the suspect was first known"
+        opened.sets.append((evidence_set, record, name if used else ""))
+        if not used:
+            continue
+        inputs = np.ascontiguousarray(np.asarray(arrays["inputs"], dtype=np.float32)[rows])
+        for row, label in zip(inputs, np.asarray(arrays["labels"])[rows], strict=True):
+            key = row.tobytes()
+            if key in answers and answers[key][1] != int(label):
+                conflicting.add(key)
+            answers.setdefault(key, (row, int(label)))
+    for key in conflicting:
+        del answers[key]
+    if conflicting:
         opened.notes.append(
-            "the guard's batches hold no answer served to the client the dispute names"
-            if tag is not None
-            else "the guard's batches hold no answers"
+            f"{len(conflicting)} journaled input(s) carry two different answers, which a guard never serves; "
+            "they were left out"
+        )
+    if not answers:
+        opened.notes.append(
+            "no journaled answer "
+            + ("to the client the dispute names " if tag is not None else "")
+            + "was committed before the suspect was first known"
         )
         return
     opened.claims.append(
         {
             "name": name,
             "kind": EvidenceSet.Kind.API_WATERMARK,
-            "inputs": np.concatenate(inputs),
-            "labels": np.concatenate(labels),
+            "inputs": np.stack([row for row, _ in answers.values()]),
+            "labels": np.asarray([label for _, label in answers.values()], dtype=np.int64),
             "verifiable": False,
         }
     )

@@ -40,7 +40,7 @@ METHOD_EVIDENCE = {
 }
 _CLIENT_TAG = re.compile(r"[0-9a-f]{32}")
 MAX_RELEASE_SOURCE = 300
-MAX_EVIDENCE_SETS = 60  # below the bundle verifier's bound on claims (64)
+MAX_EVIDENCE_SETS = 800  # below the bundle verifier's bound on claims (900), with room for its other files
 MAX_TITLE = 200
 MAX_BUDGET = 10_000_000
 
@@ -94,6 +94,18 @@ def _check_claim(
     sets = list(evidence_sets) if evidence_sets is not None else list(claimant_model.evidence_sets.all())
     if any(s.model_id != claimant_model.pk for s in sets):
         raise DisputeError("every evidence set must belong to the claimant's model", code="evidence_sets")
+    if "api_watermark" in chosen:
+        # the claim opens every batch the guard committed: a claimant who could pick batches after seeing the
+        # suspect would pick the ones it happens to match (one client may be named, and that is paid for)
+        batches = list(claimant_model.evidence_sets.filter(kind=EvidenceSet.Kind.API_WATERMARK).order_by("id"))
+        named = {s.pk for s in sets if s.kind == EvidenceSet.Kind.API_WATERMARK}
+        if evidence_sets is not None and named and named != {b.pk for b in batches}:
+            raise DisputeError(
+                "api_watermark opens every guard batch of the claimant's model, so a claim cannot pick batches: "
+                "leave the guard's batches out of evidence_sets (name a client with api_client instead)",
+                code="evidence_sets",
+            )
+        sets = [s for s in sets if s.kind != EvidenceSet.Kind.API_WATERMARK] + batches
     chosen_sets = [s for s in sets if s.kind in {METHOD_EVIDENCE[m] for m in chosen}]
     if len(chosen_sets) > MAX_EVIDENCE_SETS:
         # every set's receipt travels in the verdict's bundle, which verifiers accept up to a bound
