@@ -127,12 +127,16 @@ def test_draws_must_be_positive() -> None:
         Standing("wm", draws=0)
 
 
-def test_the_screen_never_sets_a_generated_watermark_aside() -> None:
+def test_the_screen_sets_a_flagged_generated_watermark_aside_too() -> None:
+    # a best-of-many draw is picked for matching models in general: exactly what the screen sees
     screens = [ClaimScreen("wm", True, 1e-4)]
     d = decide(tests=[_test("wm", 1e-20)], screens=screens, standings=[Standing("wm", chosen=False)], alpha=ALPHA)
-    assert d.outcome == "ownership_confirmed"
-    assert any("chance" in r for r in d.reasons)
+    assert d.outcome == "claim_rejected"
+    assert any("generated watermark" in r and "set aside" in r for r in d.reasons)
     uploaded = decide(
         tests=[_test("wm", 1e-20)], screens=screens, standings=[Standing("wm", precedes=True)], alpha=ALPHA
     )
     assert uploaded.outcome == "claim_rejected"
+    passed = [ClaimScreen("wm", False, 0.4)]
+    kept = decide(tests=[_test("wm", 1e-20)], screens=passed, standings=[Standing("wm", chosen=False)], alpha=ALPHA)
+    assert kept.outcome == "ownership_confirmed"
