@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -17,23 +16,14 @@ from ownership.evidence import EvidenceRejected, load_evidence
 from ownership.models import GuardAlarm, RegisteredModel
 from ownership.roles import Role, role_grant
 from ownership.services import MAX_ALARMS_PER_HOUR
+from tests.verification.conftest import bare_model
 
 TAG = "ab" * 16
 rng = np.random.default_rng(3)
 
 
 def _model(owner: Any, name: str = "served") -> RegisteredModel:
-    return RegisteredModel.objects.create(
-        owner=owner,
-        name=name,
-        input_shape=[64],
-        num_classes=10,
-        artifact_format="torchscript",
-        artifact_size=1,
-        model_digest=uuid.uuid4().hex * 2,
-        file_digests={},
-        created_at=timezone.now(),
-    )
+    return bare_model(owner, name)
 
 
 def _batch(rows: int = 5, **override: Any) -> dict[str, np.ndarray]:
