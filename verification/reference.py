@@ -101,14 +101,14 @@ def builtin_seed() -> int:
     """
     path = Path(settings.MODELCOURT_KEY_DIR) / "panel-seed"
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # written once, never overwritten
         except FileExistsError:  # another process drew it first: wait for its write
             for _ in range(50):
-                text = path.read_text(encoding="ascii").strip()
+                text = path.read_text(encoding="ascii", errors="replace").strip()
                 if text:
                     break
                 time.sleep(0.1)
@@ -116,7 +116,7 @@ def builtin_seed() -> int:
             text = str(secrets.randbits(62))
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(text + "\n")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise PanelUnavailable("the built-in panel's seed file is damaged; an operator must restore it")
     return int(text)
 
