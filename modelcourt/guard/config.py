@@ -26,7 +26,8 @@ ENV = {
     "MODELCOURT_GUARD_BATCH_SECONDS": "commit when the oldest pending answer is this old (default 300)",
     "MODELCOURT_GUARD_PRADA_THRESHOLD": "alarm when the Shapiro-Wilk W falls below this (default 0.90)",
     "MODELCOURT_GUARD_PRADA_WINDOW": "distances W is computed over (default 100)",
-    "MODELCOURT_GUARD_PRADA_MIN": "distances needed before W is computed (default 50)",
+    "MODELCOURT_GUARD_PRADA_MIN": "distances needed before W is computed (default: the window, 100)",
+    "MODELCOURT_GUARD_PRADA_EVERY": "W is computed every this many queries of a client (default 10)",
     "MODELCOURT_GUARD_CLIENT_HEADER": "1: the client id is the X-Client-Id header (only behind a trusted gateway)",
     "MODELCOURT_GUARD_INPUT_SHAPE": "optional: the input shape without the batch dimension, e.g. 1,8,8",
 }
@@ -55,7 +56,8 @@ class GuardConfig:
     batch_seconds: float = 300.0
     prada_threshold: float = 0.90
     prada_window: int = 100
-    prada_min_distances: int = 50
+    prada_min_distances: int = 100
+    prada_every: int = 10
     prada_max_points_per_class: int = 2000
     prada_max_clients: int = 10_000
     prada_max_bytes: int = 256 * 1024 * 1024
@@ -91,6 +93,10 @@ class GuardConfig:
                 3 <= self.prada_min_distances <= self.prada_window,
                 "MODELCOURT_GUARD_PRADA_MIN is at least 3 and at most the window",
             ),
+            (
+                isinstance(self.prada_every, int) and not isinstance(self.prada_every, bool) and self.prada_every >= 1,
+                "MODELCOURT_GUARD_PRADA_EVERY is at least 1",
+            ),
             (self.prada_max_points_per_class >= 1 and self.prada_max_clients >= 1, "PRADA caps are at least 1"),
             (self.max_body_bytes >= 1024, "the request size limit is at least 1 KiB"),
             (self.upstream_timeout_s > 0 and self.service_timeout_s > 0, "timeouts are positive"),
@@ -120,6 +126,7 @@ class GuardConfig:
             ("prada_threshold", "MODELCOURT_GUARD_PRADA_THRESHOLD", float),
             ("prada_window", "MODELCOURT_GUARD_PRADA_WINDOW", int),
             ("prada_min_distances", "MODELCOURT_GUARD_PRADA_MIN", int),
+            ("prada_every", "MODELCOURT_GUARD_PRADA_EVERY", int),
         ]
         for name, variable, kind in numbers:
             if environ.get(variable, "").strip():
@@ -132,8 +139,8 @@ class GuardConfig:
         if not environ.get("MODELCOURT_GUARD_JOURNAL", "").strip() and overrides.get("journal_dir") is None:
             raise GuardConfigError("MODELCOURT_GUARD_JOURNAL must name the journal's directory (kept private)")
         window = values.get("prada_window")
-        if "prada_min_distances" not in values and isinstance(window, int) and window < 50:
-            values["prada_min_distances"] = window  # a small window is judged as soon as it is full
+        if "prada_min_distances" not in values and isinstance(window, int):
+            values["prada_min_distances"] = window  # by default only full windows are judged
         return cls(**values)  # type: ignore[arg-type]
 
 

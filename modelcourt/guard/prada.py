@@ -8,6 +8,12 @@ normally distributed; an extraction attack (synthetic or augmented samples craft
 gives clustered, skewed ones. The Shapiro-Wilk W of the last ``window`` distances measures that: W below
 the threshold raises one alarm, and the client stays alarmed until W recovers.
 
+The distances are kept on every query; W is computed on a cadence: first at the query that brings the
+client's distances to ``min_distances``, then at every ``every``-th query after it (a check at which no
+distance was added since the last one is skipped: W could not have changed). W over a window of 100 costs
+more than the rest of a query together, and an extraction takes hundreds of queries, so checking every
+tenth query delays an alarm by at most nine queries.
+
 Exact repeats (distance 0) are left out of the distances: a repeated query teaches an attacker nothing,
 and a benign client that retries would otherwise look like an attacker.
 
@@ -20,8 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import threading
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,11 @@ import numpy.typing as npt
 from modelcourt.guard.shapiro import MAX_SAMPLES, shapiro_w
 
 __all__ = ["Alarm", "PradaDetector"]
+
+
+def all_finite(values: npt.NDArray[Any]) -> bool:
+    """Whether every value is finite (``np.isfinite(values).all()``, with less overhead on a small array)."""
+    return int(np.count_nonzero(np.isfinite(values))) == values.size
 
 
 def utc_now_iso() -> str:
@@ -59,15 +70,15 @@ class Alarm:
 
 
 class _GrowingSet:
-    """One class's growing set: a ring of at most ``cap`` points with their squared norms, and its threshold."""
+    """One class's growing set: a ring of at most ``cap`` points with half their squared norms, and its threshold."""
 
     def __init__(self, first: npt.NDArray[np.float32], cap: int) -> None:
         self.cap = cap
         self.points = np.empty((min(cap, 16), first.size), dtype=np.float32)
-        self.norms = np.empty(self.points.shape[0], dtype=np.float32)
+        self.half_norms = np.empty(self.points.shape[0], dtype=np.float32)
         self.count = 0
         self.next = 0
-        self._store(first)
+        self._store(first, first.astype(np.float64))
         # Welford's running mean and variance of the distances that grew the set
         self.grown = 0
         self.mean = 0.0
@@ -76,20 +87,25 @@ class _GrowingSet:
 
     @property
     def nbytes(self) -> int:
-        return int(self.points.nbytes + self.norms.nbytes)
+        return int(self.points.nbytes + self.half_norms.nbytes)
 
-    def nearest(self, x: npt.NDArray[np.float32]) -> float:
-        """The L2 distance from x to the nearest point of the set.
+    def nearest(self, x: npt.NDArray[np.float32], x64: npt.NDArray[np.float64]) -> float:
+        """The L2 distance from x (``x64`` is x in float64) to the nearest point of the set.
 
-        |p - x|^2 = |p|^2 - 2 p.x + |x|^2 finds the nearest point with one matrix-vector product; the
-        distance to it is then computed directly, so that it is exact (and 0.0 for a repeat).
+        (|p - x|^2 - |x|^2) / 2 = |p|^2 / 2 - p.x finds the nearest point with one matrix-vector product;
+        the distance to it is then computed directly in float64, so that it is exact (and 0.0 for a repeat).
         """
-        points = self.points[: self.count]
-        squared = self.norms[: self.count] - 2.0 * (points @ x)
-        nearest = points[int(np.argmin(squared))]
-        return float(np.linalg.norm(nearest.astype(np.float64) - x.astype(np.float64)))
+        count = self.count
+        if count == 1:
+            nearest = self.points[0]
+        else:
+            nearest = self.points[int((self.half_norms[:count] - self.points[:count].dot(x)).argmin())]
+        difference = nearest - x64  # in float64
+        return math.sqrt(float(difference.dot(difference)))
 
-    def grow(self, x: npt.NDArray[np.float32], distance: float, *, may_allocate: bool) -> int:
+    def grow(
+        self, x: npt.NDArray[np.float32], x64: npt.NDArray[np.float64], distance: float, *, may_allocate: bool
+    ) -> int:
         """Add x if its distance passes the threshold; the bytes newly allocated."""
         if distance <= self.threshold:
             return 0
@@ -98,9 +114,9 @@ class _GrowingSet:
             before = self.nbytes
             size = min(self.cap, 2 * self.count)
             self.points = np.concatenate([self.points, np.empty((size - self.count, self.points.shape[1]), np.float32)])
-            self.norms = np.concatenate([self.norms, np.empty(size - self.count, np.float32)])
+            self.half_norms = np.concatenate([self.half_norms, np.empty(size - self.count, np.float32)])
             added = self.nbytes - before
-        self._store(x)
+        self._store(x, x64)
         self.grown += 1
         delta = distance - self.mean
         self.mean += delta / self.grown
@@ -108,7 +124,7 @@ class _GrowingSet:
         self.threshold = max(self.threshold, self.mean - math.sqrt(self.m2 / self.grown))
         return added
 
-    def _store(self, x: npt.NDArray[np.float32]) -> None:
+    def _store(self, x: npt.NDArray[np.float32], x64: npt.NDArray[np.float64]) -> None:
         """Append x, or (full by the cap or by the memory budget) overwrite the oldest point."""
         if self.count < self.points.shape[0]:
             slot = self.count
@@ -118,35 +134,61 @@ class _GrowingSet:
             slot = self.next
             self.next = (self.next + 1) % self.points.shape[0]
         self.points[slot] = x
-        self.norms[slot] = float(x.astype(np.float64) @ x.astype(np.float64))
+        self.half_norms[slot] = float(x64.dot(x64)) / 2.0
 
 
-@dataclass
 class _Client:
-    window: int
-    sets: dict[int, _GrowingSet] = field(default_factory=dict)
-    distances: deque[float] = field(default_factory=deque)
-    queries: int = 0
-    alarmed: bool = False
-    statistic: float | None = None
-    nbytes: int = 0
+    """One client's growing sets, the ring of its last ``window`` distances and where its checks stand."""
 
-    def __post_init__(self) -> None:
-        self.distances = deque(maxlen=self.window)
+    __slots__ = (
+        "alarmed",
+        "distances",
+        "filled",
+        "fresh",
+        "nbytes",
+        "next_check",
+        "position",
+        "queries",
+        "sets",
+        "statistic",
+    )
+
+    def __init__(self, window: int) -> None:
+        self.sets: dict[int, _GrowingSet] = {}
+        self.distances = np.empty(window, dtype=np.float64)
+        self.filled = 0  # how many of the ring's slots hold a distance
+        self.position = 0  # the slot the next distance goes to
+        self.fresh = False  # a distance was added since the last check
+        self.next_check = 0  # the query count at or after which the next check is due
+        self.queries = 0
+        self.alarmed = False
+        self.statistic: float | None = None
+        self.nbytes = 0
+
+    def add_distance(self, distance: float) -> None:
+        self.distances[self.position] = distance
+        self.position = (self.position + 1) % self.distances.size
+        self.filled = min(self.filled + 1, self.distances.size)
+        self.fresh = True
 
 
 class PradaDetector:
-    """Tracks clients' query streams and says when one looks like an extraction attack. Thread-safe."""
+    """Tracks clients' query streams and says when one looks like an extraction attack. Thread-safe.
+
+    W is computed over the last ``window`` distances once ``min_distances`` of them exist (by default the
+    window: full windows only), then every ``every`` queries of the client; below ``threshold`` it alarms.
+    """
 
     def __init__(
         self,
         threshold: float = 0.90,
         window: int = 100,
-        min_distances: int = 50,
+        min_distances: int = 100,
         max_points_per_class: int = 2000,
         max_clients: int = 10_000,
         *,
         max_bytes: int = 256 * 1024 * 1024,
+        every: int = 10,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"the W threshold is between 0 and 1, got {threshold!r}")
@@ -156,9 +198,12 @@ class PradaDetector:
             raise ValueError(f"min_distances is between 3 and the window ({window}), got {min_distances!r}")
         if max_points_per_class < 1 or max_clients < 1 or max_bytes < 1:
             raise ValueError("the memory caps are positive")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"W is computed every so many queries, at least 1, got every={every!r}")
         self.threshold = float(threshold)
         self.window = int(window)
         self.min_distances = int(min_distances)
+        self.every = every
         self.max_points_per_class = int(max_points_per_class)
         self.max_clients = int(max_clients)
         self.max_bytes = int(max_bytes)
@@ -179,18 +224,52 @@ class PradaDetector:
     def observe(self, client: str, x: npt.ArrayLike, label: int) -> Alarm | None:
         """Take one query and the model's (true) label for it; an Alarm when this query makes the client alarmed."""
         point = np.asarray(x, dtype=np.float32).reshape(-1)
-        if not np.isfinite(point).all():
+        if not all_finite(point):
             raise ValueError("PRADA needs finite inputs")
         with self._lock:
+            return self._observe(client, self._client(client), point, int(label))
+
+    def observe_batch(self, client: str, xs: npt.ArrayLike, labels: npt.ArrayLike) -> list[Alarm]:
+        """``observe`` for each row of a batch from one client, in order; the alarms raised (at most one here).
+
+        The same as calling ``observe`` row by row, but for the checks: the batch is converted and
+        checked for finite values once, before any row is taken.
+        """
+        points = np.asarray(xs, dtype=np.float32)
+        if points.ndim == 0:
+            raise ValueError("observe_batch takes a batch [N, ...] of queries")
+        points = points.reshape(len(points), -1) if len(points) else points.reshape(0, 0)
+        classes = np.asarray(labels).reshape(-1).tolist()
+        if len(classes) != len(points):
+            raise ValueError(f"need one label per query: {len(classes)} labels for {len(points)} queries")
+        if not all_finite(points):
+            raise ValueError("PRADA needs finite inputs")
+        return self._observe_rows(client, points, classes)
+
+    def _observe_rows(self, client: str, points: npt.NDArray[np.float32], labels: list[int]) -> list[Alarm]:
+        """``observe_batch`` for queries already converted: finite float32 rows [N, D] and their labels."""
+        alarms: list[Alarm] = []
+        with self._lock:
             state = self._client(client)
-            state.queries += 1
-            distance = self._distance(state, point, int(label))
-            if distance is None:
-                return None
-            state.distances.append(distance)
-            if len(state.distances) < self.min_distances:
-                return None
-            return self._judge(client, state)
+            for i, label in enumerate(labels):
+                alarm = self._observe(client, state, points[i], int(label))
+                if alarm is not None:
+                    alarms.append(alarm)
+        return alarms
+
+    def _observe(self, client: str, state: _Client, point: npt.NDArray[np.float32], label: int) -> Alarm | None:
+        """One query of a client already looked up (the lock held): its distance, and a check when one is due."""
+        state.queries += 1
+        distance = self._distance(state, point, label)
+        if distance is not None:
+            state.add_distance(distance)
+        if state.filled < self.min_distances or state.queries < state.next_check:
+            return None
+        if not state.fresh:  # nothing new since the last check: W is what it was
+            return None
+        state.next_check = state.queries + self.every
+        state.fresh = False
+        return self._judge(client, state)
 
     def statistic(self, client: str) -> float | None:
         """The client's latest W, or None before enough distances (or for an unknown client)."""
@@ -230,11 +309,12 @@ class PradaDetector:
             state.sets[label] = growing
             self._account(state, growing.nbytes)
             return None
-        distance = growing.nearest(point)
+        point64 = point.astype(np.float64)
+        distance = growing.nearest(point, point64)
         if distance == 0.0:
             return None
         self._make_room(state)
-        self._account(state, growing.grow(point, distance, may_allocate=self._nbytes < self.max_bytes))
+        self._account(state, growing.grow(point, point64, distance, may_allocate=self._nbytes < self.max_bytes))
         return distance
 
     def _make_room(self, state: _Client) -> None:
@@ -250,7 +330,7 @@ class PradaDetector:
 
     def _judge(self, client: str, state: _Client) -> Alarm | None:
         try:
-            w = shapiro_w(np.fromiter(state.distances, dtype=np.float64, count=len(state.distances)))
+            w = shapiro_w(state.distances[: state.filled])  # W does not depend on the order
         except ValueError:  # all distances equal: no shape to judge
             return None
         state.statistic = w

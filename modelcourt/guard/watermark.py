@@ -20,6 +20,7 @@ MIN_KEY_BYTES = 32
 _SELECT_PREFIX = b"mc-guard-v1|"
 _CLIENT_PREFIX = b"mc-guard-client|"
 _TAG_HEX_CHARS = 32
+_MAX_KEYED_SHAPES = 16
 
 
 def canonical_input(x: npt.ArrayLike) -> bytes:
@@ -33,6 +34,14 @@ def client_tag(key: bytes, client_id: str) -> str:
     """The pseudonym the service sees for a client: 32 hex characters of an HMAC, never the raw id."""
     digest = hmac.new(key, _CLIENT_PREFIX + client_id.encode(), hashlib.sha256).hexdigest()
     return digest[:_TAG_HEX_CHARS]
+
+
+def _within(labels: npt.NDArray[np.integer], num_classes: int) -> bool:
+    """Whether every (integer) label is in 0..num_classes-1; a small batch is checked without NumPy's reductions."""
+    if labels.size <= 64:
+        values = labels.reshape(-1).tolist()
+        return min(values) >= 0 and max(values) < num_classes
+    return bool(labels.min() >= 0 and labels.max() < num_classes)
 
 
 class ResponseWatermark:
@@ -51,6 +60,8 @@ class ResponseWatermark:
         # int < float compares exactly in Python, so this is the contract's `< rate * 2**64`
         self._bound = self.rate * 2.0**64
         self._keyed = hmac.new(key, _SELECT_PREFIX, hashlib.sha256)
+        # the keyed HMAC state after the shape prefix, per row shape seen (a few; cleared when there are many)
+        self._keyed_shapes: dict[tuple[int, ...], hmac.HMAC] = {}
 
     def __repr__(self) -> str:
         return f"ResponseWatermark(num_classes={self.num_classes}, rate={self.rate})"
@@ -100,28 +111,64 @@ class ResponseWatermark:
         true = np.asarray(labels)
         if rows.ndim < 1 or true.shape != (rows.shape[0],):
             raise ValueError(f"need one label per input row: {list(true.shape)} labels for {list(rows.shape)} inputs")
-        if true.size and (true.dtype.kind not in "iu" or true.min() < 0 or true.max() >= self.num_classes):
+        if true.size and (true.dtype.kind not in "iu" or not _within(true, self.num_classes)):
             raise ValueError(f"labels must be integers in 0..{self.num_classes - 1}")
         n = rows.shape[0]
+        picked = self._selected(rows)
         served = true.astype(np.int64, copy=True)
         mask = np.zeros(n, dtype=np.bool_)
-        for i in range(n):
-            selected, digest = self.selects(rows[i])
-            if selected:
-                mask[i] = True
-                served[i] = self.wrong_label(int(served[i]), digest)
+        if picked:
+            at = [i for i, _ in picked]
+            mask[at] = True
+            served[at] = [self.wrong_label(int(served[i]), digest) for i, digest in picked]
         if scores is None:
             return served, None, mask
         out = np.array(scores, copy=True)
         if out.shape != (n, self.num_classes):
             raise ValueError(f"scores must have shape [{n}, {self.num_classes}], got {list(out.shape)}")
-        picked = np.flatnonzero(mask)
-        true_at = true[picked].astype(np.int64)
-        served_at = served[picked]
-        original_true = out[picked, true_at]
-        out[picked, true_at] = out[picked, served_at]
-        out[picked, served_at] = original_true
+        if picked:
+            # swap each picked row's true and served scores: the served label becomes the argmax
+            index = np.flatnonzero(mask)
+            true_at, served_at = true[index].astype(np.int64), served[index]
+            original_true = out[index, true_at]
+            out[index, true_at] = out[index, served_at]
+            out[index, served_at] = original_true
         return served, out, mask
+
+    def _selected(self, rows: npt.NDArray[np.floating] | npt.NDArray[np.integer]) -> list[tuple[int, bytes]]:
+        """The indices of the selected rows with their digests: ``selects`` per row, the batch converted once.
+
+        Each row is keyed on exactly :func:`canonical_input`'s bytes (the shape prefix, then the row's
+        float32 values), so the batch agrees with ``selects`` row by row.
+        """
+        values = np.ascontiguousarray(rows, dtype="<f4")
+        if values.shape[0] == 0:
+            return []
+        flat = values.reshape(values.shape[0], -1)
+        keyed = self._keyed_for(values.shape[1:] if values.ndim > 1 else (1,))  # a scalar row is shape 1
+        bound = self._bound
+        picked: list[tuple[int, bytes]] = []
+        for i in range(flat.shape[0]):
+            mac = keyed.copy()
+            mac.update(flat[i])
+            digest = mac.digest()
+            if int.from_bytes(digest[:8], "big") < bound:
+                picked.append((i, digest))
+        return picked
+
+    def _keyed_for(self, shape: tuple[int, ...]) -> hmac.HMAC:
+        """The HMAC state after the prefix ``b"shape:<dims>;"`` that every row of this shape starts with.
+
+        Kept per shape, since requests mostly share one; the states are copied, never updated in place.
+        """
+        keyed = self._keyed_shapes.get(shape)
+        if keyed is None:
+            keyed = self._keyed.copy()
+            keyed.update(b"shape:" + ",".join(map(str, shape)).encode() + b";")
+            if len(self._keyed_shapes) >= _MAX_KEYED_SHAPES:
+                self._keyed_shapes.clear()
+            self._keyed_shapes[shape] = keyed
+        return keyed
 
     def client_tag(self, client_id: str) -> str:
         """The pseudonym the service sees for ``client_id`` (see :func:`client_tag`)."""

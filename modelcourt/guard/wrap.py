@@ -26,7 +26,7 @@ import numpy.typing as npt
 from modelcourt.guard.commit import CommitError, Committer, Send, ServiceClient, escape, http_sender
 from modelcourt.guard.config import GuardConfig
 from modelcourt.guard.journal import Journal, JournalError, NewAnswer
-from modelcourt.guard.prada import Alarm, PradaDetector
+from modelcourt.guard.prada import Alarm, PradaDetector, all_finite
 from modelcourt.guard.watermark import ResponseWatermark
 
 __all__ = [
@@ -83,6 +83,7 @@ class Guard:
             config.prada_max_points_per_class,
             config.prada_max_clients,
             max_bytes=config.prada_max_bytes,
+            every=config.prada_every,
         )
         self.journal = Journal(config.journal_dir)
         service = ServiceClient(config, send if send is not None else http_sender(config.service_timeout_s))
@@ -91,7 +92,10 @@ class Guard:
         self._clock = clock
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(("requests", "queries", "watermarked", "alarms", "journal_failures"), 0)
-        self._tags: OrderedDict[str, str] = OrderedDict()  # tag -> raw id, for the owner only; never sent
+        # the client tags of the clients seen recently, least recently seen first: raw id -> tag, and back
+        # (for the owner's own action). In memory only, never sent; bounded like PRADA's clients.
+        self._tag_of: OrderedDict[str, str] = OrderedDict()
+        self._raw_of: dict[str, str] = {}
         self._closed = False
         if background:
             self.committer.start()
@@ -116,19 +120,22 @@ class Guard:
 
     def answer(self, client: str, xs: npt.ArrayLike, scores_or_labels: npt.ArrayLike) -> npt.NDArray[Any]:
         """The served version of a model's answer to ``xs``: scores [N, C] (permuted) or labels [N] (replaced)."""
-        rows = _checked_inputs(xs)
+        return self._answer(client, _checked_inputs(xs), scores_or_labels)
+
+    def _answer(self, client: str, rows: npt.NDArray[Any], scores_or_labels: npt.ArrayLike) -> npt.NDArray[Any]:
+        """``answer`` for inputs already checked by ``_checked_inputs``."""
         out = np.asarray(scores_or_labels)
         n = rows.shape[0]
         if out.shape == (n, self.num_classes) and out.dtype.kind in "fiu":
             scores = out.astype(np.float64) if out.dtype.kind != "f" else out
-            if not np.isfinite(scores).all():
+            if not all_finite(scores):
                 raise ValueError("the model's scores contain NaN or infinite values")
-            _, served_scores, _ = self.serve_rows(client, rows, scores.argmax(axis=1), scores)
+            _, served_scores, _ = self._serve(client, rows, scores.argmax(axis=1), scores)
             assert served_scores is not None  # noqa: S101 -- scores in, scores out
             return served_scores.astype(out.dtype, copy=False)
         if out.shape in ((n,), (n, 1)):
             labels = _integral_labels(out.reshape(n), self.num_classes, ValueError)
-            served, _, _ = self.serve_rows(client, rows, labels, None)
+            served, _, _ = self._serve(client, rows, labels, None)
             return served.astype(out.dtype).reshape(out.shape)
         raise ValueError(
             f"the model answered shape {list(out.shape)} for {n} inputs; expected scores [{n}, {self.num_classes}] "
@@ -139,24 +146,41 @@ class Guard:
         self, client: str, xs: npt.ArrayLike, labels: npt.ArrayLike, scores: FloatArray | None
     ) -> tuple[LabelArray, FloatArray | None, npt.NDArray[np.bool_]]:
         """Served labels, served scores and the watermark mask for a batch from one client (``labels`` are true)."""
-        if not isinstance(client, str):
-            raise ValueError(f"the client id must be a string, got {type(client).__name__}")
-        rows = _checked_inputs(xs)
+        _check_client(client)
+        return self._serve(client, _checked_inputs(xs), labels, scores)
+
+    def _serve(
+        self, client: str, rows: npt.NDArray[Any], labels: npt.ArrayLike, scores: FloatArray | None
+    ) -> tuple[LabelArray, FloatArray | None, npt.NDArray[np.bool_]]:
+        """``serve_rows`` for inputs already checked (by ``_checked_inputs`` or ``read_request``)."""
+        _check_client(client)
         true = np.asarray(labels, dtype=np.int64)
-        served, served_scores, mask = self.watermark.serve_batch(rows, true, scores)
+        # the inputs as float32, converted once: what the selection is keyed on and what PRADA measures
+        points = np.ascontiguousarray(rows, dtype="<f4")
+        served, served_scores, mask = self.watermark.serve_batch(points, true, scores)
         tag = self.client_tag(client)
-        if mask.any() and not self._journal(client, tag, rows, true, served, mask):
-            served, mask = true.copy(), np.zeros_like(mask)
+        watermarked = int(np.count_nonzero(mask))
+        if watermarked and not self._journal(client, tag, points, true, served, mask):
+            served, mask, watermarked = true.copy(), np.zeros_like(mask), 0
             served_scores = None if scores is None else np.array(scores, copy=True)
-        for i in range(rows.shape[0]):
-            alarm = self.prada.observe(tag, rows[i], int(true[i]))
-            if alarm is not None:
-                self._raise_alarm(alarm)
+        # a float wider than float32 may have overflowed in the conversion; anything else was checked finite
+        self._observe(tag, points, true, check=rows.dtype.kind == "f" and rows.dtype.itemsize > 4)
         with self._lock:
             self._counts["requests"] += 1
             self._counts["queries"] += rows.shape[0]
-            self._counts["watermarked"] += int(mask.sum())
+            self._counts["watermarked"] += watermarked
         return served, served_scores, mask
+
+    def _observe(self, tag: str, points: npt.NDArray[np.float32], true: LabelArray, *, check: bool) -> None:
+        """Feed the queries (the inputs as float32) to PRADA and raise the alarms they cause.
+
+        ``check``: whether the float32 values still need checking for infinities (PRADA's own check).
+        """
+        rows = points.reshape(len(points), -1) if len(points) else points.reshape(0, 0)
+        if check and not all_finite(rows):
+            raise ValueError("PRADA needs finite inputs")
+        for alarm in self.prada._observe_rows(tag, rows, true.tolist()):
+            self._raise_alarm(alarm)
 
     def _journal(
         self,
@@ -210,27 +234,39 @@ class Guard:
 
         @functools.wraps(predict_fn)
         def guarded(xs: npt.ArrayLike, *, client: str) -> npt.NDArray[Any]:
-            rows = np.asarray(xs)
-            return self.answer(client, rows, predict_fn(rows))
+            rows = _checked_inputs(xs)  # checked once, before the model sees them
+            return self._answer(client, rows, predict_fn(rows))
 
         return guarded
 
     # --- clients ------------------------------------------------------------------------------
 
     def client_tag(self, client_id: str) -> str:
-        """The pseudonym of a client as the service sees it; remembered so that the owner can map it back."""
+        """The pseudonym of a client as the service sees it; remembered so that the owner can map it back.
+
+        The tags of the ``prada_max_clients`` clients seen most recently are kept in memory (keyed by the
+        raw id), so that a returning client costs a dictionary look-up rather than an HMAC.
+        """
+        with self._lock:
+            tag = self._tag_of.get(client_id)
+            if tag is not None:
+                self._tag_of.move_to_end(client_id)
+                return tag
         tag = self.watermark.client_tag(client_id)
         with self._lock:
-            self._tags[tag] = client_id
-            self._tags.move_to_end(tag)
-            while len(self._tags) > self.config.prada_max_clients:
-                self._tags.popitem(last=False)
+            self._tag_of[client_id] = tag
+            self._tag_of.move_to_end(client_id)
+            self._raw_of[tag] = client_id
+            while len(self._tag_of) > self.config.prada_max_clients:
+                raw, dropped = self._tag_of.popitem(last=False)
+                if self._raw_of.get(dropped) == raw:
+                    del self._raw_of[dropped]
         return tag
 
     def client_of(self, tag: str) -> str | None:
         """The raw client id behind a tag seen recently by this process (for the owner's own action), else None."""
         with self._lock:
-            return self._tags.get(tag)
+            return self._raw_of.get(tag)
 
     # --- committing and reporting -------------------------------------------------------------
 
@@ -301,13 +337,18 @@ class Guard:
         return "\n".join(lines) + "\n"
 
 
+def _check_client(client: object) -> None:
+    if not isinstance(client, str):
+        raise ValueError(f"the client id must be a string, got {type(client).__name__}")
+
+
 def _checked_inputs(xs: npt.ArrayLike) -> npt.NDArray[Any]:
     rows = np.asarray(xs)
     if rows.ndim < 1 or rows.dtype.kind not in "fiub":
         raise ValueError(
             f"inputs must be a numeric batch [N, ...], got dtype {rows.dtype} and shape {list(rows.shape)}"
         )
-    if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+    if rows.dtype.kind == "f" and not all_finite(rows):
         raise ValueError("inputs contain NaN or infinite values")
     return rows
 
@@ -444,7 +485,10 @@ def _check_batch(inputs: npt.NDArray[np.float64], input_shape: tuple[int, ...] |
 
 
 def rewrite_answer(guard: Guard, client: str, request: GuardedRequest, body: bytes) -> bytes:
-    """The model's answer with the guard's changes; only what the protocol defines is passed on."""
+    """The model's answer with the guard's changes; only what the protocol defines is passed on.
+
+    ``request`` is what :func:`read_request` returned: its inputs were checked there and are not checked again.
+    """
     answer = _load_json(body, AnswerError, "the model's answer")
     if not isinstance(answer, dict):
         raise AnswerError("the model's answer is not a JSON object")
@@ -462,7 +506,7 @@ def _rewrite_json(guard: Guard, client: str, request: GuardedRequest, answer: di
         labels = _answer_labels(answer["labels"], n, classes) if "labels" in answer else scores.argmax(axis=1)
         if "labels" in answer and not np.all(scores[np.arange(n), labels] == scores.max(axis=1)):
             raise AnswerError("the model's labels disagree with its outputs")
-        served, served_scores, _ = guard.serve_rows(client, request.inputs, labels, scores)
+        served, served_scores, _ = guard._serve(client, request.inputs, labels, scores)
         assert served_scores is not None  # noqa: S101 -- scores in, scores out
         rewritten: dict[str, Any] = {"outputs": served_scores.tolist()}
         if "labels" in answer:
@@ -470,7 +514,7 @@ def _rewrite_json(guard: Guard, client: str, request: GuardedRequest, answer: di
         return rewritten
     if "labels" in answer:
         labels = _answer_labels(answer["labels"], n, classes)
-        served, _, _ = guard.serve_rows(client, request.inputs, labels, None)
+        served, _, _ = guard._serve(client, request.inputs, labels, None)
         return {"labels": _shaped_like(served, answer["labels"])}
     raise AnswerError("the model's answer has neither outputs nor labels")
 
@@ -503,12 +547,12 @@ def _rewrite_v2(guard: Guard, client: str, request: GuardedRequest, answer: dict
     datatype = output.get("datatype") if isinstance(output.get("datatype"), str) else "FP32"
     if shape == [n, classes]:
         scores = data.reshape(shape)
-        _, served_scores, _ = guard.serve_rows(client, request.inputs, scores.argmax(axis=1), scores)
+        _, served_scores, _ = guard._serve(client, request.inputs, scores.argmax(axis=1), scores)
         assert served_scores is not None  # noqa: S101 -- scores in, scores out
         values: list[Any] = served_scores.reshape(-1).tolist()
     elif shape in ([n], [n, 1]):
         labels = _integral_labels(data.reshape(n), classes, AnswerError)
-        served, _, _ = guard.serve_rows(client, request.inputs, labels, None)
+        served, _, _ = guard._serve(client, request.inputs, labels, None)
         values = [int(v) for v in served]
     else:
         raise AnswerError(f"the model's output has shape {shape}; expected [{n}, {classes}] scores or [{n}] labels")

@@ -25,6 +25,7 @@ def test_settings_come_from_the_environment() -> None:
         "MODELCOURT_GUARD_BATCH_SECONDS": "60",
         "MODELCOURT_GUARD_PRADA_THRESHOLD": "0.85",
         "MODELCOURT_GUARD_PRADA_WINDOW": "200",
+        "MODELCOURT_GUARD_PRADA_EVERY": "5",
         "MODELCOURT_GUARD_CLIENT_HEADER": "1",
         "MODELCOURT_GUARD_INPUT_SHAPE": "1,8,8",
     }
@@ -37,7 +38,8 @@ def test_settings_come_from_the_environment() -> None:
     )
     assert (config.service_url, config.token) == ("https://court.example.org", "tok")
     assert (config.rate, config.batch_size, config.batch_seconds) == (0.01, 20, 60.0)
-    assert (config.prada_threshold, config.prada_window, config.prada_min_distances) == (0.85, 200, 50)
+    assert (config.prada_threshold, config.prada_window, config.prada_min_distances) == (0.85, 200, 200)
+    assert config.prada_every == 5
     assert config.trust_client_header
     assert config.input_shape == (1, 8, 8)
 
@@ -45,7 +47,8 @@ def test_settings_come_from_the_environment() -> None:
 def test_defaults_follow_the_contract() -> None:
     config = GuardConfig.from_env(BASE)
     assert (config.rate, config.batch_size, config.batch_seconds) == (0.005, 50, 300.0)
-    assert (config.prada_threshold, config.prada_window, config.prada_min_distances) == (0.90, 100, 50)
+    assert (config.prada_threshold, config.prada_window, config.prada_min_distances) == (0.90, 100, 100)
+    assert config.prada_every == 10
     assert not config.trust_client_header
 
 
@@ -70,6 +73,9 @@ def test_flags_override_the_environment() -> None:
         ({"MODELCOURT_GUARD_BATCH": "ten"}, "an integer"),
         ({"MODELCOURT_GUARD_BATCH": "0"}, "at least 1"),
         ({"MODELCOURT_GUARD_PRADA_THRESHOLD": "1.5"}, "between 0 and 1"),
+        ({"MODELCOURT_GUARD_PRADA_EVERY": "0"}, "PRADA_EVERY is at least 1"),
+        ({"MODELCOURT_GUARD_PRADA_EVERY": "often"}, "an integer"),
+        ({"MODELCOURT_GUARD_PRADA_MIN": "101"}, "at most the window"),
         ({"MODELCOURT_GUARD_CLIENT_HEADER": "maybe"}, "1 or 0"),
         ({"MODELCOURT_URL": "ftp://x"}, "http"),
         ({"MODELCOURT_GUARD_INPUT_SHAPE": "1,x"}, "integers"),
@@ -81,8 +87,11 @@ def test_bad_settings_are_refused_with_a_sentence(change: dict[str, str], messag
     assert HEX_KEY not in str(refused.value)
 
 
-def test_a_small_window_is_judged_when_full() -> None:
+def test_by_default_only_full_windows_are_judged() -> None:
     assert GuardConfig.from_env({**BASE, "MODELCOURT_GUARD_PRADA_WINDOW": "20"}).prada_min_distances == 20
+    assert GuardConfig.from_env({**BASE, "MODELCOURT_GUARD_PRADA_WINDOW": "300"}).prada_min_distances == 300
+    explicit = {**BASE, "MODELCOURT_GUARD_PRADA_WINDOW": "300", "MODELCOURT_GUARD_PRADA_MIN": "50"}
+    assert GuardConfig.from_env(explicit).prada_min_distances == 50
 
 
 def test_secrets_stay_out_of_repr() -> None:

@@ -1,10 +1,13 @@
 """PRADA: natural query streams pass, a knockoff attacker's augmented copies raise one alarm; memory stays bounded."""
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
 from modelcourt.guard import Alarm, PradaDetector
+from modelcourt.guard import prada as prada_module
 
 DIGITS, LABELS = load_digits(return_X_y=True)
 DIGITS = DIGITS.astype(np.float32)
@@ -55,7 +58,7 @@ def test_noisy_copies_of_a_few_samples_raise_an_alarm() -> None:
             first = alarms[0]
             assert first.client == "attacker"
             assert first.statistic < first.threshold == 0.90
-            assert first.queries >= 50  # not before min_distances distances
+            assert first.queries >= 100  # not before the window of 100 distances is full
             assert first.raised_at.endswith("Z")
     assert alarmed >= 9
 
@@ -157,3 +160,107 @@ def test_settings_out_of_range_are_refused(settings: dict[str, float], message: 
 def test_non_finite_queries_are_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
         PradaDetector().observe("c", np.array([np.nan, 1.0]), 0)
+
+
+def _checks(monkeypatch: pytest.MonkeyPatch, detector: PradaDetector, client: str) -> list[int]:
+    """Record the client's query count at every W computation (read directly: W is computed under the lock)."""
+    checks: list[int] = []
+    real = prada_module.shapiro_w
+
+    def spy(sample: np.ndarray) -> float:
+        checks.append(detector._clients[client].queries)
+        return real(sample)
+
+    monkeypatch.setattr(prada_module, "shapiro_w", spy)
+    return checks
+
+
+def test_w_is_computed_when_the_window_fills_then_every_kth_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a detector judging windows of 20 distances every 7 queries
+    detector = PradaDetector(window=20, min_distances=20, every=7)
+    checks = _checks(monkeypatch, detector, "c")
+    xs, labels = _benign(5, n=120)
+
+    # when a client sends distinct natural samples (each class's first sample gives no distance)
+    distances_after = []
+    for x, label in zip(xs, labels, strict=True):
+        detector.observe("c", x, int(label))
+        distances_after.append(detector._clients["c"].filled)
+
+    # then W is first computed at the query that fills the window, then at every 7th query after it
+    full = distances_after.index(20) + 1
+    assert checks == list(range(full, 121, 7))
+    assert detector.statistic("c") is not None
+
+
+def test_w_is_not_recomputed_while_no_distance_was_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    detector = PradaDetector(window=10, min_distances=10, every=3)
+    checks = _checks(monkeypatch, detector, "c")
+    xs, labels = _benign(6, n=60)
+    for x, label in zip(xs, labels, strict=True):
+        detector.observe("c", x, int(label))
+    before = list(checks)
+    for _ in range(30):  # exact repeats (of a growing-set point) add no distance: W would be the same
+        detector.observe("c", xs[0], int(labels[0]))
+    assert checks == before
+    detector.observe("c", xs[0] + 1.0, int(labels[0]))  # a new distance: the overdue check runs
+    assert checks == [*before, 91]
+
+
+def test_with_every_one_the_statistic_is_the_current_windows_w() -> None:
+    # given a detector judging every query, and a shadow that keeps the same distances but never judges
+    detector = PradaDetector(window=30, min_distances=30, every=1)
+    shadow = PradaDetector(window=30, min_distances=30, every=10**9)
+    xs, labels = _augmented_copies(4, n=200, seeds=5, noise=0.5)
+
+    for x, label in zip(xs, labels, strict=True):
+        detector.observe("c", x, int(label))
+        shadow.observe("c", x, int(label))
+        state = shadow._clients["c"]
+        # then after every query the statistic is W of the last 30 distances (none before there are 30)
+        expected = None if state.filled < 30 else prada_module.shapiro_w(state.distances[: state.filled])
+        assert detector.statistic("c") == expected
+
+
+def test_alarms_come_only_at_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    detector = PradaDetector(every=10)
+    checks = _checks(monkeypatch, detector, "attacker")
+    alarms, _ = _stream(detector, "attacker", *_augmented_copies(2))
+    assert alarms
+    assert {alarm.queries for alarm in alarms} <= set(checks)
+    assert all(later - earlier == 10 for earlier, later in itertools.pairwise(checks))
+
+
+def test_observe_batch_is_observe_row_by_row() -> None:
+    xs, labels = _augmented_copies(3, n=400)
+    one = PradaDetector(window=40, min_distances=40, every=4)
+    batched = PradaDetector(window=40, min_distances=40, every=4)
+    singles = [one.observe("c", x, int(y)) for x, y in zip(xs, labels, strict=True)]
+    batches = [batched.observe_batch("c", xs[i : i + 9], labels[i : i + 9]) for i in range(0, 400, 9)]
+    assert [a.queries for a in singles if a] == [a.queries for alarms in batches for a in alarms]
+    assert any(singles)
+    assert one.statistic("c") == batched.statistic("c")
+    assert one.stored_bytes == batched.stored_bytes
+
+
+def test_the_default_judges_full_windows_every_tenth_query() -> None:
+    detector = PradaDetector()
+    assert (detector.window, detector.min_distances, detector.every) == (100, 100, 10)
+    _, statistics = _stream(detector, "c", *_benign(7, n=150))
+    first = next(i for i, w in enumerate(statistics) if w is not None)
+    assert first >= 100
+
+
+@pytest.mark.parametrize("every", [0, -1, True, 2.5])
+def test_a_cadence_below_one_is_refused(every: object) -> None:
+    with pytest.raises(ValueError, match="every"):
+        PradaDetector(every=every)  # type: ignore[arg-type]
+
+
+def test_observe_batch_refuses_mismatched_labels_and_non_finite_rows() -> None:
+    detector = PradaDetector()
+    with pytest.raises(ValueError, match="one label per query"):
+        detector.observe_batch("c", DIGITS[:3], LABELS[:2])
+    with pytest.raises(ValueError, match="finite"):
+        detector.observe_batch("c", np.array([[1.0, np.inf]]), [0])
+    assert detector.queries("c") == 0

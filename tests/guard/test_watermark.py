@@ -110,6 +110,36 @@ def test_serve_batch_agrees_with_serve_row_by_row() -> None:
     assert np.array_equal(mask_only, mask)
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((300,), np.float64),
+        ((300, 1, 4, 2), np.float32),
+        ((300, 3), np.int64),
+        ((300, 3), np.uint8),
+        ((4, 0), np.float32),
+    ],
+)
+def test_serve_batch_selects_what_selects_selects_for_any_row_shape(shape: tuple[int, ...], dtype: type) -> None:
+    # given a batch of rows of one shape and dtype (scalars, images, integers, empty rows)
+    watermark = ResponseWatermark(KEY, num_classes=10, rate=0.3)
+    xs = (np.random.default_rng(11).normal(size=shape) * 20).astype(dtype)
+
+    # when the batch is served at once
+    _, _, mask = watermark.serve_batch(xs, np.zeros(shape[0], dtype=np.int64), None)
+
+    # then each row is selected exactly when the single-input contract selects it
+    assert mask.tolist() == [watermark.selects(x)[0] for x in xs]
+
+
+def test_an_empty_batch_is_served_empty() -> None:
+    watermark = ResponseWatermark(KEY, num_classes=3, rate=1.0)
+    served, out, mask = watermark.serve_batch(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros((0, 3)))
+    assert served.shape == mask.shape == (0,)
+    assert out is not None
+    assert out.shape == (0, 3)
+
+
 def test_another_key_selects_other_inputs() -> None:
     xs = _inputs(20_000, seed=9)
     labels = np.zeros(len(xs), dtype=np.int64)

@@ -120,6 +120,81 @@ def test_a_failing_callback_does_not_break_serving(tmp_path: Path) -> None:
             guard.answer("c", x[None, :], np.eye(3)[[i % 3]])
 
 
+def test_client_tags_are_cached_least_recently_seen_first_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a guard that remembers 3 clients, and a count of the tags actually computed
+    with _guard(tmp_path, prada_max_clients=3) as guard:
+        computed: list[str] = []
+        real = guard.watermark.client_tag
+
+        def counting(client_id: str) -> str:
+            computed.append(client_id)
+            return real(client_id)
+
+        monkeypatch.setattr(guard.watermark, "client_tag", counting)
+
+        # when clients come and go
+        tags = {raw: guard.client_tag(raw) for raw in ("a", "b")}
+        assert guard.client_tag("a") == tags["a"]  # a returning client costs no HMAC, and is now the most recent
+        tags.update({raw: guard.client_tag(raw) for raw in ("c", "d")})  # d pushes out b, the least recent
+
+        # then every tag was computed once, the cache holds 3 clients, and a forgotten one is computed again
+        assert computed == ["a", "b", "c", "d"]
+        assert len(guard._tag_of) == len(guard._raw_of) == 3
+        assert guard.client_of(tags["b"]) is None
+        assert [guard.client_of(tags[raw]) for raw in "acd"] == ["a", "c", "d"]
+        assert guard.client_tag("b") == tags["b"] == real("b")
+        assert computed[-1] == "b"
+        assert guard.client_of(tags["a"]) is None  # b came back: a was now the least recently seen
+
+
+def test_served_answers_use_the_cached_tag(tmp_path: Path) -> None:
+    xs = np.random.default_rng(9).normal(size=(20, 4))
+    with _guard(tmp_path, rate=1.0, prada_max_clients=2) as guard:
+        for client in ("x", "y", "z", "x"):
+            guard.answer(client, xs[:5], _model(xs[:5]))
+        entries = guard.journal.pending()
+        assert {(e.client, e.tag) for e in entries} == {(c, guard.watermark.client_tag(c)) for c in "xyz"}
+        assert len(guard._tag_of) == 2
+
+
+def test_the_input_is_checked_once_per_call_before_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelcourt.guard import wrap
+
+    checked: list[object] = []
+    real = wrap._checked_inputs
+
+    def counting(xs: Any) -> np.ndarray:
+        checked.append(xs)
+        return real(xs)
+
+    monkeypatch.setattr(wrap, "_checked_inputs", counting)
+    calls: list[np.ndarray] = []
+
+    def model(xs: np.ndarray) -> np.ndarray:
+        calls.append(xs)
+        return _model(xs)
+
+    xs = np.random.default_rng(10).normal(size=(6, 4))
+    with _guard(tmp_path) as guard:
+        predict = guard.predict(model)
+        predict(xs, client="c")
+        assert len(checked) == len(calls) == 1
+        guard.answer("c", xs, _model(xs))
+        assert len(checked) == 2
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            predict(np.full((2, 4), np.nan), client="c")
+        assert len(calls) == 1  # the model never saw the refused inputs
+        assert guard.counts()["queries"] == 12
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_inputs_beyond_float32_are_refused_as_prada_refused_them(tmp_path: Path) -> None:
+    with _guard(tmp_path, rate=0.0) as guard, pytest.raises(ValueError, match="PRADA needs finite inputs"):
+        guard.answer("c", np.array([[1e39, 0.0]]), np.array([0]))
+
+
 def test_metrics_text_is_prometheus_exposition(tmp_path: Path) -> None:
     with _guard(tmp_path) as guard:
         text = guard.metrics_text()

@@ -106,10 +106,22 @@ def test_quick_guard_benchmark_measures_every_part() -> None:
     text = results.table()
 
     # then every part produced its figures; timings are printed, never asserted
-    for part in ("(a) in-process overhead", "(a) proxy's cost", "(b) build the npz", "(b) flush one batch"):
+    for part in (
+        "(a) in-process overhead",
+        "(a) overhead / bare predict call",
+        "(a) overhead / bare served HTTP request",
+        "(a) proxy's cost",
+        "(a) part: client tag (cached)",
+        "(a) part: Shapiro-Wilk W",
+        "(b) build the npz",
+        "(b) flush one batch",
+    ):
         assert part in text
     assert "(c) PRADA: benign streams alarmed" in text
     assert figures["in_process_queries"] == bench.QUICK.in_process_calls + 20
+    # the overhead's share of the served request is computed from the two baselines of the same run
+    overhead_median = figures["in_process_overhead_s"][0]
+    assert figures["served_overhead"] == pytest.approx(overhead_median / figures["http_bare_s"][0])
     # through the proxy the served label is the model's own exactly when the key does not select the input
     assert figures["proxy_consistent"] == figures["proxy_requests"] == bench.QUICK.http_requests
     assert figures["batch_rows"] == bench.BATCH
@@ -117,8 +129,31 @@ def test_quick_guard_benchmark_measures_every_part() -> None:
     assert figures["npz_bytes"] > 0
     assert figures["benign_streams"] == bench.QUICK.benign_streams
     assert 0 <= figures["benign_alarmed"] <= figures["benign_streams"]
-    for kind in ("noise", "mixup", "synthetic"):
+    for kind in ("augment", "augment_every1", "noise", "mixup", "synthetic"):
         assert len(figures[f"thief_{kind}_flagged"]) == bench.QUICK.thief_seeds
+    # the thief that augments as it goes is flagged in every seed, once the window of 100 distances is full
+    assert all(q is not None and q >= 100 for q in figures["thief_augment_flagged"])
+    assert "(c) PRADA: augment-as-you-go thief" in text
+    assert "FLAGGED in" in text
     lo, hi = _binomial_range(figures["rate_queries"], bench.RATE)
     assert lo <= figures["rate_selected"] <= hi
-    assert len(results.targets) == 4
+    assert len(results.targets) == 3
+
+
+def test_the_augment_as_you_go_thief_sends_each_sample_then_its_copies() -> None:
+    # given three public samples
+    pool = np.linspace(0.0, 1.0, 3 * 4, dtype=np.float32).reshape(3, 4)
+
+    # when the thief augments them as it goes
+    queries = bench._augment_as_you_go(pool, 2, 0.1, np.random.default_rng(0))
+
+    # then each public sample comes once, followed by two noisy copies close to it, inside [0, 1]
+    assert queries.shape == (9, 4)
+    originals = queries[::3]
+    assert sorted(map(tuple, originals.tolist())) == sorted(map(tuple, pool.tolist()))
+    for k in range(3):
+        copies = queries[3 * k + 1 : 3 * k + 3]
+        assert not np.array_equal(copies[0], originals[k])
+        assert np.all(np.abs(copies - originals[k]) < 0.6)
+    assert queries.min() >= 0.0
+    assert queries.max() <= 1.0
