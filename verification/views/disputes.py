@@ -174,6 +174,7 @@ class DisputeDetailView(ArbiterRequiredMixin, View):
             "can_retry": dispute.state == Dispute.State.FAILED
             and not panel_refusal(panel=dispute.panel, model=dispute.claimant_model),
             "methods": [m.replace("_", " ") for m in dispute.methods],
+            "api_client": dispute.api_client,
         }
         if verdict is not None:
             context.update(verdict_context(verdict))
@@ -250,6 +251,7 @@ def _request_rows(requests: Any) -> list[dict[str, Any]]:
                 "req": found,
                 "suspect": _request_suspect_label(found),
                 "methods": [m.replace("_", " ") for m in found.methods],
+                "api_client": found.api_client,
                 "tone": REQUEST_TONE.get(found.state, "neutral"),
                 "dispute": dispute,
                 "dispute_tone": STATE_TONE.get(dispute.state, "neutral") if dispute is not None else "",
