@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import re
-import secrets
 import sys
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from typing import Any
 
 from modelcourt import trust
 from modelcourt.bundle import verify_bundle
+from modelcourt.forms import encode_multipart as encode_multipart  # re-exported: importers of it from here keep working
 from modelcourt.receipts import Check, all_ok, verify_receipt
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -46,27 +46,6 @@ _TERMINAL_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 def _show(text: str, **options: Any) -> None:
     """Print text that came from the service, its control characters escaped."""
     print(_TERMINAL_CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text), **options)
-
-
-def encode_multipart(fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body and its Content-Type, from text fields and (field, filename, bytes) files."""
-    boundary = f"modelcourt-{secrets.token_hex(16)}"
-    parts = []
-    for name, value in fields:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode())
-        parts.append(value.encode() + b"\r\n")
-    for name, filename, data in files:
-        disposition = f'form-data; name="{_quoted(name)}"; filename="{_quoted(filename)}"'
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
-        parts.append(head.encode())
-        parts.append(data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def _quoted(value: str) -> str:
-    # The HTML form encoding of names in Content-Disposition: percent-escape what would end the quoted string.
-    return value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
 
 
 class Client:

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import re
-import secrets
 import threading
 import time
 import urllib.error
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from modelcourt.forms import encode_multipart
 from modelcourt.guard.config import GuardConfig
 from modelcourt.guard.journal import Entry, Journal, JournalError
 from modelcourt.guard.prada import Alarm
@@ -76,26 +76,6 @@ class CommitError(Exception):
 
 
 # --- the wire ----------------------------------------------------------------------------------
-
-
-def _quoted(value: str) -> str:
-    return value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
-
-
-def encode_multipart(fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body and its Content-Type (the same encoding the `modelcourt` command sends)."""
-    boundary = f"modelcourt-guard-{secrets.token_hex(16)}"
-    parts: list[bytes] = []
-    for name, value in fields:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode())
-        parts.append(value.encode() + b"\r\n")
-    for name, filename, data in files:
-        disposition = f'form-data; name="{_quoted(name)}"; filename="{_quoted(filename)}"'
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
-        parts.append(head.encode())
-        parts.append(data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def batch_npz(entries: Sequence[Entry]) -> bytes:

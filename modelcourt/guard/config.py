@@ -30,6 +30,7 @@ ENV = {
     "MODELCOURT_GUARD_PRADA_EVERY": "W is computed every this many queries of a client (default 10)",
     "MODELCOURT_GUARD_CLIENT_HEADER": "1: the client id is the X-Client-Id header (only behind a trusted gateway)",
     "MODELCOURT_GUARD_INPUT_SHAPE": "optional: the input shape without the batch dimension, e.g. 1,8,8",
+    "MODELCOURT_GUARD_MAX_CONNECTIONS": "the proxy serves at most this many connections at once, more get 503 (256)",
 }
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -64,6 +65,7 @@ class GuardConfig:
     trust_client_header: bool = False
     input_shape: tuple[int, ...] | None = None
     max_body_bytes: int = 8 * 1024 * 1024
+    max_connections: int = 256
     upstream_timeout_s: float = 30.0
     service_timeout_s: float = 30.0
     retry_base_s: float = 2.0
@@ -99,6 +101,7 @@ class GuardConfig:
             ),
             (self.prada_max_points_per_class >= 1 and self.prada_max_clients >= 1, "PRADA caps are at least 1"),
             (self.max_body_bytes >= 1024, "the request size limit is at least 1 KiB"),
+            (self.max_connections >= 1, "MODELCOURT_GUARD_MAX_CONNECTIONS is at least 1"),
             (self.upstream_timeout_s > 0 and self.service_timeout_s > 0, "timeouts are positive"),
             (0 < self.retry_base_s <= self.retry_max_s, "retry delays are positive, the base at most the maximum"),
             (self.input_shape is None or all(d >= 1 for d in self.input_shape), "input shape dims are positive"),
@@ -127,6 +130,7 @@ class GuardConfig:
             ("prada_window", "MODELCOURT_GUARD_PRADA_WINDOW", int),
             ("prada_min_distances", "MODELCOURT_GUARD_PRADA_MIN", int),
             ("prada_every", "MODELCOURT_GUARD_PRADA_EVERY", int),
+            ("max_connections", "MODELCOURT_GUARD_MAX_CONNECTIONS", int),
         ]
         for name, variable, kind in numbers:
             if environ.get(variable, "").strip():

@@ -17,8 +17,12 @@ tenth query delays an alarm by at most nine queries.
 Exact repeats (distance 0) are left out of the distances: a repeated query teaches an attacker nothing,
 and a benign client that retries would otherwise look like an attacker.
 
-Memory is bounded three ways: points per class (oldest overwritten), clients tracked (least recently
-seen dropped), and total bytes of stored points (least recently seen clients dropped first).
+Memory is bounded four ways: points per class (oldest overwritten), clients tracked (least recently seen
+dropped), bytes of stored points per client and bytes of stored points in all. A growing set starts with
+room for one point and doubles as it fills; every allocation is counted against both byte caps *before* it
+is made. When it would not fit, the least recently seen other clients are forgotten first (for the
+budget of all clients), then the client's own least recently used classes; a set that still cannot grow
+overwrites its oldest point instead.
 """
 
 from __future__ import annotations
@@ -70,12 +74,16 @@ class Alarm:
 
 
 class _GrowingSet:
-    """One class's growing set: a ring of at most ``cap`` points with half their squared norms, and its threshold."""
+    """One class's growing set: a ring of at most ``cap`` points with half their squared norms, and its threshold.
+
+    The ring starts with room for one point; the detector doubles it (up to ``cap``) when its memory budget
+    allows, else the oldest point is overwritten.
+    """
 
     def __init__(self, first: npt.NDArray[np.float32], cap: int) -> None:
         self.cap = cap
-        self.points = np.empty((min(cap, 16), first.size), dtype=np.float32)
-        self.half_norms = np.empty(self.points.shape[0], dtype=np.float32)
+        self.points = np.empty((1, first.size), dtype=np.float32)
+        self.half_norms = np.empty(1, dtype=np.float32)
         self.count = 0
         self.next = 0
         self._store(first, first.astype(np.float64))
@@ -84,6 +92,11 @@ class _GrowingSet:
         self.mean = 0.0
         self.m2 = 0.0
         self.threshold = 0.0
+
+    @staticmethod
+    def bytes_for(rows: int, size: int) -> int:
+        """The bytes a ring of ``rows`` points of ``size`` float32 values holds (the points and their norms)."""
+        return rows * (size + 1) * 4
 
     @property
     def nbytes(self) -> int:
@@ -103,18 +116,23 @@ class _GrowingSet:
         difference = nearest - x64  # in float64
         return math.sqrt(float(difference.dot(difference)))
 
-    def grow(
-        self, x: npt.NDArray[np.float32], x64: npt.NDArray[np.float64], distance: float, *, may_allocate: bool
-    ) -> int:
-        """Add x if its distance passes the threshold; the bytes newly allocated."""
+    def extra_bytes(self, distance: float) -> int:
+        """The bytes growing by a query at ``distance`` would allocate: 0 when it stays out or fits the ring."""
+        if distance <= self.threshold or self.count < self.points.shape[0] or self.count >= self.cap:
+            return 0
+        rows = min(self.cap, 2 * self.count)
+        return self.bytes_for(rows, self.points.shape[1]) - self.nbytes
+
+    def grow(self, x: npt.NDArray[np.float32], x64: npt.NDArray[np.float64], distance: float, *, allocate: bool) -> int:
+        """Add x if its distance passes the threshold (doubling the ring first when ``allocate``); the bytes added."""
         if distance <= self.threshold:
             return 0
         added = 0
-        if self.count < self.cap and self.count == self.points.shape[0] and may_allocate:
+        if allocate and self.count == self.points.shape[0] < self.cap:
             before = self.nbytes
-            size = min(self.cap, 2 * self.count)
-            self.points = np.concatenate([self.points, np.empty((size - self.count, self.points.shape[1]), np.float32)])
-            self.half_norms = np.concatenate([self.half_norms, np.empty(size - self.count, np.float32)])
+            rows = min(self.cap, 2 * self.count)
+            self.points = np.concatenate([self.points, np.empty((rows - self.count, self.points.shape[1]), np.float32)])
+            self.half_norms = np.concatenate([self.half_norms, np.empty(rows - self.count, np.float32)])
             added = self.nbytes - before
         self._store(x, x64)
         self.grown += 1
@@ -154,7 +172,7 @@ class _Client:
     )
 
     def __init__(self, window: int) -> None:
-        self.sets: dict[int, _GrowingSet] = {}
+        self.sets: OrderedDict[int, _GrowingSet] = OrderedDict()  # least recently used class first
         self.distances = np.empty(window, dtype=np.float64)
         self.filled = 0  # how many of the ring's slots hold a distance
         self.position = 0  # the slot the next distance goes to
@@ -177,6 +195,8 @@ class PradaDetector:
 
     W is computed over the last ``window`` distances once ``min_distances`` of them exist (by default the
     window: full windows only), then every ``every`` queries of the client; below ``threshold`` it alarms.
+    The stored points take at most ``max_bytes`` in all and ``max_client_bytes`` per client (by default a
+    quarter of ``max_bytes``, so that no one client can push every other out).
     """
 
     def __init__(
@@ -188,6 +208,7 @@ class PradaDetector:
         max_clients: int = 10_000,
         *,
         max_bytes: int = 256 * 1024 * 1024,
+        max_client_bytes: int | None = None,
         every: int = 10,
     ) -> None:
         if not 0.0 < threshold < 1.0:
@@ -196,7 +217,8 @@ class PradaDetector:
             raise ValueError(f"the window holds 3 to {MAX_SAMPLES} distances, got {window!r}")
         if not 3 <= min_distances <= window:
             raise ValueError(f"min_distances is between 3 and the window ({window}), got {min_distances!r}")
-        if max_points_per_class < 1 or max_clients < 1 or max_bytes < 1:
+        client_bytes = max(1, max_bytes // 4) if max_client_bytes is None else max_client_bytes
+        if max_points_per_class < 1 or max_clients < 1 or max_bytes < 1 or client_bytes < 1:
             raise ValueError("the memory caps are positive")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"W is computed every so many queries, at least 1, got every={every!r}")
@@ -207,6 +229,7 @@ class PradaDetector:
         self.max_points_per_class = int(max_points_per_class)
         self.max_clients = int(max_clients)
         self.max_bytes = int(max_bytes)
+        self.max_client_bytes = min(int(client_bytes), self.max_bytes)
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
@@ -301,28 +324,54 @@ class PradaDetector:
     def _distance(self, state: _Client, point: npt.NDArray[np.float32], label: int) -> float | None:
         """The query's distance to its class's growing set (None for a first or a repeated query); grows the set."""
         growing = state.sets.get(label)
-        if growing is None or growing.points.shape[1] != point.size:
-            self._make_room(state)
-            if growing is not None:  # the input size changed: start the class again
-                self._account(state, -growing.nbytes)
-            growing = _GrowingSet(point, self.max_points_per_class)
-            state.sets[label] = growing
-            self._account(state, growing.nbytes)
+        if growing is not None and growing.points.shape[1] != point.size:  # the input size changed: start again
+            del state.sets[label]
+            self._account(state, -growing.nbytes)
+            growing = None
+        if growing is None:
+            # a class this client has no set for: room for its first point, or the class is not tracked
+            if self._reserve(state, _GrowingSet.bytes_for(1, point.size), keep=None):
+                growing = _GrowingSet(point, self.max_points_per_class)
+                state.sets[label] = growing
+                self._account(state, growing.nbytes)
             return None
+        state.sets.move_to_end(label)
         point64 = point.astype(np.float64)
         distance = growing.nearest(point, point64)
         if distance == 0.0:
             return None
-        self._make_room(state)
-        self._account(state, growing.grow(point, point64, distance, may_allocate=self._nbytes < self.max_bytes))
+        extra = growing.extra_bytes(distance)
+        allocate = extra > 0 and self._reserve(state, extra, keep=growing)
+        self._account(state, growing.grow(point, point64, distance, allocate=allocate))
         return distance
 
-    def _make_room(self, state: _Client) -> None:
-        """Forget the least recently seen clients (never ``state``) while the stored points exceed the budget."""
-        while self._nbytes > self.max_bytes and len(self._clients) > 1:
-            if next(iter(self._clients.values())) is state:
-                return
-            self._forget_oldest()
+    def _reserve(self, state: _Client, needed: int, *, keep: _GrowingSet | None) -> bool:
+        """Make room for ``needed`` more bytes of ``state``'s points, before they are allocated; whether it did.
+
+        The client's own cap frees its least recently used classes (never ``keep``, the set about to grow);
+        the budget of all clients forgets the least recently seen other clients first, then frees the
+        client's own classes. False when the room cannot be made: the allocation is not to be done.
+        """
+        if needed > self.max_client_bytes:
+            return False
+        while state.nbytes + needed > self.max_client_bytes:
+            if not self._drop_oldest_set(state, keep):
+                return False
+        while self._nbytes + needed > self.max_bytes:
+            if next(iter(self._clients.values())) is not state:
+                self._forget_oldest()
+            elif not self._drop_oldest_set(state, keep):
+                return False
+        return True
+
+    def _drop_oldest_set(self, state: _Client, keep: _GrowingSet | None) -> bool:
+        """Free the client's least recently used class other than ``keep``; False when there is none."""
+        for label, growing in state.sets.items():
+            if growing is not keep:
+                del state.sets[label]
+                self._account(state, -growing.nbytes)
+                return True
+        return False
 
     def _account(self, state: _Client, added: int) -> None:
         state.nbytes += added

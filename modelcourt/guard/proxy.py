@@ -6,6 +6,13 @@ sees it. A good one is passed on rebuilt from its checked inputs; the model's an
 watermarked rows rewritten, and the rewritten answer returned. The model server's own error bodies
 are never echoed (only its status), and a model server that is down or answers garbage is a 502.
 
+Slow and broken clients are the client's problem, never the server's: a request (its line, headers and
+body together) must arrive within a few idle timeouts or it is answered 408 (or dropped, before its headers
+are read); a client that breaks off mid-body gets one log line, not a traceback; at most
+``max_connections`` connections are served at once and any beyond get 503 at once. Every error the
+proxy or the HTTP layer answers is one of the proxy's own JSON sentences: nothing of the client's
+request line, method or version is quoted back.
+
 Routes: json: POST to the upstream URL's path or to /. v2: POST /v2/models/{name}/infer (``name`` must be
 the configured model name when one is given). GET /healthz answers {"status": "ok"}; GET /metrics
 gives the counters, to loopback clients only.
@@ -14,10 +21,15 @@ gives the counters, to loopback clients only.
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import json
 import logging
 import re
+import socket
+import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +51,16 @@ from modelcourt.guard.wrap import (
 __all__ = ["GuardProxyServer", "serve"]
 
 MAX_UPSTREAM_BYTES = 64 * 1024 * 1024
+# what the HTTP layer's own refusals say (http.server's pages would quote the client's line, method or version)
+_HTTP_ERRORS = {
+    400: "the request is not valid HTTP",
+    408: "the request did not arrive in time",
+    414: "the request line is too long",
+    431: "the request's headers are too long or too many",
+    501: "this method is not served here: use GET or POST",
+    505: "this HTTP version is not served here: use HTTP/1.0 or HTTP/1.1",
+}
+_BUSY = b'{"error": "the guard is serving as many connections as it takes; try again shortly"}'
 _V2_ROUTE = re.compile(r"^/v2/models/([^/]{1,128})/infer$")
 
 logger = logging.getLogger("modelcourt.guard")
@@ -53,16 +75,45 @@ class _ProxyError(Exception):
         self.reason = reason
 
 
+class _ClientGoneError(Exception):
+    """The client broke the connection while its request was read: there is no one to answer."""
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reading side with a deadline for everything read, not only for each read.
+
+    Each read waits at most the idle timeout and never past the deadline, so a client that trickles a byte
+    just before every idle timeout is still cut off once the deadline passes (TimeoutError).
+    """
+
+    def __init__(self, connection: socket.socket, idle_s: float, deadline: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._idle_s = idle_s
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self._connection.settimeout(min(self._idle_s, left))
+        return self._connection.recv_into(buffer)
+
+
 class GuardProxyServer(ThreadingHTTPServer):
-    """The proxy's server: one thread per connection, the guard shared by all of them."""
+    """The proxy's server: one thread per connection (at most ``max_connections``), the guard shared by all."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
 
     def __init__(
         self,
@@ -81,7 +132,54 @@ class GuardProxyServer(ThreadingHTTPServer):
         self.model_name = model_name
         self.owns_guard = owns_guard
         self.opener = urllib.request.build_opener(_NoRedirect)
+        self.max_connections = guard.config.max_connections
+        self._open = 0
+        self._at_cap = False
+        self._open_lock = threading.Lock()
         super().__init__(listen, _ProxyHandler)
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are being served now."""
+        with self._open_lock:
+            return self._open
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a thread of its own, or answer 503 at once when ``max_connections`` are open."""
+        with self._open_lock:
+            full = self._open >= self.max_connections
+            if full and not self._at_cap:
+                logger.warning("%d connections are open, the most the proxy serves: more get 503", self._open)
+            self._at_cap = full
+            if not full:
+                self._open += 1
+        if full:
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread took the connection: its slot is free again
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a handler's own care: one log line for a network error."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.info("a client connection failed: %s", escape(str(exc)))
+        else:
+            logger.exception("the guard proxy failed on a connection")
 
     def server_close(self) -> None:
         super().server_close()
@@ -93,6 +191,19 @@ class GuardProxyServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         shown = f"[{host}]" if isinstance(host, str) and ":" in host else str(host)
         return f"http://{shown}:{port}"
+
+
+def _refuse_busy(connection: socket.socket) -> None:
+    """Answer 503 on a connection the proxy will not serve, without waiting on it (the serving loop must not)."""
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        connection.setblocking(False)
+        connection.send(head.encode() + _BUSY)
+    except OSError:  # the client's buffer is full or it left: it is closed either way
+        pass
 
 
 def serve(
@@ -127,8 +238,17 @@ def serve(
 class _ProxyHandler(BaseHTTPRequestHandler):
     server: GuardProxyServer
     timeout = 60  # a client that sends nothing for a minute is dropped
+    request_timeouts = 3  # the whole request (line, headers, body) must arrive within this many idle timeouts
     server_version = "modelcourt-guard"
     sys_version = ""
+
+    def setup(self) -> None:
+        """The connection's reader gets the request's deadline (``request_timeouts`` idle timeouts from now)."""
+        super().setup()
+        idle = float(self.timeout) if self.timeout is not None else 60.0
+        deadline = time.monotonic() + idle * self.request_timeouts
+        self.rfile.close()  # the buffered reader made by the base class; the connection stays open
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, idle, deadline))
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -148,6 +268,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._send(200, rewrite_answer(self.server.guard, client, request, answer), "application/json")
         except RequestError as exc:
             self._send_json(400, {"error": str(exc)})
+        except _ClientGoneError:
+            self.close_connection = True
         except _ProxyError as exc:
             self._send_json(exc.status, {"error": exc.reason})
         except AnswerError as exc:
@@ -191,15 +313,28 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if length <= 2 * limit:  # read it away, so that the client can read the refusal before the close
                 self._discard(length)
             raise _ProxyError(413, f"the request body must be at most {limit} bytes")
-        body = self.rfile.read(length)
+        body = self._read(length)
         if len(body) != length:
             raise RequestError("the request body ended early")
         return body
 
+    def _read(self, length: int) -> bytes:
+        """Up to ``length`` bytes of the body; a client too slow (408) or gone (no answer) gets one log line."""
+        try:
+            return self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            logger.info("a request body did not arrive in time; it was answered 408")
+            raise _ProxyError(408, "the request body did not arrive in time") from None
+        except OSError as exc:
+            self.close_connection = True
+            logger.info("a client broke off while sending its request: %s", escape(str(exc)))
+            raise _ClientGoneError from None
+
     def _discard(self, length: int) -> None:
         left = length
         while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 16))
+            chunk = self._read(min(left, 1 << 16))
             if not chunk:
                 return
             left -= len(chunk)
@@ -238,17 +373,29 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except ValueError:
             return False
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every refusal of the HTTP layer (a malformed request line, an unknown method, headers too long) as one
+        of the proxy's own JSON sentences: http.server's page would quote the client's method, version or line."""
+        self.log_error("refused with HTTP %d: %s", code, message or "")  # escaped and at debug, in log_message
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an error always gets a status line and headers
+            self.request_version = "HTTP/1.0"
+        sentence = _HTTP_ERRORS.get(code, "the request was refused")
+        self._send(code, json.dumps({"error": sentence}).encode(), "application/json", body=self.command != "HEAD")
+
     def _send_json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+    def _send(self, status: int, payload: bytes, content_type: str, *, body: bool = True) -> None:
         try:
+            self.connection.settimeout(self.timeout)  # reading may have left a shorter one, to its deadline
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(payload)
+            if body:
+                self.wfile.write(payload)
         except OSError:  # the client left; nothing to tell it
             self.close_connection = True
 

@@ -411,6 +411,9 @@ def _nested_numbers(value: object, what: str, error: type[ValueError]) -> npt.ND
 
 
 _NUMBER_TYPES = frozenset({int, float})
+# the v2 datatypes of an output the guard passes on: numbers it has read and checked, nothing else
+_V2_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+_V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 
 
 def _short_name(value: object) -> str | None:
@@ -544,12 +547,15 @@ def _rewrite_v2(guard: Guard, client: str, request: GuardedRequest, answer: dict
     if data.size != math.prod(shape):
         raise AnswerError(f"the model answered {data.size} values for an output of shape {shape}")
     n, classes = request.inputs.shape[0], guard.num_classes
-    datatype = output.get("datatype") if isinstance(output.get("datatype"), str) else "FP32"
+    datatype = _v2_datatype(output.get("datatype"))
     if shape == [n, classes]:
         scores = data.reshape(shape)
+        if datatype in _V2_INTEGER_TYPES and not np.array_equal(scores, np.floor(scores)):
+            raise AnswerError(f"the model's output is {datatype} but holds numbers that are not integers")
         _, served_scores, _ = guard._serve(client, request.inputs, scores.argmax(axis=1), scores)
         assert served_scores is not None  # noqa: S101 -- scores in, scores out
-        values: list[Any] = served_scores.reshape(-1).tolist()
+        flat = served_scores.reshape(-1)
+        values: list[Any] = [int(v) for v in flat] if datatype in _V2_INTEGER_TYPES else flat.tolist()
     elif shape in ([n], [n, 1]):
         labels = _integral_labels(data.reshape(n), classes, AnswerError)
         served, _, _ = guard._serve(client, request.inputs, labels, None)
@@ -565,6 +571,19 @@ def _rewrite_v2(guard: Guard, client: str, request: GuardedRequest, answer: dict
         if _short_name(answer.get(key)) is not None:
             rewritten[key] = answer[key]
     return rewritten
+
+
+def _v2_datatype(value: object) -> str:
+    """The datatype of the model's v2 output, if it is one the guard understands (FP32 when none is given).
+
+    The datatype is passed on to the client, so only the numeric types whose values the guard has read are
+    taken; anything else (a string of the model server's own, of any length) makes the answer unreadable.
+    """
+    if value is None:
+        return "FP32"
+    if isinstance(value, str) and (value in _V2_FLOAT_TYPES or value in _V2_INTEGER_TYPES):
+        return value
+    raise AnswerError("the model's output has a datatype the guard does not pass on (FP16 to FP64, INT8 to UINT64)")
 
 
 def check_client_id(value: str | None) -> str:

@@ -292,3 +292,27 @@ def test_an_alarm_that_cannot_be_sent_is_kept_and_sent_later(tmp_path: Path) -> 
 def test_batch_npz_refuses_mixed_shapes() -> None:
     with pytest.raises(ValueError, match="at least one"):
         batch_npz([])
+
+
+def test_the_guard_and_the_command_share_one_form_encoding() -> None:
+    from modelcourt import cli, forms
+    from modelcourt.guard import commit
+
+    assert commit.encode_multipart is forms.encode_multipart
+    assert cli.encode_multipart is forms.encode_multipart
+
+
+def test_a_form_name_cannot_end_its_header_or_add_a_part() -> None:
+    from modelcourt.forms import encode_multipart
+
+    hostile = 'x"; filename="evil\r\nContent-Type: text/html\r\n\r\n--'
+    body, content_type = encode_multipart([(hostile, "value")], [("file", hostile, b"\x00data\r\n")])
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    parts = list(message.iter_parts())
+    assert len(parts) == 2
+    escaped = "x%22; filename=%22evil%0D%0AContent-Type: text/html%0D%0A%0D%0A--"
+    assert [part.get_param("name", header="content-disposition") for part in parts] == [escaped, "file"]
+    assert parts[1].get_filename() == escaped
+    assert parts[1].get_content() == b"\x00data\r\n"

@@ -28,6 +28,7 @@ def test_settings_come_from_the_environment() -> None:
         "MODELCOURT_GUARD_PRADA_EVERY": "5",
         "MODELCOURT_GUARD_CLIENT_HEADER": "1",
         "MODELCOURT_GUARD_INPUT_SHAPE": "1,8,8",
+        "MODELCOURT_GUARD_MAX_CONNECTIONS": "32",
     }
     config = GuardConfig.from_env(environ)
     assert config.key == bytes.fromhex(HEX_KEY)
@@ -42,6 +43,7 @@ def test_settings_come_from_the_environment() -> None:
     assert config.prada_every == 5
     assert config.trust_client_header
     assert config.input_shape == (1, 8, 8)
+    assert config.max_connections == 32
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -50,6 +52,7 @@ def test_defaults_follow_the_contract() -> None:
     assert (config.prada_threshold, config.prada_window, config.prada_min_distances) == (0.90, 100, 100)
     assert config.prada_every == 10
     assert not config.trust_client_header
+    assert config.max_connections == 256
 
 
 def test_flags_override_the_environment() -> None:
@@ -79,6 +82,7 @@ def test_flags_override_the_environment() -> None:
         ({"MODELCOURT_GUARD_CLIENT_HEADER": "maybe"}, "1 or 0"),
         ({"MODELCOURT_URL": "ftp://x"}, "http"),
         ({"MODELCOURT_GUARD_INPUT_SHAPE": "1,x"}, "integers"),
+        ({"MODELCOURT_GUARD_MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS is at least 1"),
     ],
 )
 def test_bad_settings_are_refused_with_a_sentence(change: dict[str, str], message: str) -> None:

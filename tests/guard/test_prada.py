@@ -138,8 +138,65 @@ def test_stored_points_stay_within_the_byte_budget() -> None:
     for i in range(200):
         for _ in range(10):
             detector.observe(f"client-{i}", rng.normal(size=64) * 10, int(rng.integers(10)))
-        assert detector.stored_bytes <= budget + (64 + 1) * 4 * 16 * 10  # at most the newest client's first sets
+            assert detector.stored_bytes <= budget  # counted before it is allocated, the newest client's too
     assert detector.tracked_clients < 200
+
+
+ROW = (1024 + 1) * 4  # one stored point of 1,024 values and its norm
+
+
+def test_a_growing_set_starts_with_room_for_one_point() -> None:
+    detector = PradaDetector()
+    rng = np.random.default_rng(4)
+    for label in range(50):
+        detector.observe("c", rng.random(1024, dtype=np.float32), label)
+    assert detector.stored_bytes == 50 * ROW
+
+
+def test_one_client_in_many_classes_is_held_to_its_share_of_the_budget() -> None:
+    budget = 64 * ROW
+    detector = PradaDetector(0.9, 100, 50, max_bytes=budget)
+    assert detector.max_client_bytes == budget // 4  # the default share
+    rng = np.random.default_rng(5)
+    for label in range(200):  # a model that answers many classes, and a client that visits each
+        for _ in range(3):
+            detector.observe("many-classes", rng.random(1024, dtype=np.float32), label)
+            assert detector.stored_bytes <= budget // 4
+    assert detector.queries("many-classes") == 600
+    assert detector.stored_bytes > budget // 8  # its recent classes are still tracked
+
+
+def test_a_client_that_outgrows_its_share_forgets_its_least_recently_used_classes() -> None:
+    detector = PradaDetector(max_bytes=4 * 4 * ROW, max_client_bytes=4 * ROW, every=1, min_distances=3, window=3)
+    points = np.random.default_rng(6).random((5, 1024), dtype=np.float32)
+    for label in range(4):
+        detector.observe("c", points[label], label)
+    detector.observe("c", points[0], 0)  # class 0 is used again (a repeat: nothing stored): 1 is now the oldest
+    detector.observe("c", points[4], 9)  # a fifth class: one must go
+    assert detector.stored_bytes == 4 * ROW
+    classes = detector._clients["c"].sets
+    assert sorted(classes) == [0, 2, 3, 9]
+
+
+def test_a_heavy_client_does_not_push_every_other_client_out() -> None:
+    detector = PradaDetector(max_bytes=64 * ROW)
+    rng = np.random.default_rng(7)
+    for client in ("a", "b", "c"):
+        for label in range(4):
+            detector.observe(client, rng.random(1024, dtype=np.float32), label)
+    for label in range(500):
+        detector.observe("heavy", rng.random(1024, dtype=np.float32), label)
+    assert detector.stored_bytes <= 64 * ROW
+    assert [detector.queries(client) for client in ("a", "b", "c")] == [4, 4, 4]
+
+
+def test_a_point_larger_than_a_clients_share_is_not_stored() -> None:
+    detector = PradaDetector(max_bytes=4 * ROW, max_client_bytes=ROW - 4)
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        assert detector.observe("c", rng.random(1024, dtype=np.float32), 0) is None
+    assert detector.stored_bytes == 0
+    assert detector.queries("c") == 5
 
 
 @pytest.mark.parametrize(

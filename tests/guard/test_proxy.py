@@ -2,9 +2,12 @@
 
 import http.client
 import json
+import logging
 import socket
+import struct
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 
 from modelcourt.guard import Guard, GuardConfig, serve
+from modelcourt.guard.proxy import GuardProxyServer, _ProxyHandler
 
 KEY = bytes(range(7, 39))
 CLASSES = 4
@@ -49,8 +53,13 @@ class _ModelHandler(BaseHTTPRequestHandler):
             p = _probabilities(xs)
             if mode == "labels":
                 output = {"name": "label", "shape": [len(xs)], "datatype": "INT64", "data": p.argmax(axis=1).tolist()}
+            elif mode == "int-scores":
+                scores = np.round(p * 1e6).astype(np.int64).reshape(-1).tolist()
+                output = {"name": "scores", "shape": list(p.shape), "datatype": "INT32", "data": scores}
             else:
                 output = {"name": "probs", "shape": list(p.shape), "datatype": "FP32", "data": p.reshape(-1).tolist()}
+            if mode in V2_DATATYPES:
+                output["datatype"] = V2_DATATYPES[mode]
             answer: dict[str, Any] = {"model_name": "tiny", "outputs": [output, {"name": "leak", "data": [1]}]}
         else:
             xs = np.asarray(request["inputs"], dtype=np.float64)
@@ -73,6 +82,10 @@ class _ModelHandler(BaseHTTPRequestHandler):
         pass
 
 
+# answers whose v2 output carries a datatype the guard must not pass on
+V2_DATATYPES = {"odd-datatype": "BYTES", "long-datatype": "FP32" * 1000, "fractional-integers": "INT64"}
+
+
 class _ModelServer(ThreadingHTTPServer):
     daemon_threads = True
     seen: list[tuple[str, bytes]]
@@ -85,6 +98,21 @@ class Stack:
     proxy_url: str
     guard: Guard
     sent: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    server: GuardProxyServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.proxy_url.removeprefix("http://").split(":")
+        return host, int(port)
+
+    def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
+        """Send bytes on a fresh connection; everything the proxy answers before it closes the connection."""
+        with socket.create_connection(self.address, timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
         host, port = self.proxy_url.removeprefix("http://").split(":")
@@ -140,7 +168,7 @@ def _stack(model: _ModelServer, tmp_path: Path, protocol: str, **settings: Any) 
     proxy = serve(config, upstream, ("127.0.0.1", 0), protocol, "tiny" if protocol == "v2" else None, guard=guard)  # type: ignore[arg-type]
     _run(proxy)
     try:
-        yield Stack(model, proxy.url, guard, sent)
+        yield Stack(model, proxy.url, guard, sent, proxy)
     finally:
         proxy.shutdown()
         proxy.server_close()
@@ -356,3 +384,155 @@ def test_the_proxy_refuses_a_bad_upstream(tmp_path: Path) -> None:
         serve(config, "file:///etc/passwd", ("127.0.0.1", 0), "json")
     with pytest.raises(ValueError, match="upstream"):
         serve(config, "http://user:pw@127.0.0.1/", ("127.0.0.1", 0), "json")
+
+
+# --- hostile and broken clients ------------------------------------------------------------------
+
+
+def _status(reply: bytes) -> tuple[int, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b"\r\n", 1)[0].split()[1]), body
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _open_becomes(server: GuardProxyServer, count: int) -> bool:
+    """Whether the proxy's count of open connections reaches ``count`` within a few seconds."""
+    return _wait_for(lambda: server.open_connections == count)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"BREWCOFFEE / HTTP/1.1", 501),
+        (b"POST / HTCPCP/1.0", 400),
+        (b"hello-teapot there", 400),
+        (b"GET / HTTP/9.9", 505),
+        (b"GET /healthz HTTP/1.1 teapot", 400),
+    ],
+    ids=["unknown-method", "bad-version", "bad-syntax", "future-version", "four-words"],
+)
+def test_a_malformed_request_line_gets_a_json_sentence_that_quotes_none_of_it(
+    json_stack: Stack, line: bytes, expected: int
+) -> None:
+    reply = json_stack.raw(line + b"\r\nHost: x\r\n\r\n")
+    status, body = _status(reply)
+    assert status == expected
+    assert reply.startswith(b"HTTP/1.0 ")
+    error = json.loads(body)["error"]
+    assert isinstance(error, str)
+    assert error
+    for word in (b"BREWCOFFEE", b"HTCPCP", b"teapot", b"9.9"):
+        assert word not in reply
+
+
+def test_a_head_request_gets_its_refusal_without_a_body(json_stack: Stack) -> None:
+    status, body = _status(json_stack.raw(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert (status, body) == (501, b"")
+
+
+def test_a_request_that_trickles_in_is_answered_408_at_its_deadline(
+    json_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ProxyHandler, "timeout", 0.2)  # the whole request then has 3 x 0.2 s
+    with socket.create_connection(json_stack.address, timeout=5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        reply = b""
+        while not reply and time.monotonic() - started < 5:
+            sock.sendall(b" ")  # one byte every 0.1 s: never idle for a whole idle timeout
+            sock.settimeout(0.1)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                continue
+        elapsed = time.monotonic() - started
+        sock.settimeout(5)
+        while chunk := sock.recv(65536):  # the rest of the answer, up to the close
+            reply += chunk
+    status, body = _status(reply)
+    assert status == 408
+    assert json.loads(body) == {"error": "the request body did not arrive in time"}
+    assert elapsed < 1.5, f"answered after {elapsed:.2f} s; the deadline is 0.6 s"
+    assert json_stack.model.seen == []
+
+
+def test_a_client_that_stops_mid_body_gets_408_and_one_log_line(
+    json_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_ProxyHandler, "timeout", 0.2)
+    caplog.set_level(logging.DEBUG, logger="modelcourt.guard")
+    with socket.create_connection(json_stack.address, timeout=5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        status, _ = _status(sock.recv(65536))
+    assert status == 408
+    records = [r for r in caplog.records if r.name == "modelcourt.guard" and r.levelno >= logging.INFO]
+    assert [r.getMessage() for r in records] == ["a request body did not arrive in time; it was answered 408"]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_client_that_resets_mid_body_is_one_log_line_not_a_failure(
+    json_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelcourt.guard")
+    sock = socket.create_connection(json_stack.address, timeout=5)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+    time.sleep(0.1)  # the proxy is reading the body now
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset, not an orderly end
+    assert _wait_for(lambda: any("broke off" in r.getMessage() for r in caplog.records))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_connections_beyond_the_cap_get_503_at_once(model_server: _ModelServer, tmp_path: Path) -> None:
+    for stack in _stack(model_server, tmp_path, "json", max_connections=2):
+        server = stack.server
+        assert server is not None
+        idle = [socket.create_connection(stack.address, timeout=5) for _ in range(2)]
+        try:
+            assert _open_becomes(server, 2)
+            started = time.monotonic()
+            status, body = _status(stack.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+            assert time.monotonic() - started < 1.0
+            assert status == 503
+            assert "try again" in json.loads(body)["error"]
+        finally:
+            idle.pop().close()
+        assert _open_becomes(server, 1)
+        assert stack.get("/healthz") == (200, b'{"status": "ok"}')
+        idle.pop().close()
+        assert _open_becomes(server, 0)
+
+
+@pytest.mark.parametrize("mode", list(V2_DATATYPES))
+def test_a_v2_output_datatype_the_guard_does_not_pass_on_is_a_502(v2_stack: Stack, mode: str) -> None:
+    v2_stack.model.answer = mode  # fractional-integers: the probabilities, said to be INT64
+    request = {"inputs": [{"name": "x", "shape": [5, 6], "datatype": "FP32", "data": XS.tolist()}]}
+    status, answer = v2_stack.post("/v2/models/tiny/infer", json.dumps(request).encode())
+    assert status == 502
+    assert "could not be read" in answer["error"]
+    assert "BYTES" not in answer["error"]
+    assert len(answer["error"]) < 200
+    assert v2_stack.guard.journal.pending_count == 0
+
+
+def test_integer_v2_scores_come_back_as_integers(v2_stack: Stack) -> None:
+    v2_stack.model.answer = "int-scores"
+    request = {"inputs": [{"name": "x", "shape": [5, 6], "datatype": "FP32", "data": XS.tolist()}]}
+    status, answer = v2_stack.post("/v2/models/tiny/infer", json.dumps(request).encode())
+    assert status == 200
+    (output,) = answer["outputs"]
+    assert output["datatype"] == "INT32"
+    assert all(type(value) is int for value in output["data"])
+    served = np.asarray(output["data"]).reshape(5, CLASSES)
+    true = np.round(_probabilities(XS.astype(np.float32).astype(np.float64)) * 1e6)
+    assert not np.any(served.argmax(axis=1) == true.argmax(axis=1))
+    assert np.abs(np.sort(served, axis=1) - np.sort(true, axis=1)).max() <= 1  # the model rounds its own floats
