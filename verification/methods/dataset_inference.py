@@ -925,9 +925,10 @@ def panel_p_value(statistic: float, panel_statistics: Sequence[float]) -> float:
     freedom, not k - 1: an independent suspect need not be one more draw of the panel's recipe (another
     architecture, other data), and four degrees of freedom leave room for that. At alpha = 1e-3 the suspect
     must stand 7.2 panel deviations out (k - 1 = 19 would ask 3.6), which a normal statistic with up to
-    about twice the panel's spread reaches less often than alpha (the margin shrinks at larger alpha). A suspect that does not beat every panel
-    model is not said to stand out: its p-value is then at least the rank p-value ``(1 + #{panel >= t}) /
-    (k + 1)``. Both changes only raise the p-value, so the guarantee of the plain prediction p-value holds.
+    about twice the panel's spread reaches less often than alpha (the margin shrinks at larger alpha). A
+    suspect that does not beat every panel model is not said to stand out: its p-value is then at least the
+    rank p-value ``(1 + #{panel >= t}) / (k + 1)``. Both changes only raise the p-value, so the guarantee
+    of the plain prediction p-value holds.
     """
     values = [float(v) for v in panel_statistics]
     p_value = prediction_p_value(statistic, values, max_df=PANEL_TAIL_DF)
